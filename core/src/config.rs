@@ -1,0 +1,308 @@
+//! `reaper.toml`: every key, its default, and validation.
+//!
+//! Values are checked while they are parsed (each constrained key has a type that cannot hold a
+//! bad value), so every error names the key and its line, the way toml reports it. Unknown keys
+//! are errors rather than silently ignored: a typo in a config file should not cost an hour.
+//! Keys whose feature is not built yet are accepted and listed by [`Config::not_yet_in_effect`],
+//! which the daemon logs once at start.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[daemon]`: where the daemon listens, logs and keeps its state.
+    pub daemon: DaemonConfig,
+    /// `[rpc]`: transport limits and per-service timeouts.
+    pub rpc: RpcConfig,
+    /// `[cache]`: the completion cache.
+    pub cache: CacheConfig,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address to bind.
+    pub address: IpAddr,
+    /// UDP port to bind; 0 picks a free one (the bound address is written to `STATE_DIR/endpoint`).
+    pub port: u16,
+    /// TLS is always on; `false` is accepted for compatibility with the design note and ignored
+    /// with a warning.
+    pub enable_tls: bool,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Append logs to this file instead of standard error.
+    pub log_file: Option<String>,
+    /// Where the certificate, key, token and endpoint live (overridden by `REAPER_STATE_DIR`).
+    pub state_dir: Option<String>,
+    /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
+    pub shutdown_grace: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 50051,
+            enable_tls: true,
+            log_level: LogLevel::Info,
+            log_file: None,
+            state_dir: None,
+            shutdown_grace: 5,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// The socket address to bind.
+    pub fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// Log verbosity, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Start, stop, connections (the default).
+    Info,
+    /// Every call, with its status and latency.
+    Debug,
+    /// Everything, including the QUIC library.
+    Trace,
+}
+
+impl LogLevel {
+    /// The name `tracing` filters use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// `[rpc]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Open connections at most; further ones are refused.
+    pub max_connections: NonZeroU32,
+    /// Seconds a connection may stay silent before it is closed; 0 for never.
+    pub idle_timeout: u64,
+    /// Bytes a peer may send on one stream ahead of the reader (QUIC stream flow-control window).
+    pub max_stream_data: NonZeroU32,
+    /// Largest message, in bytes, either side may send in one frame.
+    pub max_message_size: NonZeroU32,
+    /// Calls in flight on one connection at most (QUIC's concurrent bidirectional streams).
+    pub max_concurrent_calls: NonZeroU32,
+    /// Default deadline of a completion, in milliseconds.
+    pub completion_timeout: NonZeroU64,
+    /// Default deadline of a chat, in milliseconds.
+    pub chat_timeout: NonZeroU64,
+    /// Default deadline of an agent task, in milliseconds.
+    pub agent_timeout: NonZeroU64,
+    /// Threads for provider and agent work.
+    pub worker_threads: NonZeroU32,
+    /// Compress large messages.
+    pub enable_compression: bool,
+    /// How many times a client tries to reconnect (100 ms doubling to 5 s between tries).
+    pub reconnect_attempts: u32,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_connections: nonzero32(100),
+            idle_timeout: 300,
+            max_stream_data: nonzero32(10 * 1024 * 1024),
+            max_message_size: nonzero32(4 * 1024 * 1024),
+            max_concurrent_calls: nonzero32(1024),
+            completion_timeout: nonzero64(5_000),
+            chat_timeout: nonzero64(120_000),
+            agent_timeout: nonzero64(600_000),
+            worker_threads: nonzero32(4),
+            enable_compression: false,
+            reconnect_attempts: 5,
+        }
+    }
+}
+
+impl RpcConfig {
+    /// `idle_timeout` as a duration, `None` for never.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache completions.
+    pub enabled: bool,
+    /// Entries at most.
+    pub max_size: NonZeroU32,
+    /// Seconds an entry stays valid.
+    pub ttl: NonZeroU64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_size: nonzero32(10_000),
+            ttl: nonzero64(3_600),
+        }
+    }
+}
+
+fn nonzero32(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+fn nonzero64(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN)
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration in {origin}: {message}")]
+pub struct ConfigError {
+    origin: String,
+    message: String,
+}
+
+impl Config {
+    /// Parses and validates a file's text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Ok(config)
+    }
+
+    /// Keys set to something this build does not act on yet, as `(key, why)`: the daemon logs
+    /// each once at start so nobody believes a setting works when it does not.
+    pub fn not_yet_in_effect(&self) -> Vec<(&'static str, &'static str)> {
+        let defaults = Config::default();
+        let mut keys = Vec::new();
+        if !self.daemon.enable_tls {
+            keys.push((
+                "daemon.enable_tls",
+                "TLS 1.3 is always on (the token must never travel in clear); false is ignored",
+            ));
+        }
+        let pending = "the service it applies to is not built yet (it answers UNIMPLEMENTED)";
+        if self.rpc.completion_timeout != defaults.rpc.completion_timeout {
+            keys.push(("rpc.completion_timeout", pending));
+        }
+        if self.rpc.chat_timeout != defaults.rpc.chat_timeout {
+            keys.push(("rpc.chat_timeout", pending));
+        }
+        if self.rpc.agent_timeout != defaults.rpc.agent_timeout {
+            keys.push(("rpc.agent_timeout", pending));
+        }
+        if self.rpc.worker_threads != defaults.rpc.worker_threads {
+            keys.push((
+                "rpc.worker_threads",
+                "no service needs worker threads yet: every call is answered on the event loop",
+            ));
+        }
+        if self.rpc.enable_compression {
+            keys.push((
+                "rpc.enable_compression",
+                "message compression is not built yet",
+            ));
+        }
+        if self.cache.enabled || self.cache != defaults.cache {
+            keys.push((
+                "cache",
+                "the completion cache comes with the Completion service",
+            ));
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = Config::from_toml("", "test").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(
+            config.daemon.listen(),
+            "127.0.0.1:50051".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_design_notes_file_parses() {
+        let text = r#"
+[daemon]
+address = "127.0.0.1"
+port = 50051
+enable_tls = false
+log_level = "info"
+log_file = "/tmp/reaper.log"
+
+[rpc]
+max_connections = 100
+idle_timeout = 300  # seconds
+max_stream_data = 10485760  # 10MB
+completion_timeout = 5000
+chat_timeout = 120000
+agent_timeout = 600000
+worker_threads = 4
+enable_compression = true
+
+[cache]
+enabled = true
+max_size = 10000
+ttl = 3600
+"#;
+        let config = Config::from_toml(text, "test").unwrap();
+        assert_eq!(config.rpc.idle_timeout(), Some(Duration::from_secs(300)));
+        let pending: Vec<_> = config.not_yet_in_effect().iter().map(|(k, _)| *k).collect();
+        assert!(pending.contains(&"daemon.enable_tls"));
+        assert!(pending.contains(&"rpc.enable_compression"));
+        assert!(pending.contains(&"cache"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let cases = [
+            ("[rpc]\nmax_connections = 0\n", "line 2", "nonzero"),
+            ("[daemon]\nport = 70000\n", "line 2", "port"),
+            ("[daemon]\nlog_level = \"loud\"\n", "line 2", "log_level"),
+            ("[rpc]\nmax_conections = 5\n", "line 2", "max_conections"),
+            ("[daemon]\naddress = \"nowhere\"\n", "line 2", "address"),
+            ("[daemon\n", "line 1", "invalid"),
+        ];
+        for (text, line, word) in cases {
+            let message = Config::from_toml(text, "reaper.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("reaper.toml"), "{message}");
+            assert!(message.contains(line), "{text:?} -> {message}");
+            assert!(message.contains(word), "{text:?} -> {message}");
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! The server's RPC state machine: a quinn-proto endpoint and its connections, turned into calls.
+//!
+//! No sockets and no clock: the driver passes in datagrams and `now`, and takes out datagrams to
+//! send, the next deadline, and [`ServerEvent`]s. Call order for one pass of the driver's loop:
+//!
+//! 1. [`RpcServer::handle_datagram`] for each received datagram, and/or
+//!    [`RpcServer::handle_timeout`] when the deadline from the previous pass has come;
+//! 2. [`RpcServer::poll_event`] until `None`, answering what can be answered at once
+//!    ([`RpcServer::respond`]) — doing this *before* step 3 lets the ACK of the request ride in
+//!    the same datagram as the response instead of costing a datagram of its own;
+//! 3. [`RpcServer::poll_transmit`] until `None`;
+//! 4. [`RpcServer::poll_timeout`] to arm the timer.
+//!
+//! Auth and routing happen here, before any event reaches a service: a call with a wrong token,
+//! an unknown method or malformed framing is answered by the state machine itself and surfaces
+//! only as [`ServerEvent::Rejected`], so nothing behind it runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ConnectionEvent as QuicConnectionEvent, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint,
+    Endpoint, Event, StreamEvent, StreamId, Transmit, VarInt,
+};
+
+use super::stream::{read_into, Outbox, RecvState, CANCEL_CODE, DONE_CODE};
+use crate::auth::Token;
+use crate::encoding::Encoding;
+use crate::schema::Method;
+use crate::status::{Code, Status};
+use crate::wire::{self, Frame, FrameDecoder, Side};
+
+/// Limits and identity a server enforces.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The token every call must present.
+    pub token: Token,
+    /// Open connections at most; more are refused at the handshake.
+    pub max_connections: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_message_size: usize,
+}
+
+/// One call: a stream on a connection. Cheap to copy; stays unique while the call lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallId {
+    conn: ConnectionHandle,
+    stream: StreamId,
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}/s{}", self.conn.0, self.stream.index())
+    }
+}
+
+/// A connection, as services see it (for per-connection state such as superseding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(ConnectionHandle);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0 .0)
+    }
+}
+
+impl CallId {
+    /// The connection the call came on.
+    pub fn connection(&self) -> ConnId {
+        ConnId(self.conn)
+    }
+}
+
+/// A call whose head and first message have arrived and passed auth and routing.
+#[derive(Debug)]
+pub struct IncomingCall {
+    /// Which call, for answering it.
+    pub id: CallId,
+    /// The method called.
+    pub method: Method,
+    /// Encoding of the messages, both ways.
+    pub encoding: Encoding,
+    /// When the client stops waiting, if it said.
+    pub deadline: Option<Instant>,
+    /// When the head arrived.
+    pub received_at: Instant,
+    /// The first message; shares the received datagram's memory when it arrived whole.
+    pub message: Bytes,
+}
+
+/// What the state machine tells its driver.
+#[derive(Debug)]
+#[must_use = "calls must be answered and connection changes logged"]
+pub enum ServerEvent {
+    /// A client finished its handshake.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Who it is.
+        remote: SocketAddr,
+    },
+    /// A connection ended (closed, timed out or lost).
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Why, as QUIC tells it.
+        reason: String,
+    },
+    /// A handshake was refused (connection limit or draining).
+    Refused {
+        /// Who tried.
+        remote: SocketAddr,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A new call to serve.
+    Call(IncomingCall),
+    /// A further message on a call already started (agent control messages).
+    Message {
+        /// The call.
+        id: CallId,
+        /// The message.
+        message: Bytes,
+    },
+    /// The client has sent everything it will send on this call.
+    HalfClosed {
+        /// The call.
+        id: CallId,
+    },
+    /// The client cancelled the call (stream reset or stop, or its connection was lost): stop
+    /// the work behind it; answering it is no longer possible or needed.
+    Cancelled {
+        /// The call.
+        id: CallId,
+    },
+    /// A call the state machine answered itself with an error (auth, routing, framing).
+    Rejected {
+        /// The method, when the head named a known one.
+        method: Option<Method>,
+        /// The status sent.
+        status: Status,
+        /// When it arrived, for latency metrics.
+        received_at: Instant,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the head.
+    Head,
+    /// Head accepted, waiting for the first message.
+    Message {
+        method: Method,
+        encoding: Encoding,
+        deadline: Option<Instant>,
+    },
+    /// Handed to the driver; further messages are passed on.
+    Started { method: Method },
+    /// Answered; only leftover bytes may still be flushing.
+    Answered,
+}
+
+#[derive(Debug)]
+struct CallState {
+    phase: Phase,
+    decoder: FrameDecoder,
+    outbox: Outbox,
+    received_at: Instant,
+    recv_done: bool,
+}
+
+struct Conn {
+    quic: quinn_proto::Connection,
+    calls: HashMap<StreamId, CallState>,
+    connected: bool,
+}
+
+/// The server's RPC state machine (see the module docs for the call order).
+pub struct RpcServer {
+    endpoint: Endpoint,
+    server_config: Arc<quinn_proto::ServerConfig>,
+    settings: ServerSettings,
+    conns: HashMap<ConnectionHandle, Conn>,
+    events: VecDeque<ServerEvent>,
+    stateless: VecDeque<(Transmit, Bytes)>,
+    /// Connections to visit first in `poll_transmit` (touched since the last pass).
+    transmit_order: Vec<ConnectionHandle>,
+    draining: bool,
+    in_flight: usize,
+    scratch: Vec<u8>,
+}
+
+impl fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("connections", &self.conns.len())
+            .field("in_flight", &self.in_flight)
+            .field("draining", &self.draining)
+            .finish()
+    }
+}
+
+impl RpcServer {
+    /// A server with the given QUIC configuration and limits.
+    pub fn new(
+        endpoint_config: quinn_proto::EndpointConfig,
+        server_config: quinn_proto::ServerConfig,
+        settings: ServerSettings,
+    ) -> RpcServer {
+        let server_config = Arc::new(server_config);
+        RpcServer {
+            endpoint: Endpoint::new(
+                Arc::new(endpoint_config),
+                Some(server_config.clone()),
+                true,
+                None,
+            ),
+            server_config,
+            settings,
+            conns: HashMap::new(),
+            events: VecDeque::new(),
+            stateless: VecDeque::new(),
+            transmit_order: Vec::new(),
+            draining: false,
+            in_flight: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// Connections that finished their handshake and are still open.
+    pub fn connection_count(&self) -> usize {
+        self.conns.values().filter(|c| c.connected).count()
+    }
+
+    /// Calls handed to the driver and not yet answered or cancelled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether [`RpcServer::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether every connection has closed completely.
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    // ---- input ----
+
+    /// Feeds one received UDP datagram.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        data: BytesMut,
+    ) {
+        let mut buf = Vec::new();
+        match self
+            .endpoint
+            .handle(now, remote, local_ip, ecn, data, &mut buf)
+        {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                self.handle_connection_event(now, handle, event)
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.accept(now, incoming),
+            Some(DatagramEvent::Response(transmit)) => {
+                self.stateless.push_back((transmit, Bytes::from(buf)));
+            }
+            None => {}
+        }
+    }
+
+    /// Lets timers that have come due fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ConnectionHandle> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(h, c)| {
+                c.quic
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                    .then_some(*h)
+            })
+            .collect();
+        for handle in due {
+            if let Some(conn) = self.conns.get_mut(&handle) {
+                conn.quic.handle_timeout(now);
+            }
+            self.process(now, handle);
+        }
+    }
+
+    // ---- mutators ----
+
+    /// Answers a call with at most one message and a status, then ends it: the whole reply is
+    /// framed into one buffer and handed to QUIC with one write. `encode` appends the message
+    /// (encoded as the call asked) to the buffer it is given; returning `None` means no message.
+    pub fn respond<F>(&mut self, id: CallId, status: &Status, encode: F)
+    where
+        F: FnOnce(&mut Vec<u8>) -> Option<()>,
+    {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        wire::encode_message_header(0, &mut out);
+        if encode(&mut out).is_some() {
+            wire::patch_message_len(&mut out, 0);
+        } else {
+            out.clear();
+        }
+        wire::encode_trailer(status, &mut out);
+        self.write(id, &out, true);
+        self.scratch = out;
+    }
+
+    /// Sends one message of a streamed response, encoded by `encode`.
+    pub fn send_message<F>(&mut self, id: CallId, encode: F)
+    where
+        F: FnOnce(&mut Vec<u8>),
+    {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        wire::encode_message_header(0, &mut out);
+        encode(&mut out);
+        wire::patch_message_len(&mut out, 0);
+        self.write(id, &out, false);
+        self.scratch = out;
+    }
+
+    /// Ends a streamed response with its status.
+    pub fn finish(&mut self, id: CallId, status: &Status) {
+        self.respond(id, status, |_| None);
+    }
+
+    /// Stops taking new connections and calls: new handshakes are refused, and calls that start
+    /// on open connections are answered UNAVAILABLE. Calls in flight run on.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Closes every connection (end of shutdown); `poll_transmit` then yields the closes.
+    pub fn close_all(&mut self, now: Instant) {
+        for conn in self.conns.values_mut() {
+            conn.quic.close(
+                now,
+                VarInt::from_u32(0),
+                Bytes::from_static(b"daemon shutting down"),
+            );
+        }
+        let handles: Vec<_> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.process(now, handle);
+        }
+    }
+
+    // ---- output ----
+
+    /// The next thing the driver must act on.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next datagram(s) to send, written into `buf` (several of `segment_size` each when
+    /// `max_datagrams > 1`, for GSO).
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        if let Some((transmit, data)) = self.stateless.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&data);
+            return Some(transmit);
+        }
+        while let Some(&handle) = self.transmit_order.last() {
+            if let Some(conn) = self.conns.get_mut(&handle) {
+                buf.clear();
+                if let Some(transmit) = conn.quic.poll_transmit(now, max_datagrams, buf) {
+                    return Some(transmit);
+                }
+            }
+            self.transmit_order.pop();
+        }
+        // Timers and stream credit can make any connection want to send: check all once.
+        for conn in self.conns.values_mut() {
+            buf.clear();
+            if let Some(transmit) = conn.quic.poll_transmit(now, max_datagrams, buf) {
+                return Some(transmit);
+            }
+        }
+        None
+    }
+
+    /// When [`RpcServer::handle_timeout`] should next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.conns
+            .values_mut()
+            .filter_map(|c| c.quic.poll_timeout())
+            .min()
+    }
+
+    // ---- internals ----
+
+    fn accept(&mut self, now: Instant, incoming: quinn_proto::Incoming) {
+        let remote = incoming.remote_address();
+        let refusal = if self.draining {
+            Some("daemon is shutting down")
+        } else if self.conns.len() >= self.settings.max_connections {
+            Some("connection limit reached ([rpc] max_connections)")
+        } else {
+            None
+        };
+        let mut buf = Vec::new();
+        if let Some(reason) = refusal {
+            let transmit = self.endpoint.refuse(incoming, &mut buf);
+            self.stateless.push_back((transmit, Bytes::from(buf)));
+            self.events
+                .push_back(ServerEvent::Refused { remote, reason });
+            return;
+        }
+        match self
+            .endpoint
+            .accept(incoming, now, &mut buf, Some(self.server_config.clone()))
+        {
+            Ok((handle, quic)) => {
+                self.conns.insert(
+                    handle,
+                    Conn {
+                        quic,
+                        calls: HashMap::new(),
+                        connected: false,
+                    },
+                );
+                self.process(now, handle);
+            }
+            Err(error) => {
+                if let Some(transmit) = error.response {
+                    self.stateless.push_back((transmit, Bytes::from(buf)));
+                }
+                self.events.push_back(ServerEvent::Refused {
+                    remote,
+                    reason: "handshake could not start",
+                });
+            }
+        }
+    }
+
+    fn handle_connection_event(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        event: QuicConnectionEvent,
+    ) {
+        if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.quic.handle_event(event);
+            self.process(now, handle);
+        }
+    }
+
+    /// Runs a connection's pending work: endpoint bookkeeping, then its events.
+    fn process(&mut self, now: Instant, handle: ConnectionHandle) {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        while let Some(event) = conn.quic.poll_endpoint_events() {
+            if let Some(reply) = self.endpoint.handle_event(handle, event) {
+                conn.quic.handle_event(reply);
+            }
+        }
+        while let Some(event) = conn.quic.poll() {
+            match event {
+                Event::Connected => {
+                    conn.connected = true;
+                    self.events.push_back(ServerEvent::Connected {
+                        conn: ConnId(handle),
+                        remote: conn.quic.remote_address(),
+                    });
+                }
+                Event::ConnectionLost { reason } => {
+                    for (stream, call) in conn.calls.drain() {
+                        if matches!(call.phase, Phase::Started { .. }) {
+                            self.in_flight -= 1;
+                            let id = CallId {
+                                conn: handle,
+                                stream,
+                            };
+                            self.events.push_back(ServerEvent::Cancelled { id });
+                        }
+                    }
+                    if conn.connected {
+                        self.events.push_back(ServerEvent::Disconnected {
+                            conn: ConnId(handle),
+                            reason: reason.to_string(),
+                        });
+                    }
+                    conn.connected = false;
+                }
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    while let Some(stream) = conn.quic.streams().accept(Dir::Bi) {
+                        conn.calls.insert(
+                            stream,
+                            CallState {
+                                phase: Phase::Head,
+                                decoder: FrameDecoder::new(
+                                    Side::Request,
+                                    self.settings.max_message_size,
+                                ),
+                                outbox: Outbox::default(),
+                                received_at: now,
+                                recv_done: false,
+                            },
+                        );
+                        Self::read_call(
+                            conn,
+                            handle,
+                            stream,
+                            &self.settings,
+                            self.draining,
+                            &mut self.events,
+                            &mut self.in_flight,
+                        );
+                    }
+                }
+                Event::Stream(StreamEvent::Readable { id }) => Self::read_call(
+                    conn,
+                    handle,
+                    id,
+                    &self.settings,
+                    self.draining,
+                    &mut self.events,
+                    &mut self.in_flight,
+                ),
+                Event::Stream(StreamEvent::Writable { id }) => {
+                    if let Some(call) = conn.calls.get_mut(&id) {
+                        if call.outbox.flush(&mut conn.quic, id).is_err() {
+                            call.outbox = Outbox::default();
+                        }
+                        if call.outbox.is_empty() && matches!(call.phase, Phase::Answered) {
+                            conn.calls.remove(&id);
+                        }
+                    }
+                }
+                Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                    if let Some(call) = conn.calls.remove(&id) {
+                        if matches!(call.phase, Phase::Started { .. }) {
+                            self.in_flight -= 1;
+                            self.events.push_back(ServerEvent::Cancelled {
+                                id: CallId {
+                                    conn: handle,
+                                    stream: id,
+                                },
+                            });
+                        }
+                    }
+                }
+                Event::Stream(_) | Event::HandshakeDataReady => {}
+                Event::DatagramReceived | Event::DatagramsUnblocked => {}
+            }
+        }
+        if conn.quic.is_drained() {
+            self.conns.remove(&handle);
+            return;
+        }
+        if self.transmit_order.last() != Some(&handle) {
+            self.transmit_order.push(handle);
+        }
+    }
+
+    /// Reads what arrived on one call's stream and advances the call.
+    #[allow(clippy::too_many_arguments)]
+    fn read_call(
+        conn: &mut Conn,
+        handle: ConnectionHandle,
+        stream: StreamId,
+        settings: &ServerSettings,
+        draining: bool,
+        events: &mut VecDeque<ServerEvent>,
+        in_flight: &mut usize,
+    ) {
+        let id = CallId {
+            conn: handle,
+            stream,
+        };
+        let Some(call) = conn.calls.get_mut(&stream) else {
+            // A call already answered and forgotten: tell the client to stop sending.
+            let _ = conn.quic.recv_stream(stream).stop(DONE_CODE);
+            return;
+        };
+        let recv = read_into(&mut conn.quic, stream, &mut call.decoder);
+        if recv == RecvState::Reset {
+            if matches!(call.phase, Phase::Started { .. }) {
+                *in_flight -= 1;
+                events.push_back(ServerEvent::Cancelled { id });
+            }
+            let _ = conn.quic.send_stream(stream).reset(CANCEL_CODE);
+            conn.calls.remove(&stream);
+            return;
+        }
+        let mut rejection = None;
+        loop {
+            match call.decoder.next_frame() {
+                Ok(Some(Frame::Head(head))) => {
+                    let Some(method) = Method::from_path(head.method.as_bytes()) else {
+                        rejection = Some((
+                            None,
+                            Status::new(
+                                Code::Unimplemented,
+                                format!("unknown method {:?}", head.method),
+                            ),
+                        ));
+                        break;
+                    };
+                    if !settings.token.verify(&head.token) {
+                        rejection = Some((
+                            Some(method),
+                            Status::new(
+                                Code::Unauthenticated,
+                                "wrong token: read it from the daemon's state directory (token file)",
+                            ),
+                        ));
+                        break;
+                    }
+                    if draining {
+                        rejection = Some((
+                            Some(method),
+                            Status::new(Code::Unavailable, "daemon is shutting down"),
+                        ));
+                        break;
+                    }
+                    let deadline = (head.deadline_ms > 0)
+                        .then(|| call.received_at + Duration::from_millis(head.deadline_ms as u64));
+                    call.phase = Phase::Message {
+                        method,
+                        encoding: head.encoding,
+                        deadline,
+                    };
+                }
+                Ok(Some(Frame::Message(message))) => match call.phase {
+                    Phase::Message {
+                        method,
+                        encoding,
+                        deadline,
+                    } => {
+                        call.phase = Phase::Started { method };
+                        *in_flight += 1;
+                        events.push_back(ServerEvent::Call(IncomingCall {
+                            id,
+                            method,
+                            encoding,
+                            deadline,
+                            received_at: call.received_at,
+                            message,
+                        }));
+                    }
+                    Phase::Started { .. } => events.push_back(ServerEvent::Message { id, message }),
+                    Phase::Head | Phase::Answered => {}
+                },
+                Ok(Some(Frame::Trailer(_))) => {}
+                Ok(None) => break,
+                Err(error) => {
+                    let method = match call.phase {
+                        Phase::Message { method, .. } | Phase::Started { method } => Some(method),
+                        _ => None,
+                    };
+                    rejection = Some((method, error.status()));
+                    break;
+                }
+            }
+        }
+        if rejection.is_none() && recv == RecvState::Finished && !call.recv_done {
+            call.recv_done = true;
+            match call.phase {
+                Phase::Started { .. } => events.push_back(ServerEvent::HalfClosed { id }),
+                Phase::Answered => {}
+                Phase::Head | Phase::Message { .. } => {
+                    let method = match call.phase {
+                        Phase::Message { method, .. } => Some(method),
+                        _ => None,
+                    };
+                    let status = match call.decoder.finish() {
+                        Err(error) => error.status(),
+                        Ok(()) => Status::new(
+                            Code::InvalidArgument,
+                            "the request ended before its message: send the head, one message frame, then FIN",
+                        ),
+                    };
+                    rejection = Some((method, status));
+                }
+            }
+        }
+        if let Some((method, status)) = rejection {
+            if matches!(call.phase, Phase::Started { .. }) {
+                *in_flight -= 1;
+                events.push_back(ServerEvent::Cancelled { id });
+            }
+            events.push_back(ServerEvent::Rejected {
+                method,
+                status: status.clone(),
+                received_at: call.received_at,
+            });
+            let mut out = Vec::new();
+            wire::encode_trailer(&status, &mut out);
+            call.phase = Phase::Answered;
+            if !call.recv_done {
+                let _ = conn.quic.recv_stream(stream).stop(DONE_CODE);
+                call.recv_done = true;
+            }
+            if call
+                .outbox
+                .write(&mut conn.quic, stream, &out, true)
+                .is_err()
+                || call.outbox.is_empty()
+            {
+                conn.calls.remove(&stream);
+            }
+        }
+    }
+
+    fn write(&mut self, id: CallId, bytes: &[u8], last: bool) {
+        let Some(conn) = self.conns.get_mut(&id.conn) else {
+            return;
+        };
+        let Some(call) = conn.calls.get_mut(&id.stream) else {
+            return;
+        };
+        if !matches!(call.phase, Phase::Started { .. }) {
+            return;
+        }
+        let stopped = call
+            .outbox
+            .write(&mut conn.quic, id.stream, bytes, last)
+            .is_err();
+        if last || stopped {
+            call.phase = Phase::Answered;
+            self.in_flight -= 1;
+            if !call.recv_done {
+                // A reply ends the call: whatever else the client sends is not needed.
+                let _ = conn.quic.recv_stream(id.stream).stop(DONE_CODE);
+            }
+            if stopped || call.outbox.is_empty() {
+                conn.calls.remove(&id.stream);
+            }
+        }
+        if self.transmit_order.last() != Some(&id.conn) {
+            self.transmit_order.push(id.conn);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The messages of reaper's five services.
+//!
+//! Every type derives rkyv's `Archive` (validated with bytecheck, so a server can read a request
+//! in place without trusting it) and serde (for the `json` encoding that clients in any language
+//! can speak). JSON field names are the Rust field names; enums are lower-case strings.
+//! Fields follow the original design note one for one; fields added since are marked.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! wire_type {
+    ($(#[$meta:meta])* $vis:vis $kind:ident $name:ident $body:tt) => {
+        #[derive(
+            Debug, Clone, PartialEq,
+            Serialize, Deserialize,
+            rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+        )]
+        $(#[$meta])*
+        $vis $kind $name $body
+    };
+}
+
+/// One RPC method: which service, which name, and how its messages flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `reaper.Completion/complete`: unary.
+    CompletionComplete,
+    /// `reaper.Chat/send`: server streaming.
+    ChatSend,
+    /// `reaper.Agent/execute`: streaming both ways (the client may send control messages).
+    AgentExecute,
+    /// `reaper.Provider/list`: unary.
+    ProviderList,
+    /// `reaper.Health/check`: unary.
+    HealthCheck,
+}
+
+impl Method {
+    /// Every method, in a fixed order (used to index per-method metrics).
+    pub const ALL: [Method; 5] = [
+        Method::CompletionComplete,
+        Method::ChatSend,
+        Method::AgentExecute,
+        Method::ProviderList,
+        Method::HealthCheck,
+    ];
+
+    /// The method's path on the wire, e.g. `reaper.Health/check`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Method::CompletionComplete => "reaper.Completion/complete",
+            Method::ChatSend => "reaper.Chat/send",
+            Method::AgentExecute => "reaper.Agent/execute",
+            Method::ProviderList => "reaper.Provider/list",
+            Method::HealthCheck => "reaper.Health/check",
+        }
+    }
+
+    /// Looks a method up by its path.
+    pub fn from_path(path: &[u8]) -> Option<Method> {
+        Method::ALL
+            .into_iter()
+            .find(|method| method.path().as_bytes() == path)
+    }
+
+    /// Position in [`Method::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the server answers with a stream of messages rather than exactly one.
+    pub fn server_streams(self) -> bool {
+        matches!(self, Method::ChatSend | Method::AgentExecute)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+// ---- reaper.Completion ----
+
+wire_type! {
+    /// What the editor knows around the cursor, beyond the buffer itself.
+    pub struct ContextMetadata {
+        /// Symbols from the language server, as the editor formats them.
+        pub lsp_symbols: Option<String>,
+        /// `git status` of the file's repository.
+        pub git_status: Option<String>,
+        /// Paths of other files in the project.
+        pub project_files: Option<Vec<String>>,
+    }
+}
+
+wire_type! {
+    /// `reaper.Completion/complete` request.
+    pub struct CompletionRequest {
+        /// Buffer content before the cursor.
+        pub prefix: String,
+        /// Buffer content after the cursor.
+        pub suffix: String,
+        /// Language of the buffer, e.g. `rust`.
+        pub language: String,
+        /// Path of the file being edited, for context.
+        pub file_path: Option<String>,
+        /// Additional context (LSP, git, project files).
+        pub context: Option<ContextMetadata>,
+    }
+}
+
+wire_type! {
+    /// `reaper.Completion/complete` response.
+    pub struct CompletionResponse {
+        /// Text to insert at the cursor.
+        pub completion: String,
+        /// How likely the completion is to be accepted, in `[0, 1]`.
+        pub confidence: f32,
+        /// The provider that produced it.
+        pub provider: String,
+        /// Time the daemon spent on it, in milliseconds.
+        pub latency_ms: u32,
+    }
+}
+
+// ---- reaper.Chat ----
+
+wire_type! {
+    /// Who wrote a chat message.
+    #[serde(rename_all = "snake_case")]
+    pub enum Role { User, Assistant, System }
+}
+
+wire_type! {
+    /// One message of a conversation.
+    pub struct ChatMessage {
+        /// Who wrote it.
+        pub role: Role,
+        /// What it says.
+        pub content: String,
+        /// When, in seconds since the Unix epoch.
+        pub timestamp: i64,
+    }
+}
+
+wire_type! {
+    /// `reaper.Chat/send` request.
+    pub struct ChatRequest {
+        /// The conversation so far.
+        pub messages: Vec<ChatMessage>,
+        /// Preferred model.
+        pub model: Option<String>,
+        /// Upper bound on generated tokens.
+        pub max_tokens: Option<u32>,
+    }
+}
+
+wire_type! {
+    /// One streamed piece of a chat answer.
+    pub struct ChatChunk {
+        /// Text to append.
+        pub delta: String,
+        /// Whether this is the last chunk.
+        pub done: bool,
+    }
+}
+
+// ---- reaper.Agent ----
+
+wire_type! {
+    /// `reaper.Agent/execute` request: the task to run.
+    pub struct AgentTask {
+        /// What the user asked for.
+        pub instruction: String,
+        /// Working directory the agent may read and write under.
+        pub cwd: String,
+        /// Time limit in seconds.
+        pub timeout: Option<u32>,
+    }
+}
+
+wire_type! {
+    /// Phase of an agent step.
+    #[serde(rename_all = "snake_case")]
+    pub enum StepStatus { Planning, Executing, Verifying, Completed, Failed }
+}
+
+wire_type! {
+    /// One streamed progress update of an agent task.
+    pub struct StepUpdate {
+        /// Step number, from 1.
+        pub step: u32,
+        /// What the step does.
+        pub description: String,
+        /// Its phase.
+        pub status: StepStatus,
+        /// Result or error text.
+        pub message: Option<String>,
+    }
+}
+
+wire_type! {
+    /// What a client may tell a running agent task (added: the design note's stream is one-way).
+    #[serde(rename_all = "snake_case")]
+    pub enum AgentAction { Approve, Reject, Cancel }
+}
+
+wire_type! {
+    /// A control message the client sends on an `execute` stream after the task.
+    pub struct AgentControl {
+        /// What to do.
+        pub action: AgentAction,
+        /// The step it concerns, if any.
+        pub step: Option<u32>,
+    }
+}
+
+// ---- reaper.Provider ----
+
+wire_type! {
+    /// Whether a provider can take work now.
+    #[serde(rename_all = "snake_case")]
+    pub enum ProviderStatus { Available, Unavailable, RateLimited }
+}
+
+wire_type! {
+    /// Whether the daemon holds working credentials for a provider.
+    #[serde(rename_all = "snake_case")]
+    pub enum AuthStatus { Authenticated, NeedsAuth, Expired }
+}
+
+wire_type! {
+    /// One configured provider.
+    pub struct ProviderInfo {
+        /// Its name in `reaper.toml`, e.g. `offline`.
+        pub name: String,
+        /// Whether it can take work now.
+        pub status: ProviderStatus,
+        /// Its measured latency (moving average), in milliseconds.
+        pub latency_ms: u32,
+        /// Whether its credentials work.
+        pub auth_status: AuthStatus,
+    }
+}
+
+wire_type! {
+    /// `reaper.Provider/list` request (empty).
+    pub struct ProviderListRequest {}
+}
+
+wire_type! {
+    /// `reaper.Provider/list` response.
+    pub struct ProviderListResponse {
+        /// Every configured provider.
+        pub providers: Vec<ProviderInfo>,
+    }
+}
+
+// ---- reaper.Health ----
+
+wire_type! {
+    /// `reaper.Health/check` request (empty).
+    pub struct HealthRequest {}
+}
+
+wire_type! {
+    /// Whether the daemon takes new calls.
+    #[serde(rename_all = "snake_case")]
+    pub enum ServingStatus { Serving, Draining }
+}
+
+wire_type! {
+    /// Calls of one method since the daemon started.
+    pub struct MethodCalls {
+        /// The method's path, e.g. `reaper.Health/check`.
+        pub method: String,
+        /// Calls that ended `OK`.
+        pub served: u64,
+        /// Calls that ended with any other status.
+        pub failed: u64,
+    }
+}
+
+wire_type! {
+    /// Latency percentiles of served calls, in microseconds, from an HDR histogram.
+    pub struct LatencySummary {
+        /// Calls measured.
+        pub count: u64,
+        /// Median.
+        pub p50_us: u64,
+        /// 90th percentile.
+        pub p90_us: u64,
+        /// 99th percentile.
+        pub p99_us: u64,
+        /// 99.9th percentile.
+        pub p999_us: u64,
+        /// Slowest call.
+        pub max_us: u64,
+        /// Mean.
+        pub mean_us: f64,
+    }
+}
+
+wire_type! {
+    /// `reaper.Health/check` response.
+    pub struct HealthResponse {
+        /// `serving`, or `draining` once shutdown has begun.
+        pub status: ServingStatus,
+        /// The daemon's version.
+        pub version: String,
+        /// Seconds since the daemon started.
+        pub uptime_s: u64,
+        /// Open QUIC connections.
+        pub connections: u32,
+        /// All calls handled (the design note's request count).
+        pub requests: u64,
+        /// Calls that did not end `OK`.
+        pub errors: u64,
+        /// `errors / requests`, 0 when there were none.
+        pub error_rate: f64,
+        /// Per-method counts.
+        pub calls: Vec<MethodCalls>,
+        /// Latency of calls handled, measured from the complete request to the trailer.
+        pub latency: LatencySummary,
+    }
+}

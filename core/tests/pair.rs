@@ -1,0 +1,519 @@
+//! Two core endpoints wired together in memory: no sockets, a simulated clock, and a link that
+//! can lose, delay and reorder datagrams.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reaper_core::config::RpcConfig;
+use reaper_core::rpc::{
+    ClientCallId, ClientEvent, RpcClient, RpcServer, ServerEvent, ServerSettings,
+};
+use reaper_core::schema::*;
+use reaper_core::wire::RequestHead;
+use reaper_core::{transport, Code, Encoding, Status, Token, WireMessage};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+const SERVER: &str = "127.0.0.1:4433";
+const TOKEN: [u8; 32] = [42; 32];
+
+struct Link {
+    loss: f64,
+    delay: Duration,
+    jitter: Duration,
+}
+
+impl Link {
+    fn perfect() -> Link {
+        Link {
+            loss: 0.0,
+            delay: Duration::from_micros(50),
+            jitter: Duration::ZERO,
+        }
+    }
+    fn lossy() -> Link {
+        Link {
+            loss: 0.1,
+            delay: Duration::from_millis(2),
+            jitter: Duration::from_millis(3),
+        }
+    }
+}
+
+struct Pair {
+    server: RpcServer,
+    clients: Vec<RpcClient>,
+    now: Instant,
+    link: Link,
+    rng: StdRng,
+    /// (deliver at, to client index or server (None), from, bytes)
+    in_flight: Vec<(Instant, Option<usize>, SocketAddr, Vec<u8>)>,
+    server_log: Vec<ServerEvent>,
+    client_log: Vec<(usize, ClientEvent)>,
+    cert: CertificateDer<'static>,
+    rpc: RpcConfig,
+}
+
+fn client_addr(i: usize) -> SocketAddr {
+    format!("127.0.0.1:{}", 50000 + i).parse().unwrap()
+}
+
+impl Pair {
+    fn new(link: Link, rpc: RpcConfig) -> Pair {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_der = cert.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let server_config = transport::server_config(cert_der.clone(), key, &rpc, true).unwrap();
+        let server = RpcServer::new(
+            transport::endpoint_config(true),
+            server_config,
+            ServerSettings {
+                token: Token::from_bytes(TOKEN),
+                max_connections: rpc.max_connections.get() as usize,
+                max_message_size: rpc.max_message_size.get() as usize,
+            },
+        );
+        let mut pair = Pair {
+            server,
+            clients: Vec::new(),
+            now: Instant::now(),
+            link,
+            rng: StdRng::seed_from_u64(7),
+            in_flight: Vec::new(),
+            server_log: Vec::new(),
+            client_log: Vec::new(),
+            cert: cert_der,
+            rpc,
+        };
+        pair.add_client();
+        pair
+    }
+
+    fn add_client(&mut self) -> usize {
+        let config = transport::client_config(self.cert.clone(), &self.rpc, true).unwrap();
+        let client = RpcClient::connect(
+            self.now,
+            transport::endpoint_config(true),
+            config,
+            SERVER.parse().unwrap(),
+            1 << 20,
+        )
+        .unwrap();
+        self.clients.push(client);
+        self.clients.len() - 1
+    }
+
+    fn send(&mut self, to: Option<usize>, from: SocketAddr, bytes: Vec<u8>) {
+        if self.rng.random_bool(self.link.loss) {
+            return;
+        }
+        let jitter = self.link.jitter.mul_f64(self.rng.random::<f64>());
+        self.in_flight
+            .push((self.now + self.link.delay + jitter, to, from, bytes));
+    }
+
+    /// Moves every datagram both sides want to send onto the link, answering server calls with
+    /// `serve` first (as the real driver does).
+    fn flush(&mut self, serve: &mut dyn FnMut(&mut RpcServer, &ServerEvent)) {
+        while let Some(event) = self.server.poll_event() {
+            serve(&mut self.server, &event);
+            self.server_log.push(event);
+        }
+        let mut buf = Vec::new();
+        while let Some(t) = self.server.poll_transmit(self.now, 1, &mut buf) {
+            let to = (0..self.clients.len()).find(|&i| client_addr(i) == t.destination);
+            let bytes = buf[..t.size].to_vec();
+            self.send(to, SERVER.parse().unwrap(), bytes);
+        }
+        for i in 0..self.clients.len() {
+            while let Some(event) = self.clients[i].poll_event() {
+                self.client_log.push((i, event));
+            }
+            while let Some(t) = self.clients[i].poll_transmit(self.now, &mut buf) {
+                let bytes = buf[..t.size].to_vec();
+                self.send(None, client_addr(i), bytes);
+            }
+        }
+    }
+
+    /// Advances simulated time to the next delivery or timer and handles it. False when
+    /// nothing is left to do.
+    fn step(&mut self, serve: &mut dyn FnMut(&mut RpcServer, &ServerEvent)) -> bool {
+        self.flush(serve);
+        let next_packet = self.in_flight.iter().map(|p| p.0).min();
+        let mut next_timer = self.server.poll_timeout();
+        for c in &mut self.clients {
+            next_timer = match (next_timer, c.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let next = match (next_packet, next_timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return false,
+        };
+        self.now = self.now.max(next);
+        let (due, rest): (Vec<_>, Vec<_>) = self.in_flight.drain(..).partition(|p| p.0 <= self.now);
+        self.in_flight = rest;
+        for (_, to, from, bytes) in due {
+            let data = BytesMut::from(&bytes[..]);
+            match to {
+                None => self
+                    .server
+                    .handle_datagram(self.now, from, None, None, data),
+                Some(i) => self.clients[i].handle_datagram(self.now, SERVER.parse().unwrap(), data),
+            }
+        }
+        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now);
+        }
+        for c in &mut self.clients {
+            if c.poll_timeout().is_some_and(|t| t <= self.now) {
+                c.handle_timeout(self.now);
+            }
+        }
+        true
+    }
+
+    /// Steps until `done` holds, within a bound of steps and simulated time.
+    fn drive_until(
+        &mut self,
+        serve: &mut dyn FnMut(&mut RpcServer, &ServerEvent),
+        done: &mut dyn FnMut(&Pair) -> bool,
+    ) {
+        let start = self.now;
+        for _ in 0..200_000 {
+            if done(self) {
+                return;
+            }
+            assert!(
+                self.now - start < Duration::from_secs(120),
+                "simulated time ran out"
+            );
+            if !self.step(serve) {
+                break;
+            }
+        }
+        assert!(done(self), "condition never held");
+    }
+
+    fn connect(&mut self) {
+        let n = self.clients.len();
+        self.drive_until(&mut no_service, &mut |p: &Pair| {
+            p.client_log
+                .iter()
+                .filter(|(_, e)| *e == ClientEvent::Connected)
+                .count()
+                >= n
+        });
+    }
+
+    fn finished(&self, client: usize, call: ClientCallId) -> Option<&Status> {
+        self.client_log.iter().find_map(|(i, e)| match e {
+            ClientEvent::Finished { call: c, status } if *i == client && *c == call => Some(status),
+            _ => None,
+        })
+    }
+
+    fn message(&self, client: usize, call: ClientCallId) -> Option<&[u8]> {
+        self.client_log.iter().find_map(|(i, e)| match e {
+            ClientEvent::Message { call: c, message } if *i == client && *c == call => {
+                Some(&message[..])
+            }
+            _ => None,
+        })
+    }
+}
+
+fn no_service(_: &mut RpcServer, _: &ServerEvent) {}
+
+/// A minimal Health service: answers every Health call with a response naming the call count.
+fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
+    let mut served = 0u64;
+    move |server, event| {
+        if let ServerEvent::Call(call) = event {
+            assert_eq!(call.method, Method::HealthCheck);
+            HealthRequest::decode(call.encoding, &call.message).unwrap();
+            served += 1;
+            let response = HealthResponse {
+                status: ServingStatus::Serving,
+                version: "test".into(),
+                uptime_s: served,
+                connections: 1,
+                requests: served,
+                errors: 0,
+                error_rate: 0.0,
+                calls: vec![],
+                latency: LatencySummary {
+                    count: 0,
+                    p50_us: 0,
+                    p90_us: 0,
+                    p99_us: 0,
+                    p999_us: 0,
+                    max_us: 0,
+                    mean_us: 0.0,
+                },
+            };
+            let encoding = call.encoding;
+            server.respond(call.id, &Status::ok(), |out| {
+                response.encode(encoding, out).ok()
+            });
+        }
+    }
+}
+
+fn head(method: &str, encoding: Encoding, token: [u8; 32]) -> RequestHead {
+    RequestHead {
+        method: method.into(),
+        encoding,
+        deadline_ms: 0,
+        token: Token::from_bytes(token),
+    }
+}
+
+fn health_request(encoding: Encoding) -> Vec<u8> {
+    let mut out = Vec::new();
+    HealthRequest {}.encode(encoding, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn health_call_in_both_encodings() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let mut service = health_service();
+    for encoding in [Encoding::Rkyv, Encoding::Json] {
+        let call = pair.clients[0]
+            .start_call(
+                &head("reaper.Health/check", encoding, TOKEN),
+                &health_request(encoding),
+                true,
+            )
+            .unwrap();
+        pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+        assert_eq!(pair.finished(0, call).unwrap(), &Status::ok());
+        let response = HealthResponse::decode(encoding, pair.message(0, call).unwrap()).unwrap();
+        assert_eq!(response.status, ServingStatus::Serving);
+    }
+}
+
+#[test]
+fn sixty_four_concurrent_calls_survive_loss_and_reordering() {
+    let mut pair = Pair::new(Link::lossy(), RpcConfig::default());
+    pair.connect();
+    let mut service = health_service();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let encoding = if i % 2 == 0 {
+                Encoding::Rkyv
+            } else {
+                Encoding::Json
+            };
+            pair.clients[0]
+                .start_call(
+                    &head("reaper.Health/check", encoding, TOKEN),
+                    &health_request(encoding),
+                    true,
+                )
+                .unwrap()
+        })
+        .collect();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        calls.iter().all(|&c| p.finished(0, c).is_some())
+    });
+    for &call in &calls {
+        assert_eq!(pair.finished(0, call).unwrap().code, Code::Ok);
+        assert!(pair.message(0, call).is_some());
+    }
+    let served = pair
+        .server_log
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Call(_)))
+        .count();
+    assert_eq!(served, 64, "each call reached the service exactly once");
+    assert_eq!(pair.server.in_flight(), 0);
+}
+
+#[test]
+fn wrong_token_is_unauthenticated_and_reaches_no_service() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, [0; 32]),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    let mut service = |_: &mut RpcServer, e: &ServerEvent| {
+        assert!(
+            !matches!(e, ServerEvent::Call(_)),
+            "a call with a wrong token reached a service"
+        );
+    };
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+    assert_eq!(pair.finished(0, call).unwrap().code, Code::Unauthenticated);
+    assert!(pair.message(0, call).is_none());
+}
+
+#[test]
+fn unknown_method_and_bad_framing_get_statuses_and_the_connection_lives_on() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let mut service = health_service();
+    let unknown = pair.clients[0]
+        .start_call(
+            &head("reaper.Nope/nothing", Encoding::Json, TOKEN),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    let mut head_only = Vec::new();
+    head("reaper.Health/check", Encoding::Json, TOKEN).encode(&mut head_only);
+    let no_message = pair.clients[0].start_raw_call(&head_only, true).unwrap();
+    let not_reaper = pair.clients[0]
+        .start_raw_call(b"GET / HTTP/1.1\r\n\r\n", true)
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        [unknown, no_message, not_reaper]
+            .iter()
+            .all(|&c| p.finished(0, c).is_some())
+    });
+    assert_eq!(pair.finished(0, unknown).unwrap().code, Code::Unimplemented);
+    assert_eq!(
+        pair.finished(0, no_message).unwrap().code,
+        Code::InvalidArgument
+    );
+    let status = pair.finished(0, not_reaper).unwrap();
+    assert_eq!(status.code, Code::InvalidArgument);
+    assert!(status.message.contains("magic"), "{status}");
+    let ok = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, ok).is_some());
+    assert_eq!(pair.finished(0, ok).unwrap().code, Code::Ok);
+}
+
+#[test]
+fn oversized_message_is_resource_exhausted() {
+    let mut rpc = RpcConfig::default();
+    rpc.max_message_size = 1024.try_into().unwrap();
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &vec![b' '; 4096],
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.finished(0, call).is_some()
+    });
+    let status = pair.finished(0, call).unwrap();
+    assert_eq!(status.code, Code::ResourceExhausted, "{status}");
+    assert!(status.message.contains("max_message_size"));
+}
+
+#[test]
+fn a_cancelled_call_reaches_the_service_as_cancelled() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    // A streaming call the service never answers.
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Chat/send", Encoding::Json, TOKEN),
+            br#"{"messages":[],"model":null,"max_tokens":null}"#,
+            false,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 1);
+    pair.clients[0].cancel(call);
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.server_log
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Cancelled { .. }))
+    });
+    assert_eq!(pair.server.in_flight(), 0);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let mut rpc = RpcConfig::default();
+    rpc.max_connections = 1.try_into().unwrap();
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    pair.add_client();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.client_log
+            .iter()
+            .any(|(i, e)| *i == 1 && matches!(e, ClientEvent::ConnectionLost { .. }))
+    });
+    assert!(pair
+        .server_log
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Refused { .. })));
+    assert_eq!(pair.server.connection_count(), 1);
+}
+
+#[test]
+fn idle_connections_time_out_on_the_simulated_clock() {
+    let mut rpc = RpcConfig::default();
+    rpc.idle_timeout = 10;
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    let connected_at = pair.now;
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.server_log
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Disconnected { .. }))
+    });
+    let idle = pair.now - connected_at;
+    assert!(
+        idle >= Duration::from_secs(10) && idle < Duration::from_secs(31),
+        "{idle:?}"
+    );
+}
+
+#[test]
+fn draining_refuses_new_calls_but_finishes_those_in_flight() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let slow = pair.clients[0]
+        .start_call(
+            &head("reaper.Chat/send", Encoding::Json, TOKEN),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 1);
+    pair.server.begin_drain();
+    let late = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            b"{}",
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.finished(0, late).is_some()
+    });
+    assert_eq!(pair.finished(0, late).unwrap().code, Code::Unavailable);
+    let id = pair.server_log.iter().find_map(|e| match e {
+        ServerEvent::Call(c) => Some(c.id),
+        _ => None,
+    });
+    pair.server.finish(id.unwrap(), &Status::new(Code::Ok, ""));
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.finished(0, slow).is_some()
+    });
+    assert_eq!(pair.finished(0, slow).unwrap().code, Code::Ok);
+    assert_eq!(pair.server.in_flight(), 0);
+}
