@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod encoding;
+pub mod paths;
 pub mod rpc;
 pub mod schema;
 pub mod status;

@@ -1,1 +1,128 @@
-fn main() {}
+//! `reaperd`: the reaper daemon.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use reaper_core::config::Config;
+use reaper_core::rpc::{RpcServer, ServerSettings};
+use reaper_core::{paths, transport};
+use reaper_server::services::Services;
+use reaper_server::state::StateDir;
+use reaper_server::{event_loop, logging};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The reaper daemon: a local AI coding assistant that editors reach over QUIC.
+///
+/// On first start it creates its state directory (mode 0700) holding a self-signed certificate
+/// that clients pin, an access token every call must present, and, once it is listening, the
+/// address it bound. Stop it with SIGINT or SIGTERM: it stops taking calls, lets calls in flight
+/// finish for `[daemon] shutdown_grace` seconds, and exits 0.
+#[derive(Debug, Parser)]
+#[command(name = "reaperd", version, about, long_about)]
+struct Args {
+    /// Config file. Without it: $REAPER_CONFIG, ./reaper.toml, $XDG_CONFIG_HOME/reaper/reaper.toml,
+    /// then built-in defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on (UDP), overriding [daemon] address and port. Port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// State directory, overriding $REAPER_STATE_DIR and [daemon] state_dir.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Check the configuration, print the settings in effect, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(error) = run(args) {
+        eprintln!("reaperd: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, String)> {
+    let explicit_given = explicit.is_some();
+    for path in paths::config_candidates(explicit, |k| std::env::var(k).ok()) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let origin = path.display().to_string();
+                return Ok((Config::from_toml(&text, &origin)?, origin));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit_given => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read config {}", path.display()))
+            }
+        }
+    }
+    Ok((Config::default(), "built-in defaults".to_owned()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let (config, origin) = load_config(args.config)?;
+    let listen = args.listen.unwrap_or_else(|| config.daemon.listen());
+    let state_path = paths::state_dir(args.state_dir, config.daemon.state_dir.as_deref(), |k| {
+        std::env::var(k).ok()
+    });
+    if args.check_config {
+        println!("config: {origin}: ok");
+        println!("listen: {listen}");
+        println!("state_dir: {}", state_path.display());
+        for (key, why) in config.not_yet_in_effect() {
+            println!("not yet in effect: {key}: {why}");
+        }
+        return Ok(());
+    }
+
+    logging::init(&config.daemon)?;
+    tracing::info!(config = %origin, version = reaper_core::VERSION, "reaperd starting");
+    for (key, why) in config.not_yet_in_effect() {
+        tracing::info!(key, "setting not yet in effect: {why}");
+    }
+
+    let state = StateDir::open(state_path)?;
+    let (cert, key) = state.identity()?;
+    let token = state.token()?;
+    let loopback = listen.ip().is_loopback();
+    if !loopback {
+        tracing::warn!(%listen, "listening beyond loopback with a self-signed certificate: clients must pin it from the state directory");
+    }
+    let server_config = transport::server_config(cert, key, &config.rpc, loopback)?;
+    let server = RpcServer::new(
+        transport::endpoint_config(loopback),
+        server_config,
+        ServerSettings {
+            token,
+            max_connections: config.rpc.max_connections.get() as usize,
+            max_message_size: config.rpc.max_message_size.get() as usize,
+        },
+    );
+
+    let socket = UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = socket.local_addr()?;
+    if bound.port() == 0 {
+        bail!("the socket reports port 0 after binding {listen}");
+    }
+    state.write_endpoint(bound)?;
+    tracing::info!(state_dir = %state.path().display(), "reaperd listening on {bound}");
+
+    let grace = Duration::from_secs(config.daemon.shutdown_grace);
+    let outcome = event_loop::run(socket, server, Services::new(Instant::now()), grace);
+    state.remove_endpoint();
+    let shutdown = outcome?;
+    if shutdown.abandoned_calls > 0 {
+        tracing::warn!(
+            calls = shutdown.abandoned_calls,
+            "grace period over: calls still running were cancelled"
+        );
+    }
+    tracing::info!("reaperd stopped");
+    Ok(())
+}

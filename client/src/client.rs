@@ -1,0 +1,421 @@
+//! The async client: one QUIC connection, many concurrent calls.
+//!
+//! Each call is one bidirectional stream, so calls never wait for each other and one
+//! connection serves an editor's whole session; `docs/design.md` shows the measurement behind
+//! not pooling connections or batching requests.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use quinn::{RecvStream, SendStream, VarInt};
+use reaper_core::rpc::stream::CANCEL_CODE;
+use reaper_core::schema::*;
+use reaper_core::wire::{self, Frame, FrameDecoder, RequestHead, Side};
+use reaper_core::{transport, Encoding, Method, Status, WireMessage};
+use tokio::sync::Mutex;
+
+use crate::{ClientOptions, Error};
+
+/// First wait between connection attempts; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest wait between connection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Per-call settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Give up (and cancel the call) after this long; overrides the client's default.
+    pub deadline: Option<Duration>,
+}
+
+/// A stream of responses from a streaming call; it ends after the last message, or with the
+/// call's error.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Error>> + Send>>;
+
+/// A client of one reaper daemon. Cheap to share (`Arc`) across tasks: calls run concurrently.
+#[derive(Debug)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    options: ClientOptions,
+    connection: Mutex<Option<quinn::Connection>>,
+}
+
+impl Client {
+    /// Connects to the daemon, retrying with exponential backoff.
+    pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
+        let loopback = options.addr.ip().is_loopback();
+        let client_config = transport::client_config(options.cert.clone(), &options.rpc, loopback)
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let bind: std::net::SocketAddr = if options.addr.is_ipv6() {
+            "[::]:0".parse().expect("constant address")
+        } else {
+            "0.0.0.0:0".parse().expect("constant address")
+        };
+        let socket = std::net::UdpSocket::bind(bind).map_err(|e| Error::Connect {
+            addr: options.addr,
+            attempts: 0,
+            reason: format!("cannot open a UDP socket: {e}"),
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            transport::endpoint_config(loopback),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| Error::Transport(e.to_string()))?;
+        let client = Client {
+            endpoint,
+            client_config,
+            options,
+            connection: Mutex::new(None),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// Closes the connection politely (the daemon frees it at once instead of waiting for the
+    /// idle timeout) and waits, briefly, for the close to be sent.
+    pub async fn close(&self) {
+        if let Some(conn) = self.connection.lock().await.take() {
+            conn.close(VarInt::from_u32(0), b"client closed");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), self.endpoint.wait_idle()).await;
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// `reaper.Health/check`.
+    pub async fn health(&self) -> Result<HealthResponse, Error> {
+        self.unary(
+            Method::HealthCheck,
+            &HealthRequest {},
+            CallOptions::default(),
+        )
+        .await
+    }
+
+    /// `reaper.Provider/list`.
+    pub async fn providers(&self) -> Result<ProviderListResponse, Error> {
+        self.unary(
+            Method::ProviderList,
+            &ProviderListRequest {},
+            CallOptions::default(),
+        )
+        .await
+    }
+
+    /// `reaper.Completion/complete`.
+    pub async fn complete(
+        &self,
+        request: &CompletionRequest,
+        call: CallOptions,
+    ) -> Result<CompletionResponse, Error> {
+        self.unary(Method::CompletionComplete, request, call).await
+    }
+
+    /// `reaper.Chat/send`: the answer as a stream of chunks.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        call: CallOptions,
+    ) -> Result<ResponseStream<ChatChunk>, Error> {
+        let (send, recv) = self.open(Method::ChatSend, request, call, true).await?;
+        Ok(self.response_stream(send, recv, call))
+    }
+
+    /// `reaper.Agent/execute`: step updates as a stream, and a handle to approve, reject or
+    /// cancel steps on the same call.
+    pub async fn agent(
+        &self,
+        task: &AgentTask,
+        call: CallOptions,
+    ) -> Result<(ResponseStream<StepUpdate>, AgentControlHandle), Error> {
+        let (send, recv) = self.open(Method::AgentExecute, task, call, false).await?;
+        let control = AgentControlHandle {
+            send: Arc::new(Mutex::new(send)),
+            encoding: self.options.encoding,
+        };
+        let updates = self.response_stream(None, recv, call);
+        Ok((updates, control))
+    }
+
+    /// Makes any unary call.
+    pub async fn unary<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        method: Method,
+        request: &Req,
+        call: CallOptions,
+    ) -> Result<Resp, Error> {
+        let deadline = call.deadline.or(self.options.default_deadline);
+        let encoding = self.options.encoding;
+        let work = async {
+            let (send, mut recv) = self.open(method, request, call, true).await?;
+            let mut reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
+            let message = reader.next_message(&mut recv).await?;
+            let trailer = reader.next_message(&mut recv).await?;
+            drop(send);
+            match (message, trailer) {
+                (Some(bytes), None) => {
+                    Resp::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()))
+                }
+                (Some(_), Some(_)) => Err(Error::Protocol(format!(
+                    "{method} is unary but the daemon sent more than one message"
+                ))),
+                (None, _) => Err(Error::Protocol(format!(
+                    "{method} ended OK without a response message"
+                ))),
+            }
+        };
+        with_deadline(deadline, work).await
+    }
+
+    /// Opens a stream and sends the head and first message (and FIN if `finish`).
+    async fn open<Req: WireMessage>(
+        &self,
+        method: Method,
+        request: &Req,
+        call: CallOptions,
+        finish: bool,
+    ) -> Result<(Option<SendStream>, RecvStream), Error> {
+        let deadline = call.deadline.or(self.options.default_deadline);
+        let head = RequestHead {
+            method: method.path().to_owned(),
+            encoding: self.options.encoding,
+            deadline_ms: deadline.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
+            token: self.options.token.clone(),
+        };
+        let mut out = Vec::with_capacity(128);
+        head.encode(&mut out);
+        let at = out.len();
+        wire::encode_message_header(0, &mut out);
+        request
+            .encode(self.options.encoding, &mut out)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        wire::patch_message_len(&mut out, at);
+
+        let (mut send, recv) = self.open_stream().await?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        if finish {
+            let _ = send.finish();
+            Ok((None, recv))
+        } else {
+            Ok((Some(send), recv))
+        }
+    }
+
+    /// Opens a stream, reconnecting once if the connection has gone away meanwhile.
+    async fn open_stream(&self) -> Result<(SendStream, RecvStream), Error> {
+        let connection = self.connection().await?;
+        match connection.open_bi().await {
+            Ok(pair) => Ok(pair),
+            Err(_) => {
+                // Nothing was sent on a stream that did not open: retrying is safe.
+                let connection = self.connection().await?;
+                connection
+                    .open_bi()
+                    .await
+                    .map_err(|e| Error::Transport(e.to_string()))
+            }
+        }
+    }
+
+    /// A live connection: the current one, or a new one made with backoff.
+    async fn connection(&self) -> Result<quinn::Connection, Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            tracing::info!(reason = ?conn.close_reason(), "connection to reaperd lost; reconnecting");
+        }
+        let attempts = self.options.connect_attempts.max(1);
+        let mut backoff = BACKOFF_START;
+        let mut last_error = String::new();
+        for attempt in 1..=attempts {
+            match self.try_connect().await {
+                Ok(conn) => {
+                    *slot = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(reason) => {
+                    tracing::debug!(attempt, %reason, "connection attempt failed");
+                    last_error = reason;
+                }
+            }
+            if attempt < attempts {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        Err(Error::Connect {
+            addr: self.options.addr,
+            attempts,
+            reason: last_error,
+        })
+    }
+
+    async fn try_connect(&self) -> Result<quinn::Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect_with(
+                self.client_config.clone(),
+                self.options.addr,
+                transport::SERVER_NAME,
+            )
+            .map_err(|e| e.to_string())?;
+        // A daemon that is not there never answers UDP: bound each attempt.
+        match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 3 s".to_owned()),
+        }
+    }
+
+    fn response_stream<T: WireMessage + Send + 'static>(
+        &self,
+        send: Option<SendStream>,
+        recv: RecvStream,
+        call: CallOptions,
+    ) -> ResponseStream<T> {
+        let encoding = self.options.encoding;
+        let deadline = call
+            .deadline
+            .or(self.options.default_deadline)
+            .map(|d| tokio::time::Instant::now() + d);
+        let reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
+        let state = Some((reader, recv, send));
+        Box::pin(futures::stream::unfold(state, move |state| async move {
+            let (mut reader, mut recv, send) = state?;
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, reader.next_message(&mut recv)).await
+                {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let _ = recv.stop(CANCEL_CODE);
+                        let ms = at.elapsed().as_millis() as u64;
+                        return Some((Err(Error::DeadlineExceeded(ms)), None));
+                    }
+                },
+                None => reader.next_message(&mut recv).await,
+            };
+            match next {
+                Ok(Some(bytes)) => {
+                    let item =
+                        T::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()));
+                    Some((item, Some((reader, recv, send))))
+                }
+                Ok(None) => None,
+                Err(error) => Some((Err(error), None)),
+            }
+        }))
+    }
+}
+
+/// Sends control messages on a running agent call.
+#[derive(Debug, Clone)]
+pub struct AgentControlHandle {
+    send: Arc<Mutex<Option<SendStream>>>,
+    encoding: Encoding,
+}
+
+impl AgentControlHandle {
+    /// Sends one control message.
+    pub async fn send(&self, control: &AgentControl) -> Result<(), Error> {
+        let mut out = Vec::new();
+        wire::encode_message_header(0, &mut out);
+        control
+            .encode(self.encoding, &mut out)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        wire::patch_message_len(&mut out, 0);
+        let mut guard = self.send.lock().await;
+        let send = guard
+            .as_mut()
+            .ok_or_else(|| Error::Transport("the agent call's request side is closed".into()))?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// Ends the request side (no more control messages).
+    pub async fn close(&self) {
+        if let Some(mut send) = self.send.lock().await.take() {
+            let _ = send.finish();
+        }
+    }
+}
+
+/// Reads a response stream's frames.
+struct ResponseReader {
+    decoder: FrameDecoder,
+    done: bool,
+}
+
+impl ResponseReader {
+    fn new(max_message: usize) -> ResponseReader {
+        ResponseReader {
+            decoder: FrameDecoder::new(Side::Response, max_message),
+            done: false,
+        }
+    }
+
+    /// The next message; `None` after an OK trailer; an error for any other trailer.
+    async fn next_message(&mut self, recv: &mut RecvStream) -> Result<Option<Bytes>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(Frame::Message(bytes))) => return Ok(Some(bytes)),
+                Ok(Some(Frame::Trailer(status))) => {
+                    self.done = true;
+                    return if status.is_ok() {
+                        Ok(None)
+                    } else {
+                        Err(Error::Status(status))
+                    };
+                }
+                Ok(Some(Frame::Head(_))) => {}
+                Ok(None) => {}
+                Err(error) => return Err(Error::Protocol(error.to_string())),
+            }
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.decoder.push(chunk.bytes),
+                Ok(None) => {
+                    return Err(Error::Protocol(
+                        "the call ended without a status trailer".into(),
+                    ))
+                }
+                Err(quinn::ReadError::Reset(code)) => {
+                    return Err(Error::Status(Status::new(
+                        reaper_core::Code::Cancelled,
+                        format!("the daemon reset the call (code {code})"),
+                    )))
+                }
+                Err(error) => return Err(Error::Transport(error.to_string())),
+            }
+        }
+    }
+}
+
+async fn with_deadline<T>(
+    deadline: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match deadline {
+        // Dropping the work drops its streams; quinn then stops/finishes them, and the
+        // daemon sees the call cancelled.
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(Error::DeadlineExceeded(limit.as_millis() as u64))),
+        None => work.await,
+    }
+}

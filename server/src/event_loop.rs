@@ -1,0 +1,199 @@
+//! The event loop: one thread, one io_uring, one UDP socket, driving the core state machine.
+//!
+//! The loop keeps several receives armed on the ring so datagrams that arrive together are
+//! handled in one pass; each pass feeds every completed datagram to core, serves the calls that
+//! became ready (inline, before anything is sent, so ACKs ride on responses), then sends every
+//! datagram core wants out as one batch of submissions, and re-arms the timer only when core's
+//! next deadline changes. No locks and no channels: the loop owns the state machine and services.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use reaper_core::rpc::{RpcServer, ServerEvent};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_uring::net::UdpSocket;
+
+use crate::services::{Services, TransportInfo};
+
+/// Receives kept armed on the ring at once.
+const RECV_DEPTH: usize = 16;
+/// Receive buffer size: the largest UDP payload.
+const RECV_BUF: usize = 65_536;
+/// Upper bound of datagrams handled in one pass before sending, so a flood from one client
+/// cannot delay everyone's responses indefinitely.
+const MAX_DATAGRAMS_PER_PASS: usize = 64;
+
+type Received = (std::io::Result<(usize, SocketAddr)>, BytesMut);
+
+fn receive(socket: Rc<UdpSocket>) -> Pin<Box<dyn Future<Output = Received>>> {
+    Box::pin(async move { socket.recv_from(BytesMut::with_capacity(RECV_BUF)).await })
+}
+
+/// How the loop ended.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// Calls still running when the grace period ran out (cancelled by the close).
+    pub abandoned_calls: usize,
+}
+
+/// Runs the loop until SIGINT/SIGTERM and the drain that follows. `on_ready` is called once
+/// the socket is bound and served (the daemon writes its endpoint file then).
+pub fn run(
+    socket: std::net::UdpSocket,
+    mut server: RpcServer,
+    mut services: Services,
+    grace: Duration,
+) -> anyhow::Result<Shutdown> {
+    tokio_uring::start(async move {
+        let socket = Rc::new(UdpSocket::from_std(socket));
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut receives: FuturesUnordered<_> =
+            (0..RECV_DEPTH).map(|_| receive(socket.clone())).collect();
+        let mut timer = pin!(tokio::time::sleep_until(far_future()));
+        let mut armed_deadline: Option<Instant> = None;
+        let mut drain_deadline: Option<Instant> = None;
+
+        loop {
+            tokio::select! {
+                biased;
+                Some(first) = receives.next() => {
+                    let now = Instant::now();
+                    let mut received = Some(first);
+                    let mut handled = 0;
+                    while let Some((result, buf)) = received.take() {
+                        receives.push(receive(socket.clone()));
+                        handle_received(&mut server, now, result, buf);
+                        handled += 1;
+                        if handled >= MAX_DATAGRAMS_PER_PASS {
+                            break;
+                        }
+                        received = receives.next().now_or_never().flatten();
+                    }
+                }
+                () = &mut timer, if armed_deadline.is_some() => {
+                    armed_deadline = None;
+                    server.handle_timeout(Instant::now());
+                }
+                _ = interrupt.recv(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(begin_drain(&mut server, "SIGINT", grace));
+                }
+                _ = terminate.recv(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(begin_drain(&mut server, "SIGTERM", grace));
+                }
+            }
+
+            let now = Instant::now();
+            serve(&mut server, &mut services, now);
+            if let Some(deadline) = drain_deadline {
+                if server.in_flight() == 0 || now >= deadline {
+                    let abandoned_calls = server.in_flight();
+                    server.close_all(now);
+                    send_all(&socket, &mut server, now).await;
+                    return Ok(Shutdown { abandoned_calls });
+                }
+            }
+            send_all(&socket, &mut server, now).await;
+
+            let next = server.poll_timeout();
+            let next = match (next, drain_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if next != armed_deadline {
+                if let Some(deadline) = next {
+                    timer.as_mut().reset(deadline.into());
+                }
+                armed_deadline = next;
+            }
+        }
+    })
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn begin_drain(server: &mut RpcServer, signal: &str, grace: Duration) -> Instant {
+    tracing::info!(
+        in_flight = server.in_flight(),
+        grace_s = grace.as_secs_f64(),
+        "{signal}: draining (no new calls; in-flight calls may finish)"
+    );
+    server.begin_drain();
+    Instant::now() + grace
+}
+
+fn handle_received(
+    server: &mut RpcServer,
+    now: Instant,
+    result: std::io::Result<(usize, SocketAddr)>,
+    mut data: BytesMut,
+) {
+    match result {
+        Ok((len, from)) => {
+            data.truncate(len);
+            server.handle_datagram(now, from, None, None, data);
+        }
+        // ICMP errors (a client went away) surface as receive errors on UDP: not fatal.
+        Err(error) => tracing::debug!(%error, "receive failed"),
+    }
+}
+
+/// Hands every ready event to the services and logs connection changes.
+fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
+    while let Some(event) = server.poll_event() {
+        match event {
+            ServerEvent::Call(call) => {
+                let info = TransportInfo {
+                    connections: server.connection_count(),
+                    draining: server.is_draining(),
+                };
+                services.on_call(server, call, info, now);
+            }
+            ServerEvent::Rejected {
+                method,
+                status,
+                received_at,
+            } => services.on_rejected(method, &status, received_at, now),
+            ServerEvent::Connected { conn, remote } => {
+                tracing::info!(%conn, %remote, "connection open")
+            }
+            ServerEvent::Disconnected { conn, reason } => {
+                tracing::info!(%conn, %reason, "connection closed")
+            }
+            ServerEvent::Refused { remote, reason } => {
+                tracing::warn!(%remote, reason, "connection refused")
+            }
+            ServerEvent::Cancelled { id } => {
+                tracing::debug!(call = %id, "call cancelled by the client")
+            }
+            ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
+        }
+    }
+}
+
+/// Sends everything core has queued, all submissions in flight together.
+async fn send_all(socket: &Rc<UdpSocket>, server: &mut RpcServer, now: Instant) {
+    let mut sends = Vec::new();
+    loop {
+        let mut buf = Vec::with_capacity(2048);
+        let Some(transmit) = server.poll_transmit(now, 1, &mut buf) else {
+            break;
+        };
+        buf.truncate(transmit.size);
+        let socket = socket.clone();
+        sends.push(async move { socket.send_to(buf, transmit.destination).await.0 });
+    }
+    for result in futures::future::join_all(sends).await {
+        if let Err(error) = result {
+            tracing::debug!(%error, "send failed");
+        }
+    }
+}
