@@ -271,7 +271,7 @@ impl FrameDecoder {
     fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         if !self.head_seen {
             let Ok((fixed, _)) = HeadFixed::ref_from_prefix(buf) else {
-                return Ok(check_magic_prefix(buf).map(|()| None)?);
+                return check_magic_prefix(buf).map(|()| None);
             };
             check_head_fixed(fixed)?;
             let len = HEAD_FIXED_LEN + fixed.method_len as usize + fixed.token_len as usize;

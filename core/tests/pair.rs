@@ -403,8 +403,10 @@ fn unknown_method_and_bad_framing_get_statuses_and_the_connection_lives_on() {
 
 #[test]
 fn oversized_message_is_resource_exhausted() {
-    let mut rpc = RpcConfig::default();
-    rpc.max_message_size = 1024.try_into().unwrap();
+    let rpc = RpcConfig {
+        max_message_size: 1024.try_into().unwrap(),
+        ..Default::default()
+    };
     let mut pair = Pair::new(Link::perfect(), rpc);
     pair.connect();
     let call = pair.clients[0]
@@ -446,8 +448,10 @@ fn a_cancelled_call_reaches_the_service_as_cancelled() {
 
 #[test]
 fn connections_over_the_limit_are_refused() {
-    let mut rpc = RpcConfig::default();
-    rpc.max_connections = 1.try_into().unwrap();
+    let rpc = RpcConfig {
+        max_connections: 1.try_into().unwrap(),
+        ..Default::default()
+    };
     let mut pair = Pair::new(Link::perfect(), rpc);
     pair.connect();
     pair.add_client();
@@ -465,8 +469,10 @@ fn connections_over_the_limit_are_refused() {
 
 #[test]
 fn idle_connections_time_out_on_the_simulated_clock() {
-    let mut rpc = RpcConfig::default();
-    rpc.idle_timeout = 10;
+    let rpc = RpcConfig {
+        idle_timeout: 10,
+        ..Default::default()
+    };
     let mut pair = Pair::new(Link::perfect(), rpc);
     pair.connect();
     let connected_at = pair.now;

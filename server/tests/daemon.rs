@@ -1,0 +1,120 @@
+//! A real `reaperd` process for tests: temp state dir, port 0, logs kept, always reaped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reaper_client::ClientOptions;
+
+pub fn reaperd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_reaperd"))
+}
+
+/// The `reaper` CLI, built beside `reaperd` by `cargo test --workspace`.
+pub fn reaper_bin() -> PathBuf {
+    let path = reaperd_bin().with_file_name("reaper");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the CLI is built too",
+        path.display()
+    );
+    path
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("reaperd.log")).unwrap();
+        let child = Command::new(reaperd_bin())
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "debug,quinn_proto=info")
+            .env_remove("REAPER_CONFIG")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child: Some(child),
+            dir,
+        };
+        let endpoint = daemon.state_dir().join("endpoint");
+        let start = Instant::now();
+        while !endpoint.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "reaperd did not start: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions::from_state_dir(&self.state_dir(), None).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("reaperd.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(reaper_bin())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "reaperd did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! End to end: the real `reaperd` binary, called over real QUIC on 127.0.0.1.
+
+mod daemon;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use daemon::Daemon;
+use reaper_client::schema::*;
+use reaper_client::{CallOptions, Client, Code, Encoding, Error, Method};
+use reaper_core::transport;
+use reaper_core::wire::{self, RequestHead};
+
+async fn client(daemon: &Daemon, encoding: Encoding) -> Client {
+    let mut options = daemon.options();
+    options.encoding = encoding;
+    Client::connect(options).await.expect("connect to reaperd")
+}
+
+fn served(health: &HealthResponse, method: Method) -> (u64, u64) {
+    let calls = &health.calls[method.index()];
+    (calls.served, calls.failed)
+}
+
+#[tokio::test]
+async fn health_and_providers_in_both_encodings() {
+    let daemon = Daemon::start();
+    for encoding in [Encoding::Rkyv, Encoding::Json] {
+        let client = client(&daemon, encoding).await;
+        let health = client.health().await.unwrap();
+        assert_eq!(health.status, ServingStatus::Serving);
+        assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
+        assert!(health.connections >= 1);
+        let providers = client.providers().await.unwrap();
+        assert!(
+            providers.providers.is_empty(),
+            "no provider is built yet: {providers:?}"
+        );
+        client.close().await;
+    }
+    let client = client(&daemon, Encoding::Rkyv).await;
+    let health = client.health().await.unwrap();
+    assert_eq!(
+        served(&health, Method::HealthCheck),
+        (2, 0),
+        "this call is counted after it is answered"
+    );
+    assert_eq!(served(&health, Method::ProviderList), (2, 0));
+    assert_eq!(health.latency.count, 4);
+    assert!(health.latency.p50_us > 0);
+}
+
+#[tokio::test]
+async fn unbuilt_services_answer_unimplemented() {
+    let daemon = Daemon::start();
+    let client = client(&daemon, Encoding::Json).await;
+    let request = CompletionRequest {
+        prefix: "fn ".into(),
+        suffix: String::new(),
+        language: "rust".into(),
+        file_path: None,
+        context: None,
+    };
+    let err = client
+        .complete(&request, CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().code, Code::Unimplemented, "{err}");
+    assert!(err.status().message.contains("not built yet"));
+    let chat = ChatRequest {
+        messages: vec![],
+        model: None,
+        max_tokens: None,
+    };
+    let mut stream = client.chat(&chat, CallOptions::default()).await.unwrap();
+    use futures::StreamExt;
+    let first = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(first.status().code, Code::Unimplemented);
+    assert!(stream.next().await.is_none());
+    let health = client.health().await.unwrap();
+    assert_eq!(served(&health, Method::CompletionComplete), (0, 1));
+    assert_eq!(served(&health, Method::ChatSend), (0, 1));
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_calls_on_one_connection_and_eight_connections() {
+    let daemon = Daemon::start();
+    let one = Arc::new(client(&daemon, Encoding::Rkyv).await);
+    let calls = (0..64).map(|_| {
+        let one = one.clone();
+        tokio::spawn(async move { one.health().await })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap().unwrap();
+    }
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Arc::new(client(&daemon, Encoding::Json).await));
+    }
+    let calls = clients.iter().flat_map(|c| {
+        (0..8).map(move |_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.providers().await })
+        })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap().unwrap();
+    }
+    let health = one.health().await.unwrap();
+    assert_eq!(health.connections, 9);
+    assert_eq!(served(&health, Method::HealthCheck).0, 64);
+    assert_eq!(served(&health, Method::ProviderList).0, 64);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_unauthenticated_and_runs_nothing() {
+    let daemon = Daemon::start();
+    let mut options = daemon.options();
+    options.token = reaper_core::Token::from_bytes([0; 32]);
+    let intruder = Client::connect(options).await.unwrap();
+    let err = intruder.providers().await.unwrap_err();
+    assert_eq!(err.status().code, Code::Unauthenticated, "{err}");
+    let good = client(&daemon, Encoding::Rkyv).await;
+    let health = good.health().await.unwrap();
+    assert_eq!(
+        served(&health, Method::ProviderList),
+        (0, 1),
+        "counted as failed, not served"
+    );
+}
+
+#[tokio::test]
+async fn a_different_certificate_is_refused_by_the_client() {
+    let daemon = Daemon::start();
+    let other = rcgen_free_cert();
+    let mut options = daemon.options();
+    options.cert = other;
+    options.connect_attempts = 1;
+    let err = Client::connect(options).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+/// A certificate that is not the daemon's: the one from another daemon's state directory.
+fn rcgen_free_cert() -> rustls::pki_types::CertificateDer<'static> {
+    let other = Daemon::start();
+    other.options().cert
+}
+
+/// A raw QUIC connection with the daemon's pinned certificate, for sending bytes no well-behaved
+/// client would.
+async fn raw_connection(daemon: &Daemon) -> (quinn::Endpoint, quinn::Connection) {
+    let options = daemon.options();
+    let config = transport::client_config(options.cert.clone(), &options.rpc, true).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoint = quinn::Endpoint::new(
+        transport::endpoint_config(true),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect_with(config, options.addr, transport::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+async fn read_trailer(recv: &mut quinn::RecvStream) -> reaper_core::Status {
+    let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("the daemon answers within 5 s")
+        .unwrap();
+    let mut decoder = wire::FrameDecoder::new(wire::Side::Response, 1 << 20);
+    decoder.push(bytes.into());
+    loop {
+        match decoder.next_frame().unwrap() {
+            Some(wire::Frame::Trailer(status)) => return status,
+            Some(_) => continue,
+            None => panic!("no trailer"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_datagrams_and_malformed_frames_do_not_stop_service() {
+    let daemon = Daemon::start();
+    let addr = daemon.options().addr;
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..500usize {
+        let len = 1 + (i * 37) % 1400;
+        let datagram: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        junk.send_to(&datagram, addr).unwrap();
+    }
+    let (_endpoint, conn) = raw_connection(&daemon).await;
+    // Not a reaper head at all.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let status = read_trailer(&mut recv).await;
+    assert_eq!(status.code, Code::InvalidArgument, "{status}");
+    // A good head, then a frame of an unknown kind.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    RequestHead {
+        method: Method::HealthCheck.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut bytes);
+    bytes.extend_from_slice(&[7, 2, 0, 0, 0, b'{', b'}']);
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let status = read_trailer(&mut recv).await;
+    assert_eq!(status.code, Code::InvalidArgument, "{status}");
+    assert!(status.message.contains("frame kind"), "{status}");
+    // A valid frame holding invalid JSON.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    bytes.truncate(bytes.len() - 7);
+    wire::encode_message(b"{\"oops\": \xff}", &mut bytes);
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let status = read_trailer(&mut recv).await;
+    assert_eq!(status.code, Code::InvalidArgument, "{status}");
+
+    let client = client(&daemon, Encoding::Rkyv).await;
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn a_call_cancelled_midway_leaves_the_daemon_serving() {
+    let daemon = Daemon::start();
+    let (_endpoint, conn) = raw_connection(&daemon).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    RequestHead {
+        method: Method::HealthCheck.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut bytes);
+    wire::encode_message_header(1000, &mut bytes);
+    bytes.extend_from_slice(b"{\"half");
+    send.write_all(&bytes).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send.reset(quinn::VarInt::from_u32(1)).unwrap();
+
+    let client = client(&daemon, Encoding::Rkyv).await;
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, ServingStatus::Serving);
+    assert_eq!(
+        served(&health, Method::HealthCheck),
+        (0, 0),
+        "the reset call never ran"
+    );
+
+    // A client-side deadline cancels the call from the client's side.
+    let err = client
+        .unary::<_, HealthResponse>(
+            Method::HealthCheck,
+            &HealthRequest {},
+            CallOptions {
+                deadline: Some(Duration::from_nanos(1)),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().code, Code::DeadlineExceeded, "{err}");
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn sigterm_drains_calls_in_flight_and_exits_zero() {
+    let mut daemon = Daemon::start();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Arc::new(client(&daemon, Encoding::Rkyv).await));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0u32, 0u32);
+                for _ in 0..100_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    match c.health().await {
+                        Ok(_) => ok += 1,
+                        Err(_) => {
+                            refused += 1;
+                            break;
+                        }
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.signal("TERM");
+    let status = daemon.wait(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(status.code(), Some(0), "reaperd exits 0 after SIGTERM");
+    let mut total_ok = 0;
+    for worker in workers {
+        let (ok, _) = worker.await.unwrap();
+        total_ok += ok;
+    }
+    assert!(total_ok > 0, "calls were in flight when the signal came");
+    assert!(
+        !daemon.state_dir().join("endpoint").exists(),
+        "endpoint file removed at exit"
+    );
+    assert!(
+        daemon.log().contains("SIGTERM: draining"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn cli_prints_json_and_reports_failures_with_the_status_name() {
+    let daemon = Daemon::start();
+    let output = daemon.cli(&["health", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let health: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(health["status"], "serving");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["uptime_s"].is_u64());
+
+    let output = daemon.cli(&["providers", "--json", "--encoding", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let providers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(providers["providers"].is_array());
+
+    let output = daemon.cli(&["health"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("serving"));
+
+    // A state directory with no daemon behind it.
+    let empty = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(daemon::reaper_bin())
+        .args(["--state-dir", empty.path().to_str().unwrap(), "health"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("UNAVAILABLE: "), "{stderr}");
+
+    // A token that is wrong.
+    std::fs::write(daemon.state_dir().join("token.wrong"), "00".repeat(32)).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["cert.pem", "endpoint"] {
+        std::fs::copy(daemon.state_dir().join(name), copy.path().join(name)).unwrap();
+    }
+    std::fs::write(copy.path().join("token"), "00".repeat(32)).unwrap();
+    let output = std::process::Command::new(daemon::reaper_bin())
+        .args(["--state-dir", copy.path().to_str().unwrap(), "providers"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("UNAUTHENTICATED: "), "{stderr}");
+}
+
+#[test]
+fn bad_config_and_bad_flags_get_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reaper.toml");
+    std::fs::write(&config, "[rpc]\nmax_connections = 0\n").unwrap();
+    let output = std::process::Command::new(daemon::reaperd_bin())
+        .args(["--config", config.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("max_connections"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let output = std::process::Command::new(daemon::reaperd_bin())
+        .arg("--frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--frobnicate"));
+
+    std::fs::write(&config, "[daemon]\nenable_tls = false\n").unwrap();
+    let output = std::process::Command::new(daemon::reaperd_bin())
+        .args(["--config", config.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("not yet in effect: daemon.enable_tls")
+    );
+}
