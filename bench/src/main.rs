@@ -1,1 +1,187 @@
-fn main() {}
+//! `reaper-bench`: measures `Health.check` against a real reaperd over QUIC.
+//!
+//! This is the first scenario only: sequential round trips on a warm connection, and calls per
+//! second with many calls in flight on one connection. Peer stacks (tonic, plain quinn,
+//! HTTP/1.1, raw UDP), thread placement, plots and the CI gates come with the benchmark issue.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use reaper_client::{Client, ClientOptions, Encoding};
+
+/// Measure reaperd's Health.check latency and throughput.
+///
+/// Without --state-dir it starts its own reaperd (from beside this binary, or --reaperd) on
+/// 127.0.0.1 with a temporary state directory, and stops it afterwards.
+#[derive(Debug, Parser)]
+#[command(name = "reaper-bench", version, about)]
+struct Args {
+    /// State directory of a running reaperd to measure.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The reaperd binary to start when no --state-dir is given.
+    #[arg(long, value_name = "PATH")]
+    reaperd: Option<PathBuf>,
+    /// Sequential calls to time.
+    #[arg(long, default_value_t = 10_000)]
+    calls: u64,
+    /// Calls kept in flight for the throughput run.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Length of the throughput run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Message encoding.
+    #[arg(long, default_value = "rkyv")]
+    encoding: Encoding,
+    /// Print one JSON object per scenario.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut spawned = None;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let (child, dir) = start_reaperd(args.reaperd.clone())?;
+            let path = dir.path().join("state");
+            spawned = Some((child, dir));
+            path
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(measure(&args, state_dir));
+    if let Some((mut child, dir)) = spawned {
+        let rss = rss_kib(child.id());
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+        if let Some(rss) = rss {
+            report_line(&args, "daemon_rss_after_run", &format!("{rss} KiB"));
+        }
+        drop(dir);
+    }
+    result
+}
+
+fn start_reaperd(explicit: Option<PathBuf>) -> anyhow::Result<(Child, tempfile::TempDir)> {
+    let binary = match explicit {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("reaperd"),
+    };
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let child = Command::new(&binary)
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", binary.display()))?;
+    let start = Instant::now();
+    while !state.join("endpoint").exists() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("reaperd did not start within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(rss) = rss_kib(child.id()) {
+        eprintln!("reaperd idle RSS: {rss} KiB");
+    }
+    Ok((child, dir))
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
+    let mut options = ClientOptions::from_state_dir(&state_dir, None)?;
+    options.encoding = args.encoding;
+    let client = Arc::new(Client::connect(options).await?);
+    for _ in 0..1_000.min(args.calls) {
+        client.health().await?;
+    }
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let started = Instant::now();
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        client.health().await?;
+        histogram.saturating_record(t.elapsed().as_nanos() as u64 / 1_000);
+    }
+    let elapsed = started.elapsed();
+    report(args, "health_sequential", 1, &histogram, args.calls as f64 / elapsed.as_secs_f64());
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant bounds");
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    client.health().await?;
+                    local.saturating_record(t.elapsed().as_nanos() as u64 / 1_000);
+                }
+                Ok::<_, reaper_client::Error>(local)
+            })
+        })
+        .collect();
+    for worker in workers {
+        histogram.add(worker.await??)?;
+    }
+    let elapsed = started.elapsed();
+    report(args, "health_in_flight", args.concurrency, &histogram, histogram.len() as f64 / elapsed.as_secs_f64());
+    client.close().await;
+    Ok(())
+}
+
+fn report(args: &Args, scenario: &str, concurrency: usize, h: &Histogram<u64>, calls_per_s: f64) {
+    if args.json {
+        let row = serde_json::json!({
+            "scenario": scenario,
+            "stack": "reaper",
+            "encoding": args.encoding.name(),
+            "concurrency": concurrency,
+            "calls": h.len(),
+            "p50_us": h.value_at_quantile(0.5),
+            "p90_us": h.value_at_quantile(0.9),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
+            "calls_per_s": calls_per_s.round(),
+        });
+        println!("{row}");
+    } else {
+        println!(
+            "{scenario:<20} in flight {concurrency:>3}  calls {:>8}  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  max {:>7} µs  {:>9.0} calls/s",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            calls_per_s
+        );
+    }
+}
+
+fn report_line(args: &Args, key: &str, value: &str) {
+    if args.json {
+        println!("{}", serde_json::json!({ key: value }));
+    } else {
+        println!("{key}: {value}");
+    }
+}

@@ -306,3 +306,16 @@ ttl = 3600
         }
     }
 }
+
+#[cfg(test)]
+mod shipped_file {
+    use super::*;
+
+    /// The commented `reaper.toml` at the top of the repository states the defaults: keep them
+    /// true.
+    #[test]
+    fn the_shipped_reaper_toml_is_the_defaults() {
+        let text = include_str!("../../reaper.toml");
+        assert_eq!(Config::from_toml(text, "reaper.toml").unwrap(), Config::default());
+    }
+}

@@ -416,3 +416,28 @@ fn bad_config_and_bad_flags_get_clear_messages() {
         String::from_utf8_lossy(&output.stdout).contains("not yet in effect: daemon.enable_tls")
     );
 }
+
+/// The Python client in `docs/protocol.md`, run as written against a real daemon: proof that
+/// the document is enough to write a client in another language.
+#[test]
+fn python_client_written_from_the_protocol_document() {
+    let doc = include_str!("../../docs/protocol.md");
+    let start = doc.find("```python\n").expect("the document has a Python client") + 10;
+    let script = &doc[start..start + doc[start..].find("```").unwrap()];
+    let daemon = Daemon::start();
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("REAPER_STATE_DIR", daemon.state_dir())
+        .output()
+        .expect("python3 runs (.ci/run installs it with aioquic)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the documented Python client failed (needs `pip install aioquic`):\n{stderr}"
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["code"], 0, "{answer}");
+    assert_eq!(answer["messages"][0]["status"], "serving", "{answer}");
+    assert_eq!(answer["messages"][0]["version"], env!("CARGO_PKG_VERSION"));
+}

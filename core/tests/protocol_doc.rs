@@ -1,0 +1,106 @@
+//! `docs/protocol.md` must show the bytes this code really produces: the hex dumps of a
+//! complete `Health.check` call in it are checked here.
+
+use reaper_core::schema::*;
+use reaper_core::wire::{self, RequestHead};
+use reaper_core::{Encoding, Status, Token, WireMessage};
+
+/// The example token used in the document (never a real one).
+fn example_token() -> Token {
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    Token::from_bytes(bytes)
+}
+
+fn example_response() -> HealthResponse {
+    HealthResponse {
+        status: ServingStatus::Serving,
+        version: "0.1.0".into(),
+        uptime_s: 42,
+        connections: 1,
+        requests: 7,
+        errors: 0,
+        error_rate: 0.0,
+        calls: vec![MethodCalls {
+            method: "reaper.Health/check".into(),
+            served: 7,
+            failed: 0,
+        }],
+        latency: LatencySummary {
+            count: 7,
+            p50_us: 18,
+            p90_us: 25,
+            p99_us: 31,
+            p999_us: 31,
+            max_us: 31,
+            mean_us: 19.5,
+        },
+    }
+}
+
+fn request_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHead {
+        method: "reaper.Health/check".into(),
+        encoding: Encoding::Json,
+        deadline_ms: 1000,
+        token: example_token(),
+    }
+    .encode(&mut out);
+    let mut message = Vec::new();
+    HealthRequest {}.encode(Encoding::Json, &mut message).unwrap();
+    wire::encode_message(&message, &mut out);
+    out
+}
+
+fn response_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut message = Vec::new();
+    example_response().encode(Encoding::Json, &mut message).unwrap();
+    wire::encode_message(&message, &mut out);
+    wire::encode_trailer(&Status::ok(), &mut out);
+    out
+}
+
+/// 16 bytes a line: offset, hex, and the printable characters.
+fn hex_dump(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        let text: String = line
+            .iter()
+            .map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' })
+            .collect();
+        out.push_str(&format!("{:04x}  {:<47}  {}\n", i * 16, hex.join(" "), text));
+    }
+    out
+}
+
+fn block(doc: &str, tag: &str) -> String {
+    let fence = format!("```text {tag}\n");
+    let start = doc
+        .find(&fence)
+        .unwrap_or_else(|| panic!("docs/protocol.md has no block tagged `{tag}`"))
+        + fence.len();
+    let end = start + doc[start..].find("```").expect("block is closed");
+    doc[start..end].to_owned()
+}
+
+#[test]
+fn the_documents_hex_dumps_are_what_the_code_produces() {
+    let doc = include_str!("../../docs/protocol.md");
+    let request = hex_dump(&request_bytes());
+    let response = hex_dump(&response_bytes());
+    assert_eq!(block(doc, "request"), request, "request dump in docs/protocol.md is stale:\n{request}");
+    assert_eq!(block(doc, "response"), response, "response dump in docs/protocol.md is stale:\n{response}");
+    let json = String::from_utf8(response_bytes()[5..response_bytes().len() - 6].to_vec()).unwrap();
+    assert!(doc.contains(&json), "the response JSON shown in the document is stale:\n{json}");
+}
+
+#[test]
+fn the_example_token_is_the_one_the_document_shows() {
+    let doc = include_str!("../../docs/protocol.md");
+    assert!(doc.contains(&example_token().to_hex()));
+}
