@@ -33,6 +33,9 @@ struct Args {
     /// Calls kept in flight for the throughput run.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Connections the in-flight calls are spread over (a pool, for comparison).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Length of the throughput run, in seconds.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -107,7 +110,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
     let mut options = ClientOptions::from_state_dir(&state_dir, None)?;
     options.encoding = args.encoding;
-    let client = Arc::new(Client::connect(options).await?);
+    let client = Arc::new(Client::connect(options.clone()).await?);
+    let mut pool = vec![client.clone()];
+    for _ in 1..args.connections.max(1) {
+        pool.push(Arc::new(Client::connect(options.clone()).await?));
+    }
     for _ in 0..1_000.min(args.calls) {
         client.health().await?;
     }
@@ -126,8 +133,8 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let client = client.clone();
+        .map(|i| {
+            let client = pool[i % pool.len()].clone();
             tokio::spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant bounds");
                 while Instant::now() < until {
@@ -143,8 +150,11 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
         histogram.add(worker.await??)?;
     }
     let elapsed = started.elapsed();
-    report(args, "health_in_flight", args.concurrency, &histogram, histogram.len() as f64 / elapsed.as_secs_f64());
-    client.close().await;
+    let scenario = format!("health_in_flight_{}conn", pool.len());
+    report(args, &scenario, args.concurrency, &histogram, histogram.len() as f64 / elapsed.as_secs_f64());
+    for client in pool {
+        client.close().await;
+    }
     Ok(())
 }
 
