@@ -59,11 +59,15 @@ fn main() -> anyhow::Result<()> {
             path
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(measure(&args, state_dir));
     if let Some((mut child, dir)) = spawned {
         let rss = rss_kib(child.id());
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let _ = child.wait();
         if let Some(rss) = rss {
             report_line(&args, "daemon_rss_after_run", &format!("{rss} KiB"));
@@ -86,7 +90,12 @@ fn start_reaperd(explicit: Option<PathBuf>) -> anyhow::Result<(Child, tempfile::
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .with_context(|| format!("cannot start {} (build it with `cargo build --release`)", binary.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release`)",
+                binary.display()
+            )
+        })?;
     let start = Instant::now();
     while !state.join("endpoint").exists() {
         if start.elapsed() > Duration::from_secs(10) {
@@ -127,7 +136,13 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
         histogram.saturating_record(t.elapsed().as_nanos() as u64 / 1_000);
     }
     let elapsed = started.elapsed();
-    report(args, "health_sequential", 1, &histogram, args.calls as f64 / elapsed.as_secs_f64());
+    report(
+        args,
+        "health_sequential",
+        1,
+        &histogram,
+        args.calls as f64 / elapsed.as_secs_f64(),
+    );
 
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let until = Instant::now() + Duration::from_secs_f64(args.seconds);
@@ -136,7 +151,8 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
         .map(|i| {
             let client = pool[i % pool.len()].clone();
             tokio::spawn(async move {
-                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant bounds");
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant bounds");
                 while Instant::now() < until {
                     let t = Instant::now();
                     client.health().await?;
@@ -151,7 +167,13 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let scenario = format!("health_in_flight_{}conn", pool.len());
-    report(args, &scenario, args.concurrency, &histogram, histogram.len() as f64 / elapsed.as_secs_f64());
+    report(
+        args,
+        &scenario,
+        args.concurrency,
+        &histogram,
+        histogram.len() as f64 / elapsed.as_secs_f64(),
+    );
     for client in pool {
         client.close().await;
     }

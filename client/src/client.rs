@@ -156,11 +156,12 @@ impl Client {
         let deadline = call.deadline.or(self.options.default_deadline);
         let encoding = self.options.encoding;
         let work = async {
-            let (send, mut recv) = self.open(method, request, call, true).await?;
+            let (_, recv) = self.open(method, request, call, true).await?;
+            let mut recv = CancelOnDrop(Some(recv));
             let mut reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
-            let message = reader.next_message(&mut recv).await?;
-            let trailer = reader.next_message(&mut recv).await?;
-            drop(send);
+            let message = reader.next_message(recv.stream()).await?;
+            let trailer = reader.next_message(recv.stream()).await?;
+            recv.disarm();
             match (message, trailer) {
                 (Some(bytes), None) => {
                     Resp::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()))
@@ -186,7 +187,7 @@ impl Client {
     ) -> Result<(Option<SendStream>, RecvStream), Error> {
         let deadline = call.deadline.or(self.options.default_deadline);
         let head = RequestHead {
-            method: method.path().to_owned(),
+            method: Bytes::from_static(method.path().as_bytes()),
             encoding: self.options.encoding,
             deadline_ms: deadline.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
             token: self.options.token.clone(),
@@ -287,10 +288,9 @@ impl Client {
         call: CallOptions,
     ) -> ResponseStream<T> {
         let encoding = self.options.encoding;
-        let deadline = call
-            .deadline
-            .or(self.options.default_deadline)
-            .map(|d| tokio::time::Instant::now() + d);
+        let limit = call.deadline.or(self.options.default_deadline);
+        let deadline_ms = limit.map_or(0, |d| d.as_millis() as u64);
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
         let reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
         let state = Some((reader, recv, send));
         Box::pin(futures::stream::unfold(state, move |state| async move {
@@ -301,8 +301,10 @@ impl Client {
                     Ok(next) => next,
                     Err(_) => {
                         let _ = recv.stop(CANCEL_CODE);
-                        let ms = at.elapsed().as_millis() as u64;
-                        return Some((Err(Error::DeadlineExceeded(ms)), None));
+                        if let Some(mut send) = send {
+                            let _ = send.reset(CANCEL_CODE);
+                        }
+                        return Some((Err(Error::DeadlineExceeded(deadline_ms)), None));
                     }
                 },
                 None => reader.next_message(&mut recv).await,
@@ -349,6 +351,30 @@ impl AgentControlHandle {
     pub async fn close(&self) {
         if let Some(mut send) = self.send.lock().await.take() {
             let _ = send.finish();
+        }
+    }
+}
+
+/// The receive side of a call in progress: if the call is abandoned (its future dropped, e.g.
+/// by a deadline), it tells the daemon with STOP_SENDING, code 1, so the work behind it stops.
+/// (quinn's own drop would send code 0, which the daemon cannot tell from "done".)
+struct CancelOnDrop(Option<RecvStream>);
+
+impl CancelOnDrop {
+    fn stream(&mut self) -> &mut RecvStream {
+        self.0.as_mut().expect("present until disarmed")
+    }
+
+    /// The call completed: nothing to cancel.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut recv) = self.0.take() {
+            let _ = recv.stop(CANCEL_CODE);
         }
     }
 }

@@ -316,6 +316,9 @@ mod shipped_file {
     #[test]
     fn the_shipped_reaper_toml_is_the_defaults() {
         let text = include_str!("../../reaper.toml");
-        assert_eq!(Config::from_toml(text, "reaper.toml").unwrap(), Config::default());
+        assert_eq!(
+            Config::from_toml(text, "reaper.toml").unwrap(),
+            Config::default()
+        );
     }
 }

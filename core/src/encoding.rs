@@ -9,7 +9,6 @@ use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
 
 /// How a call's messages are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,16 +80,18 @@ pub trait WireMessage: Sized + serde::Serialize + serde::de::DeserializeOwned {
 impl<T> WireMessage for T
 where
     T: serde::Serialize + serde::de::DeserializeOwned + rkyv::Archive,
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> rkyv::Serialize<HighSerializer<Vec<u8>, ArenaHandle<'a>, rancor::Error>>,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     fn encode(&self, encoding: Encoding, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match encoding {
             Encoding::Rkyv => {
-                let bytes = rkyv::to_bytes::<rancor::Error>(self)
+                // Serialized straight after whatever `out` holds (a frame header): rkyv's
+                // pointers are relative, and the unaligned format needs no padding.
+                let buf = std::mem::take(out);
+                *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buf)
                     .map_err(|e| CodecError::Rkyv(e.to_string()))?;
-                out.extend_from_slice(&bytes);
             }
             Encoding::Json => serde_json::to_writer(&mut *out, self)?,
         }
@@ -144,6 +145,17 @@ mod tests {
                 CompletionRequest::decode(encoding, &out).unwrap(),
                 sample_request()
             );
+        }
+    }
+
+    #[test]
+    fn encoding_appends_after_existing_bytes() {
+        for encoding in [Encoding::Rkyv, Encoding::Json] {
+            let mut out = b"hdr".to_vec();
+            sample_request().encode(encoding, &mut out).unwrap();
+            assert_eq!(&out[..3], b"hdr");
+            let decoded = CompletionRequest::decode(encoding, &out[3..]).unwrap();
+            assert_eq!(decoded, sample_request());
         }
     }
 

@@ -59,6 +59,10 @@ pub fn transport_config(rpc: &RpcConfig, loopback: bool) -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(rpc.max_concurrent_calls.get()))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(rpc.max_stream_data.get()))
+        // Bounds what one connection can make the daemon buffer across all its calls.
+        .receive_window(
+            VarInt::from_u64(4 * rpc.max_stream_data.get() as u64).unwrap_or(VarInt::MAX),
+        )
         .max_idle_timeout(rpc.idle_timeout().map(|timeout| {
             // Durations beyond QUIC's 2^62 ms bound are clamped rather than refused.
             IdleTimeout::try_from(timeout).unwrap_or(VarInt::MAX.into())

@@ -60,8 +60,9 @@ pub enum FrameKind {
 /// The start of every call: which method, how it is encoded, its deadline and the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// The method's path as sent, e.g. `reaper.Health/check` (looked up by the server).
-    pub method: String,
+    /// The method's path as sent, e.g. `reaper.Health/check` (looked up by the server). Bytes,
+    /// not a `String`: the server routes on them without allocating.
+    pub method: Bytes,
     /// Encoding of the call's messages, both ways.
     pub encoding: Encoding,
     /// Milliseconds the client will wait from sending the head; 0 for no deadline.
@@ -73,7 +74,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// Appends the encoded head to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let method = self.method.as_bytes();
+        let method = &self.method[..];
         let method_len = method.len().min(MAX_METHOD_LEN);
         let fixed = HeadFixed {
             magic: HEAD_MAGIC,
@@ -235,6 +236,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Drops everything buffered (for a call already answered, whose further bytes are unwanted).
+    pub fn clear(&mut self) {
+        self.chunk = Bytes::new();
+        self.gathered.clear();
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.chunk.len() + self.gathered.len()
@@ -299,7 +306,7 @@ impl FrameDecoder {
     fn parse(&mut self, mut bytes: Bytes) -> Result<Frame, FrameError> {
         if !self.head_seen {
             self.head_seen = true;
-            return parse_head(&bytes).map(Frame::Head);
+            return parse_head(bytes).map(Frame::Head);
         }
         let kind = bytes[0];
         bytes.advance(FRAME_HEADER_LEN);
@@ -340,13 +347,14 @@ fn check_head_fixed(fixed: &HeadFixed) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn parse_head(bytes: &[u8]) -> Result<RequestHead, FrameError> {
-    let (fixed, rest) = HeadFixed::ref_from_prefix(bytes).map_err(|_| FrameError::BadMagic)?;
+fn parse_head(bytes: Bytes) -> Result<RequestHead, FrameError> {
+    let (fixed, rest) = HeadFixed::ref_from_prefix(&bytes).map_err(|_| FrameError::BadMagic)?;
     check_head_fixed(fixed)?;
-    let (method, token) = rest.split_at(fixed.method_len as usize);
-    let method = std::str::from_utf8(method).map_err(|_| FrameError::MethodNotUtf8)?;
+    let method_len = fixed.method_len as usize;
+    let (method, token) = rest.split_at(method_len);
+    std::str::from_utf8(method).map_err(|_| FrameError::MethodNotUtf8)?;
     Ok(RequestHead {
-        method: method.to_owned(),
+        method: bytes.slice(HEAD_FIXED_LEN..HEAD_FIXED_LEN + method_len),
         encoding: Encoding::from_u8(fixed.encoding).ok_or(FrameError::BadMagic)?,
         deadline_ms: fixed.deadline_ms.get(),
         token: Token::from_slice(token).ok_or(FrameError::BadTokenLength(fixed.token_len))?,
@@ -360,7 +368,7 @@ mod tests {
 
     fn head() -> RequestHead {
         RequestHead {
-            method: "reaper.Health/check".into(),
+            method: Bytes::from_static(b"reaper.Health/check"),
             encoding: Encoding::Json,
             deadline_ms: 5000,
             token: Token::from_bytes([7; 32]),

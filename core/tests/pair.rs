@@ -258,16 +258,19 @@ fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
                 },
             };
             let encoding = call.encoding;
-            server.respond(call.id, &Status::ok(), |out| {
-                response.encode(encoding, out).ok()
+            let sent = server.respond(call.id, |out| {
+                response
+                    .encode(encoding, out)
+                    .map_err(|e| Status::new(Code::Internal, e.to_string()))
             });
+            assert_eq!(sent, Some(Status::ok()));
         }
     }
 }
 
 fn head(method: &str, encoding: Encoding, token: [u8; 32]) -> RequestHead {
     RequestHead {
-        method: method.into(),
+        method: bytes::Bytes::copy_from_slice(method.as_bytes()),
         encoding,
         deadline_ms: 0,
         token: Token::from_bytes(token),
@@ -516,10 +519,75 @@ fn draining_refuses_new_calls_but_finishes_those_in_flight() {
         ServerEvent::Call(c) => Some(c.id),
         _ => None,
     });
-    pair.server.finish(id.unwrap(), &Status::new(Code::Ok, ""));
+    assert!(pair.server.finish(id.unwrap(), &Status::new(Code::Ok, "")));
     pair.drive_until(&mut no_service, &mut |p: &Pair| {
         p.finished(0, slow).is_some()
     });
     assert_eq!(pair.finished(0, slow).unwrap().code, Code::Ok);
     assert_eq!(pair.server.in_flight(), 0);
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.server.unacknowledged() == 0
+    });
+}
+
+/// Many more cancelled and stopped calls than the connection's stream limit: each must give its
+/// stream back, or the connection would stop taking calls.
+#[test]
+fn cancelled_calls_return_their_streams() {
+    let rpc = RpcConfig {
+        max_concurrent_calls: 8.try_into().unwrap(),
+        ..Default::default()
+    };
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    for round in 0..40 {
+        let call = pair.clients[0]
+            .start_call(
+                &head("reaper.Chat/send", Encoding::Json, TOKEN),
+                b"{}",
+                round % 2 == 0,
+            )
+            .expect("a stream is free");
+        pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 1);
+        pair.clients[0].cancel(call);
+        pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 0);
+    }
+    let mut service = health_service();
+    let ok = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            b"{}",
+            true,
+        )
+        .expect("streams were returned");
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, ok).is_some());
+    assert_eq!(pair.finished(0, ok).unwrap().code, Code::Ok);
+}
+
+/// Answered calls are forgotten once their response is acknowledged, and the streams of
+/// completed calls are returned: far more calls than the stream limit run one after another.
+#[test]
+fn answered_calls_free_their_state_and_streams() {
+    let rpc = RpcConfig {
+        max_concurrent_calls: 4.try_into().unwrap(),
+        ..Default::default()
+    };
+    let mut pair = Pair::new(Link::lossy(), rpc);
+    pair.connect();
+    let mut service = health_service();
+    for _ in 0..50 {
+        let call = loop {
+            if let Some(call) = pair.clients[0].start_call(
+                &head("reaper.Health/check", Encoding::Rkyv, TOKEN),
+                &health_request(Encoding::Rkyv),
+                true,
+            ) {
+                break call;
+            }
+            assert!(pair.step(&mut service), "stuck waiting for a free stream");
+        };
+        pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+        assert_eq!(pair.finished(0, call).unwrap().code, Code::Ok);
+    }
+    pair.drive_until(&mut service, &mut |p: &Pair| p.server.unacknowledged() == 0);
 }

@@ -50,7 +50,9 @@ fn request_bytes() -> Vec<u8> {
     }
     .encode(&mut out);
     let mut message = Vec::new();
-    HealthRequest {}.encode(Encoding::Json, &mut message).unwrap();
+    HealthRequest {}
+        .encode(Encoding::Json, &mut message)
+        .unwrap();
     wire::encode_message(&message, &mut out);
     out
 }
@@ -58,7 +60,9 @@ fn request_bytes() -> Vec<u8> {
 fn response_bytes() -> Vec<u8> {
     let mut out = Vec::new();
     let mut message = Vec::new();
-    example_response().encode(Encoding::Json, &mut message).unwrap();
+    example_response()
+        .encode(Encoding::Json, &mut message)
+        .unwrap();
     wire::encode_message(&message, &mut out);
     wire::encode_trailer(&Status::ok(), &mut out);
     out
@@ -71,9 +75,20 @@ fn hex_dump(bytes: &[u8]) -> String {
         let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
         let text: String = line
             .iter()
-            .map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' })
+            .map(|&b| {
+                if (0x20..0x7f).contains(&b) {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
-        out.push_str(&format!("{:04x}  {:<47}  {}\n", i * 16, hex.join(" "), text));
+        out.push_str(&format!(
+            "{:04x}  {:<47}  {}\n",
+            i * 16,
+            hex.join(" "),
+            text
+        ));
     }
     out
 }
@@ -93,10 +108,21 @@ fn the_documents_hex_dumps_are_what_the_code_produces() {
     let doc = include_str!("../../docs/protocol.md");
     let request = hex_dump(&request_bytes());
     let response = hex_dump(&response_bytes());
-    assert_eq!(block(doc, "request"), request, "request dump in docs/protocol.md is stale:\n{request}");
-    assert_eq!(block(doc, "response"), response, "response dump in docs/protocol.md is stale:\n{response}");
+    assert_eq!(
+        block(doc, "request"),
+        request,
+        "request dump in docs/protocol.md is stale:\n{request}"
+    );
+    assert_eq!(
+        block(doc, "response"),
+        response,
+        "response dump in docs/protocol.md is stale:\n{response}"
+    );
     let json = String::from_utf8(response_bytes()[5..response_bytes().len() - 6].to_vec()).unwrap();
-    assert!(doc.contains(&json), "the response JSON shown in the document is stale:\n{json}");
+    assert!(
+        doc.contains(&json),
+        "the response JSON shown in the document is stale:\n{json}"
+    );
 }
 
 #[test]

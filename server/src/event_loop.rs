@@ -31,8 +31,12 @@ const MAX_DATAGRAMS_PER_PASS: usize = 64;
 
 type Received = (std::io::Result<(usize, SocketAddr)>, BytesMut);
 
-fn receive(socket: Rc<UdpSocket>) -> Pin<Box<dyn Future<Output = Received>>> {
-    Box::pin(async move { socket.recv_from(BytesMut::with_capacity(RECV_BUF)).await })
+/// One armed receive. The 64 KiB buffer goes back into the next receive: what core keeps is a
+/// right-sized copy of the datagram, so a call that is still open pins a few hundred bytes, not
+/// a whole receive buffer.
+fn receive(socket: Rc<UdpSocket>, mut buf: BytesMut) -> Pin<Box<dyn Future<Output = Received>>> {
+    buf.clear();
+    Box::pin(async move { socket.recv_from(buf).await })
 }
 
 /// How the loop ended.
@@ -54,22 +58,36 @@ pub fn run(
         let socket = Rc::new(UdpSocket::from_std(socket));
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let mut receives: FuturesUnordered<_> =
-            (0..RECV_DEPTH).map(|_| receive(socket.clone())).collect();
+        let mut receives: FuturesUnordered<_> = (0..RECV_DEPTH)
+            .map(|_| receive(socket.clone(), BytesMut::with_capacity(RECV_BUF)))
+            .collect();
+        let mut send_buffers: Vec<Vec<u8>> = Vec::new();
         let mut timer = pin!(tokio::time::sleep_until(far_future()));
         let mut armed_deadline: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
 
         loop {
+            // Signals and the timer come first: a steady stream of datagrams must not be able
+            // to postpone loss recovery, idle timeouts or shutdown.
             tokio::select! {
                 biased;
+                _ = interrupt.recv(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(begin_drain(&mut server, "SIGINT", grace));
+                }
+                _ = terminate.recv(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(begin_drain(&mut server, "SIGTERM", grace));
+                }
+                () = &mut timer, if armed_deadline.is_some() => {
+                    armed_deadline = None;
+                    server.handle_timeout(Instant::now());
+                }
                 Some(first) = receives.next() => {
                     let now = Instant::now();
                     let mut received = Some(first);
                     let mut handled = 0;
                     while let Some((result, buf)) = received.take() {
-                        receives.push(receive(socket.clone()));
-                        handle_received(&mut server, now, result, buf);
+                        handle_received(&mut server, now, result, &buf);
+                        receives.push(receive(socket.clone(), buf));
                         handled += 1;
                         if handled >= MAX_DATAGRAMS_PER_PASS {
                             break;
@@ -77,29 +95,20 @@ pub fn run(
                         received = receives.next().now_or_never().flatten();
                     }
                 }
-                () = &mut timer, if armed_deadline.is_some() => {
-                    armed_deadline = None;
-                    server.handle_timeout(Instant::now());
-                }
-                _ = interrupt.recv(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(begin_drain(&mut server, "SIGINT", grace));
-                }
-                _ = terminate.recv(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(begin_drain(&mut server, "SIGTERM", grace));
-                }
             }
 
             let now = Instant::now();
             serve(&mut server, &mut services, now);
+            send_all(&socket, &mut server, now, &mut send_buffers).await;
             if let Some(deadline) = drain_deadline {
-                if server.in_flight() == 0 || now >= deadline {
+                let settled = server.in_flight() == 0 && server.unacknowledged() == 0;
+                if settled || now >= deadline {
                     let abandoned_calls = server.in_flight();
                     server.close_all(now);
-                    send_all(&socket, &mut server, now).await;
+                    send_all(&socket, &mut server, now, &mut send_buffers).await;
                     return Ok(Shutdown { abandoned_calls });
                 }
             }
-            send_all(&socket, &mut server, now).await;
 
             let next = server.poll_timeout();
             let next = match (next, drain_deadline) {
@@ -134,11 +143,11 @@ fn handle_received(
     server: &mut RpcServer,
     now: Instant,
     result: std::io::Result<(usize, SocketAddr)>,
-    mut data: BytesMut,
+    buf: &BytesMut,
 ) {
     match result {
         Ok((len, from)) => {
-            data.truncate(len);
+            let data = BytesMut::from(&buf[..len.min(buf.len())]);
             server.handle_datagram(now, from, None, None, data);
         }
         // ICMP errors (a client went away) surface as receive errors on UDP: not fatal.
@@ -179,21 +188,32 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
     }
 }
 
-/// Sends everything core has queued, all submissions in flight together.
-async fn send_all(socket: &Rc<UdpSocket>, server: &mut RpcServer, now: Instant) {
+/// Sends everything core has queued, all submissions in flight together. Buffers come from and
+/// return to `pool`, so a steady state allocates nothing here.
+async fn send_all(
+    socket: &Rc<UdpSocket>,
+    server: &mut RpcServer,
+    now: Instant,
+    pool: &mut Vec<Vec<u8>>,
+) {
     let mut sends = Vec::new();
     loop {
-        let mut buf = Vec::with_capacity(2048);
+        let mut buf = pool.pop().unwrap_or_default();
         let Some(transmit) = server.poll_transmit(now, 1, &mut buf) else {
+            pool.push(buf);
             break;
         };
         buf.truncate(transmit.size);
         let socket = socket.clone();
-        sends.push(async move { socket.send_to(buf, transmit.destination).await.0 });
+        sends.push(async move { socket.send_to(buf, transmit.destination).await });
     }
-    for result in futures::future::join_all(sends).await {
+    if sends.is_empty() {
+        return;
+    }
+    for (result, buf) in futures::future::join_all(sends).await {
         if let Err(error) = result {
             tracing::debug!(%error, "send failed");
         }
+        pool.push(buf);
     }
 }

@@ -129,7 +129,11 @@ mod tests {
         assert!((99..=100).contains(&latency.p99_us), "{latency:?}");
         assert_eq!(latency.max_us, 100);
         // Agrees with the library's own percentile lookup.
-        for (q, v) in [(0.5, latency.p50_us), (0.9, latency.p90_us), (0.99, latency.p99_us)] {
+        for (q, v) in [
+            (0.5, latency.p50_us),
+            (0.9, latency.p90_us),
+            (0.99, latency.p99_us),
+        ] {
             assert_eq!(v, m.latency_us.value_at_quantile(q), "quantile {q}");
         }
     }

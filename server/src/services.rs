@@ -28,7 +28,6 @@ pub struct Services {
     started: Instant,
     metrics: Metrics,
     providers: Vec<ProviderInfo>,
-    scratch: Vec<u8>,
 }
 
 impl Services {
@@ -40,7 +39,6 @@ impl Services {
             // The embedded offline provider arrives with the Completion service; until then the
             // honest list is empty.
             providers: Vec::new(),
-            scratch: Vec::with_capacity(1024),
         }
     }
 
@@ -52,30 +50,29 @@ impl Services {
         info: TransportInfo,
         now: Instant,
     ) {
-        let status = if call.deadline.is_some_and(|d| d <= now) {
+        let sent = if call.deadline.is_some_and(|d| d <= now) {
             let status = Status::new(
                 Code::DeadlineExceeded,
                 "the call's deadline passed before it was served",
             );
-            server.finish(call.id, &status);
-            status
+            server.finish(call.id, &status).then_some(status)
         } else {
             match call.method {
                 Method::HealthCheck => match validate::<HealthRequest>(&call) {
                     Ok(()) => {
                         let response = self.health(info, now);
-                        self.reply(server, &call, &response)
+                        reply(server, &call, &response)
                     }
-                    Err(status) => self.fail(server, &call, status),
+                    Err(status) => server.finish(call.id, &status).then_some(status),
                 },
                 Method::ProviderList => match validate::<ProviderListRequest>(&call) {
                     Ok(()) => {
                         let response = ProviderListResponse {
                             providers: self.providers.clone(),
                         };
-                        self.reply(server, &call, &response)
+                        reply(server, &call, &response)
                     }
-                    Err(status) => self.fail(server, &call, status),
+                    Err(status) => server.finish(call.id, &status).then_some(status),
                 },
                 Method::CompletionComplete | Method::ChatSend | Method::AgentExecute => {
                     let status = Status::new(
@@ -86,11 +83,14 @@ impl Services {
                             reaper_core::VERSION
                         ),
                     );
-                    self.fail(server, &call, status)
+                    server.finish(call.id, &status).then_some(status)
                 }
             }
         };
-        self.record(Some(call.method), &status, call.received_at, now);
+        // `None`: the client cancelled the call before it could be answered.
+        if let Some(status) = sent {
+            self.record(Some(call.method), &status, call.received_at, now);
+        }
     }
 
     /// Counts a call the state machine refused itself (auth, routing, framing).
@@ -139,34 +139,22 @@ impl Services {
             latency: self.metrics.latency(),
         }
     }
+}
 
-    fn reply<T: WireMessage>(
-        &mut self,
-        server: &mut RpcServer,
-        call: &IncomingCall,
-        message: &T,
-    ) -> Status {
-        self.scratch.clear();
-        if let Err(error) = message.encode(call.encoding, &mut self.scratch) {
-            let status = Status::new(
+/// Answers `call` with `message`, encoded straight into the reply buffer.
+fn reply<T: WireMessage>(
+    server: &mut RpcServer,
+    call: &IncomingCall,
+    message: &T,
+) -> Option<Status> {
+    server.respond(call.id, |out| {
+        message.encode(call.encoding, out).map_err(|error| {
+            Status::new(
                 Code::Internal,
                 format!("cannot encode the response: {error}"),
-            );
-            return self.fail(server, call, status);
-        }
-        let status = Status::ok();
-        let encoded = &self.scratch;
-        server.respond(call.id, &status, |out| {
-            out.extend_from_slice(encoded);
-            Some(())
-        });
-        status
-    }
-
-    fn fail(&mut self, server: &mut RpcServer, call: &IncomingCall, status: Status) -> Status {
-        server.finish(call.id, &status);
-        status
-    }
+            )
+        })
+    })
 }
 
 /// Checks a request is a well-formed `T` in the call's encoding. rkyv requests are validated in

@@ -316,7 +316,22 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     daemon.signal("TERM");
-    let status = daemon.wait(Duration::from_secs(10));
+    let signalled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_status() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "reaperd did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "the drain should end when calls are answered, not at the 5 s grace period: {:?}",
+        signalled.elapsed()
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(status.code(), Some(0), "reaperd exits 0 after SIGTERM");
     let mut total_ok = 0;
@@ -422,7 +437,10 @@ fn bad_config_and_bad_flags_get_clear_messages() {
 #[test]
 fn python_client_written_from_the_protocol_document() {
     let doc = include_str!("../../docs/protocol.md");
-    let start = doc.find("```python\n").expect("the document has a Python client") + 10;
+    let start = doc
+        .find("```python\n")
+        .expect("the document has a Python client")
+        + 10;
     let script = &doc[start..start + doc[start..].find("```").unwrap()];
     let daemon = Daemon::start();
     let output = std::process::Command::new("python3")

@@ -15,7 +15,7 @@ use quinn_proto::{
     StreamEvent, StreamId, Transmit,
 };
 
-use super::stream::{read_into, Outbox, RecvState, CANCEL_CODE};
+use super::stream::{read_into, Outbox, RecvState, CANCEL_CODE, DONE_CODE};
 use crate::status::{Code, Status};
 use crate::transport::SERVER_NAME;
 use crate::wire::{self, Frame, FrameDecoder, RequestHead, Side};
@@ -58,6 +58,8 @@ pub struct ConnectError(#[from] quinn_proto::ConnectError);
 struct Call {
     decoder: FrameDecoder,
     outbox: Outbox,
+    /// Whether our side has been finished (FIN queued).
+    finished: bool,
 }
 
 /// A client connection that makes calls (see [`crate::rpc::RpcServer`] for the polling order,
@@ -117,6 +119,7 @@ impl RpcClient {
         let mut call = Call {
             decoder: FrameDecoder::new(Side::Response, self.max_message_size),
             outbox: Outbox::default(),
+            finished: finish,
         };
         // A fresh stream cannot have been stopped yet.
         let _ = call.outbox.write(&mut self.quic, stream, &out, finish);
@@ -131,6 +134,7 @@ impl RpcClient {
         let mut call = Call {
             decoder: FrameDecoder::new(Side::Response, self.max_message_size),
             outbox: Outbox::default(),
+            finished: finish,
         };
         let _ = call.outbox.write(&mut self.quic, stream, bytes, finish);
         self.calls.insert(stream, call);
@@ -142,6 +146,7 @@ impl RpcClient {
         if let Some(state) = self.calls.get_mut(&call) {
             let mut out = Vec::with_capacity(5 + message.len());
             wire::encode_message(message, &mut out);
+            state.finished |= finish;
             let _ = state.outbox.write(&mut self.quic, call, &out, finish);
         }
     }
@@ -223,6 +228,10 @@ impl RpcClient {
                         let _ = call.outbox.flush(&mut self.quic, id);
                     }
                 }
+                // The server answered and needs no more of our bytes: free our half.
+                Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+                    let _ = self.quic.send_stream(id).reset(error_code);
+                }
                 _ => {}
             }
         }
@@ -263,7 +272,12 @@ impl RpcClient {
             RecvState::Open => None,
         });
         if let Some(status) = ended {
-            self.calls.remove(&id);
+            if let Some(call) = self.calls.remove(&id) {
+                if !call.finished {
+                    // The call is over; an open request side would pin the stream.
+                    let _ = self.quic.send_stream(id).reset(DONE_CODE);
+                }
+            }
             self.events
                 .push_back(ClientEvent::Finished { call: id, status });
         }

@@ -243,6 +243,16 @@ impl RpcServer {
         self.in_flight
     }
 
+    /// Calls answered whose response the client has not acknowledged yet (still in QUIC's
+    /// send buffer). A drain waits for these too, so no answer is lost at shutdown.
+    pub fn unacknowledged(&self) -> usize {
+        self.conns
+            .values()
+            .flat_map(|c| c.calls.values())
+            .filter(|call| matches!(call.phase, Phase::Answered))
+            .count()
+    }
+
     /// Whether [`RpcServer::begin_drain`] was called.
     pub fn is_draining(&self) -> bool {
         self.draining
@@ -302,31 +312,45 @@ impl RpcServer {
 
     // ---- mutators ----
 
-    /// Answers a call with at most one message and a status, then ends it: the whole reply is
-    /// framed into one buffer and handed to QUIC with one write. `encode` appends the message
-    /// (encoded as the call asked) to the buffer it is given; returning `None` means no message.
-    pub fn respond<F>(&mut self, id: CallId, status: &Status, encode: F)
+    /// Answers a call with one message and OK, then ends it: the whole reply is framed into one
+    /// buffer and handed to QUIC with one write. `encode` appends the message (in the call's
+    /// encoding) to the buffer it is given; if it fails, the call ends with its status instead.
+    /// Returns the status sent, or `None` if the call was no longer open (cancelled meanwhile).
+    pub fn respond<F>(&mut self, id: CallId, encode: F) -> Option<Status>
     where
-        F: FnOnce(&mut Vec<u8>) -> Option<()>,
+        F: FnOnce(&mut Vec<u8>) -> Result<(), Status>,
     {
+        if !self.is_open(id) {
+            return None;
+        }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         wire::encode_message_header(0, &mut out);
-        if encode(&mut out).is_some() {
-            wire::patch_message_len(&mut out, 0);
-        } else {
-            out.clear();
-        }
-        wire::encode_trailer(status, &mut out);
+        let status = match encode(&mut out) {
+            Ok(()) => {
+                wire::patch_message_len(&mut out, 0);
+                Status::ok()
+            }
+            Err(status) => {
+                out.clear();
+                status
+            }
+        };
+        wire::encode_trailer(&status, &mut out);
         self.write(id, &out, true);
         self.scratch = out;
+        Some(status)
     }
 
-    /// Sends one message of a streamed response, encoded by `encode`.
-    pub fn send_message<F>(&mut self, id: CallId, encode: F)
+    /// Sends one message of a streamed response, encoded by `encode`. Returns false if the call
+    /// is no longer open.
+    pub fn send_message<F>(&mut self, id: CallId, encode: F) -> bool
     where
         F: FnOnce(&mut Vec<u8>),
     {
+        if !self.is_open(id) {
+            return false;
+        }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         wire::encode_message_header(0, &mut out);
@@ -334,11 +358,29 @@ impl RpcServer {
         wire::patch_message_len(&mut out, 0);
         self.write(id, &out, false);
         self.scratch = out;
+        true
     }
 
-    /// Ends a streamed response with its status.
-    pub fn finish(&mut self, id: CallId, status: &Status) {
-        self.respond(id, status, |_| None);
+    /// Ends a call with `status` and no (further) message. Returns false if the call was no
+    /// longer open.
+    pub fn finish(&mut self, id: CallId, status: &Status) -> bool {
+        if !self.is_open(id) {
+            return false;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        wire::encode_trailer(status, &mut out);
+        self.write(id, &out, true);
+        self.scratch = out;
+        true
+    }
+
+    /// Whether a call handed to the driver can still be answered.
+    pub fn is_open(&self, id: CallId) -> bool {
+        self.conns
+            .get(&id.conn)
+            .and_then(|c| c.calls.get(&id.stream))
+            .is_some_and(|call| matches!(call.phase, Phase::Started { .. }))
     }
 
     /// Stops taking new connections and calls: new handshakes are refused, and calls that start
@@ -543,14 +585,23 @@ impl RpcServer {
                 Event::Stream(StreamEvent::Writable { id }) => {
                     if let Some(call) = conn.calls.get_mut(&id) {
                         if call.outbox.flush(&mut conn.quic, id).is_err() {
-                            call.outbox = Outbox::default();
-                        }
-                        if call.outbox.is_empty() && matches!(call.phase, Phase::Answered) {
+                            let _ = conn.quic.send_stream(id).reset(CANCEL_CODE);
                             conn.calls.remove(&id);
                         }
                     }
                 }
-                Event::Stream(StreamEvent::Stopped { id, .. }) => {
+                // Everything we sent on the stream has been acknowledged: the call is over.
+                Event::Stream(StreamEvent::Finished { id }) => {
+                    if let Some(call) = conn.calls.get(&id) {
+                        if matches!(call.phase, Phase::Answered) {
+                            conn.calls.remove(&id);
+                        }
+                    }
+                }
+                Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+                    // quinn-proto leaves the send half open after STOP_SENDING; resetting it
+                    // frees the stream and returns the client's stream credit.
+                    let _ = conn.quic.send_stream(id).reset(error_code);
                     if let Some(call) = conn.calls.remove(&id) {
                         if matches!(call.phase, Phase::Started { .. }) {
                             self.in_flight -= 1;
@@ -597,6 +648,13 @@ impl RpcServer {
             return;
         };
         let recv = read_into(&mut conn.quic, stream, &mut call.decoder);
+        if matches!(call.phase, Phase::Answered) {
+            // Answered already: later bytes are not wanted, and a reset of the request side
+            // must not abort the response still on its way.
+            call.decoder.clear();
+            call.recv_done |= recv != RecvState::Open;
+            return;
+        }
         if recv == RecvState::Reset {
             if matches!(call.phase, Phase::Started { .. }) {
                 *in_flight -= 1;
@@ -610,26 +668,29 @@ impl RpcServer {
         loop {
             match call.decoder.next_frame() {
                 Ok(Some(Frame::Head(head))) => {
-                    let Some(method) = Method::from_path(head.method.as_bytes()) else {
+                    // The token first: a caller without it learns nothing, not even which
+                    // methods exist.
+                    if !settings.token.verify(&head.token) {
+                        let status = Status::new(
+                            Code::Unauthenticated,
+                            "wrong token: read it from the daemon's state directory (token file)",
+                        );
+                        rejection = Some((Method::from_path(&head.method), status));
+                        break;
+                    }
+                    let Some(method) = Method::from_path(&head.method) else {
                         rejection = Some((
                             None,
                             Status::new(
                                 Code::Unimplemented,
-                                format!("unknown method {:?}", head.method),
+                                format!(
+                                    "unknown method {:?}",
+                                    String::from_utf8_lossy(&head.method)
+                                ),
                             ),
                         ));
                         break;
                     };
-                    if !settings.token.verify(&head.token) {
-                        rejection = Some((
-                            Some(method),
-                            Status::new(
-                                Code::Unauthenticated,
-                                "wrong token: read it from the daemon's state directory (token file)",
-                            ),
-                        ));
-                        break;
-                    }
                     if draining {
                         rejection = Some((
                             Some(method),
@@ -741,13 +802,15 @@ impl RpcServer {
             .write(&mut conn.quic, id.stream, bytes, last)
             .is_err();
         if last || stopped {
-            call.phase = Phase::Answered;
             self.in_flight -= 1;
+            call.phase = Phase::Answered;
             if !call.recv_done {
                 // A reply ends the call: whatever else the client sends is not needed.
                 let _ = conn.quic.recv_stream(id.stream).stop(DONE_CODE);
+                call.recv_done = true;
             }
-            if stopped || call.outbox.is_empty() {
+            if stopped {
+                let _ = conn.quic.send_stream(id.stream).reset(CANCEL_CODE);
                 conn.calls.remove(&id.stream);
             }
         }
