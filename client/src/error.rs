@@ -20,6 +20,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The config file (the daemon's `reaper.toml`, which the client reads too) is invalid.
+    #[error("{0}")]
+    Config(String),
     /// No connection could be made.
     #[error("cannot connect to reaperd at {addr} after {attempts} attempt(s): {reason}")]
     Connect {
@@ -46,6 +49,7 @@ impl Error {
     pub fn status(&self) -> Status {
         match self {
             Error::Status(status) => status.clone(),
+            Error::Config(_) => Status::new(Code::FailedPrecondition, self.to_string()),
             Error::StateFile { .. } | Error::Connect { .. } | Error::Transport(_) => {
                 Status::new(Code::Unavailable, self.to_string())
             }

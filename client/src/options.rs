@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reaper_core::config::RpcConfig;
+use reaper_core::config::{Config, RpcConfig};
 use reaper_core::paths::{self, files};
 use reaper_core::{Encoding, Token};
 use rustls::pki_types::pem::PemObject;
@@ -76,13 +76,20 @@ impl ClientOptions {
         })
     }
 
-    /// Like [`ClientOptions::from_state_dir`], finding the directory the way `reaperd` does:
-    /// `dir` if given, else `$REAPER_STATE_DIR`, else the platform default.
+    /// Like [`ClientOptions::from_state_dir`], finding everything the way `reaperd` does: the
+    /// same config file (for `[daemon] state_dir` and `[rpc]`), then the state directory from
+    /// `dir` if given, else `$REAPER_STATE_DIR`, else the config, else the platform default.
     pub fn discover(
         dir: Option<PathBuf>,
         addr: Option<SocketAddr>,
     ) -> Result<ClientOptions, Error> {
-        let dir = paths::state_dir(dir, None, |k| std::env::var(k).ok());
-        ClientOptions::from_state_dir(&dir, addr)
+        let env = |k: &str| std::env::var(k).ok();
+        let (config, _) = Config::locate(None, env, |p| std::fs::read_to_string(p))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let dir = paths::state_dir(dir, config.daemon.state_dir.as_deref(), env);
+        let mut options = ClientOptions::from_state_dir(&dir, addr)?;
+        options.connect_attempts = config.rpc.reconnect_attempts.max(1);
+        options.rpc = config.rpc;
+        Ok(options)
     }
 }

@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroU64};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -180,20 +181,56 @@ fn nonzero64(n: u64) -> NonZeroU64 {
 
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration in {origin}: {message}")]
-pub struct ConfigError {
-    origin: String,
-    message: String,
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file's contents are not a valid configuration.
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// What is wrong, with the line (from the TOML parser).
+        message: String,
+    },
+    /// The file exists (or was named explicitly) but cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Config {
     /// Parses and validates a file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
-        Ok(config)
+        })
+    }
+
+    /// Finds and parses the config the way both `reaperd` and `reaper` do (see
+    /// [`crate::paths::config_candidates`]); `read` reads a file (the caller's I/O). Returns the
+    /// config and where it came from; the built-in defaults when no file exists.
+    pub fn locate(
+        explicit: Option<PathBuf>,
+        env: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<(Config, String), ConfigError> {
+        let named =
+            explicit.is_some() || env(crate::paths::CONFIG_ENV).is_some_and(|v| !v.is_empty());
+        for path in crate::paths::config_candidates(explicit, env) {
+            match read(&path) {
+                Ok(text) => {
+                    let origin = path.display().to_string();
+                    return Ok((Config::from_toml(&text, &origin)?, origin));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => continue,
+                Err(source) => return Err(ConfigError::Unreadable { path, source }),
+            }
+        }
+        Ok((Config::default(), "built-in defaults".to_owned()))
     }
 
     /// Keys set to something this build does not act on yet, as `(key, why)`: the daemon logs
@@ -304,6 +341,36 @@ ttl = 3600
             assert!(message.contains(line), "{text:?} -> {message}");
             assert!(message.contains(word), "{text:?} -> {message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_default_file_means_defaults_but_a_missing_named_file_is_an_error() {
+        let missing = |_: &Path| Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        let (config, origin) = Config::locate(None, |_| None, missing).unwrap();
+        assert_eq!(
+            (config, origin.as_str()),
+            (Config::default(), "built-in defaults")
+        );
+        let err = Config::locate(Some("/etc/nope.toml".into()), |_| None, missing).unwrap_err();
+        assert!(err.to_string().contains("/etc/nope.toml"), "{err}");
+        let env = |k: &str| (k == "REAPER_CONFIG").then(|| "/env.toml".to_owned());
+        assert!(Config::locate(None, env, missing).is_err());
+    }
+
+    #[test]
+    fn the_first_file_found_wins() {
+        let read = |p: &Path| match p.to_str() {
+            Some("reaper.toml") => Ok("[rpc]\nreconnect_attempts = 9\n".to_owned()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let (config, origin) = Config::locate(None, |_| None, read).unwrap();
+        assert_eq!(config.rpc.reconnect_attempts, 9);
+        assert_eq!(origin, "reaper.toml");
     }
 }
 

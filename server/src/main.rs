@@ -48,25 +48,12 @@ fn main() {
     }
 }
 
-fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, String)> {
-    let explicit_given = explicit.is_some();
-    for path in paths::config_candidates(explicit, |k| std::env::var(k).ok()) {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let origin = path.display().to_string();
-                return Ok((Config::from_toml(&text, &origin)?, origin));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit_given => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read config {}", path.display()))
-            }
-        }
-    }
-    Ok((Config::default(), "built-in defaults".to_owned()))
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
-    let (config, origin) = load_config(args.config)?;
+    let (config, origin) = Config::locate(
+        args.config,
+        |k| std::env::var(k).ok(),
+        |p| std::fs::read_to_string(p),
+    )?;
     let listen = args.listen.unwrap_or_else(|| config.daemon.listen());
     let state_path = paths::state_dir(args.state_dir, config.daemon.state_dir.as_deref(), |k| {
         std::env::var(k).ok()

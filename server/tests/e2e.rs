@@ -167,6 +167,19 @@ async fn raw_connection(daemon: &Daemon) -> (quinn::Endpoint, quinn::Connection)
     (endpoint, conn)
 }
 
+/// The encoded head of a JSON `Health.check` with the daemon's token.
+fn health_head_json(daemon: &Daemon) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    RequestHead {
+        method: Method::HealthCheck.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut bytes);
+    bytes
+}
+
 async fn read_trailer(recv: &mut quinn::RecvStream) -> reaper_core::Status {
     let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
         .await
@@ -212,14 +225,7 @@ async fn garbage_datagrams_and_malformed_frames_do_not_stop_service() {
     assert_eq!(status.code, Code::InvalidArgument, "{status}");
     // A good head, then a frame of an unknown kind.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut bytes = Vec::new();
-    RequestHead {
-        method: Method::HealthCheck.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut bytes);
+    let mut bytes = health_head_json(&daemon);
     bytes.extend_from_slice(&[7, 2, 0, 0, 0, b'{', b'}']);
     send.write_all(&bytes).await.unwrap();
     send.finish().unwrap();
@@ -245,14 +251,7 @@ async fn a_call_cancelled_midway_leaves_the_daemon_serving() {
     let daemon = Daemon::start();
     let (_endpoint, conn) = raw_connection(&daemon).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let mut bytes = Vec::new();
-    RequestHead {
-        method: Method::HealthCheck.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut bytes);
+    let mut bytes = health_head_json(&daemon);
     wire::encode_message_header(1000, &mut bytes);
     bytes.extend_from_slice(b"{\"half");
     send.write_all(&bytes).await.unwrap();
