@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use reaper_client::{Client, ClientOptions, Encoding};
+
+mod eval;
 
 /// Measure reaperd's Health.check latency and throughput.
 ///
@@ -21,6 +23,8 @@ use reaper_client::{Client, ClientOptions, Encoding};
 #[derive(Debug, Parser)]
 #[command(name = "reaper-bench", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// State directory of a running reaperd to measure.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -47,8 +51,17 @@ struct Args {
     json: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Measure the offline provider's completion quality on real crates (no daemon).
+    EvalOffline(eval::EvalArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(BenchCommand::EvalOffline(eval_args)) = &args.command {
+        return eval::run(eval_args);
+    }
     let mut spawned = None;
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),

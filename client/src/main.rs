@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use reaper_client::schema::{HealthResponse, ProviderListResponse};
-use reaper_client::{Client, ClientOptions, Encoding, Error};
+use reaper_client::schema::{
+    CompletionRequest, CompletionResponse, HealthResponse, ProviderListResponse,
+};
+use reaper_client::{CallOptions, Client, ClientOptions, Code, Encoding, Error, Status};
 
-/// Talk to a running reaperd: check its health, list its providers.
+/// Talk to a running reaperd: check its health, list its providers, complete code.
 ///
 /// The daemon's address, certificate and token are read from its state directory
 /// ($REAPER_STATE_DIR, else $XDG_RUNTIME_DIR/reaper, else ~/.local/state/reaper). On failure the
@@ -42,6 +44,33 @@ enum Command {
     Health,
     /// List the configured AI providers with their status, latency and auth.
     Providers,
+    /// Complete the text at a cursor: the prefix is what comes before it, the suffix what comes
+    /// after. Prints the completion (and, with --json, its confidence, provider, latency and
+    /// whether it came from the cache).
+    Complete {
+        /// Language of the buffer, e.g. rust.
+        #[arg(long)]
+        language: String,
+        /// The file being edited (its repository is what the offline provider learns from).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Text before the cursor.
+        #[arg(
+            long,
+            required_unless_present = "prefix_file",
+            conflicts_with = "prefix_file"
+        )]
+        prefix: Option<String>,
+        /// Read the text before the cursor from a file.
+        #[arg(long, value_name = "PATH")]
+        prefix_file: Option<PathBuf>,
+        /// Text after the cursor.
+        #[arg(long, conflicts_with = "suffix_file")]
+        suffix: Option<String>,
+        /// Read the text after the cursor from a file.
+        #[arg(long, value_name = "PATH")]
+        suffix_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,13 +99,35 @@ async fn run(args: Args) -> Result<(), Error> {
     let mut options = ClientOptions::discover(args.state_dir, args.addr)?;
     options.encoding = args.encoding.parse().unwrap_or(Encoding::Rkyv);
     options.default_deadline = args.timeout_ms.map(Duration::from_millis);
+    // Read inputs before connecting, so a bad file name fails fast.
+    let request = match &args.command {
+        Command::Complete {
+            language,
+            file,
+            prefix,
+            prefix_file,
+            suffix,
+            suffix_file,
+        } => Some(CompletionRequest {
+            prefix: text_arg(prefix, prefix_file)?,
+            suffix: text_arg(suffix, suffix_file)?,
+            language: language.clone(),
+            file_path: file.as_deref().map(absolute),
+            context: None,
+        }),
+        _ => None,
+    };
     let client = Client::connect(options).await?;
-    let result = match args.command {
-        Command::Health => client.health().await.map(|h| print_health(&h, args.json)),
-        Command::Providers => client
+    let result = match (&args.command, request) {
+        (Command::Complete { .. }, Some(request)) => client
+            .complete(&request, CallOptions::default())
+            .await
+            .map(|c| print_completion(&c, args.json)),
+        (Command::Providers, _) => client
             .providers()
             .await
             .map(|p| print_providers(&p, args.json)),
+        _ => client.health().await.map(|h| print_health(&h, args.json)),
     };
     client.close().await;
     result
@@ -111,6 +162,43 @@ fn print_health(health: &HealthResponse, json: bool) {
             calls.method, calls.served, calls.failed
         );
     }
+}
+
+/// Text given inline or in a file; empty when neither.
+fn text_arg(inline: &Option<String>, file: &Option<PathBuf>) -> Result<String, Error> {
+    match (inline, file) {
+        (Some(text), _) => Ok(text.clone()),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            Error::Status(Status::new(
+                Code::InvalidArgument,
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+/// The daemon needs absolute paths: it runs elsewhere.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn print_completion(c: &CompletionResponse, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(c).unwrap_or_default());
+        return;
+    }
+    println!("{}", c.completion);
+    eprintln!(
+        "-- {}, confidence {:.2}, {} ms{}",
+        c.provider,
+        c.confidence,
+        c.latency_ms,
+        if c.cached { ", cached" } else { "" }
+    );
 }
 
 fn print_providers(list: &ProviderListResponse, json: bool) {

@@ -23,6 +23,10 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// `[cache]`: the completion cache.
     pub cache: CacheConfig,
+    /// `[completion]`: limits of completion requests.
+    pub completion: CompletionConfig,
+    /// `[providers]`: where completions come from.
+    pub providers: ProvidersConfig,
 }
 
 /// `[daemon]`.
@@ -159,6 +163,10 @@ pub struct CacheConfig {
     pub max_size: NonZeroU32,
     /// Seconds an entry stays valid.
     pub ttl: NonZeroU64,
+    /// Bytes of the prefix's end that are part of the key.
+    pub key_prefix_bytes: NonZeroU32,
+    /// Bytes of the suffix's start that are part of the key.
+    pub key_suffix_bytes: u32,
 }
 
 impl Default for CacheConfig {
@@ -167,6 +175,58 @@ impl Default for CacheConfig {
             enabled: true,
             max_size: nonzero32(10_000),
             ttl: nonzero64(3_600),
+            key_prefix_bytes: nonzero32(512),
+            key_suffix_bytes: 128,
+        }
+    }
+}
+
+/// `[completion]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompletionConfig {
+    /// Largest prefix accepted, in bytes; larger requests get INVALID_ARGUMENT.
+    pub max_prefix_bytes: NonZeroU32,
+    /// Largest suffix accepted, in bytes.
+    pub max_suffix_bytes: NonZeroU32,
+}
+
+impl Default for CompletionConfig {
+    fn default() -> Self {
+        CompletionConfig {
+            max_prefix_bytes: nonzero32(1024 * 1024),
+            max_suffix_bytes: nonzero32(1024 * 1024),
+        }
+    }
+}
+
+/// `[providers]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// `[providers.offline]`: the embedded provider, always present.
+    pub offline: OfflineConfig,
+}
+
+/// `[providers.offline]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    /// Directories indexed from the start, besides the workspace (git root) of each file
+    /// completed.
+    pub roots: Vec<String>,
+    /// Files larger than this are not indexed (generated code, data).
+    pub max_file_bytes: NonZeroU32,
+    /// A workspace stops being indexed past this many bytes of text.
+    pub max_workspace_bytes: NonZeroU32,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig {
+            roots: Vec::new(),
+            max_file_bytes: nonzero32(1024 * 1024),
+            max_workspace_bytes: nonzero32(256 * 1024 * 1024),
         }
     }
 }
@@ -245,31 +305,16 @@ impl Config {
             ));
         }
         let pending = "the service it applies to is not built yet (it answers UNIMPLEMENTED)";
-        if self.rpc.completion_timeout != defaults.rpc.completion_timeout {
-            keys.push(("rpc.completion_timeout", pending));
-        }
         if self.rpc.chat_timeout != defaults.rpc.chat_timeout {
             keys.push(("rpc.chat_timeout", pending));
         }
         if self.rpc.agent_timeout != defaults.rpc.agent_timeout {
             keys.push(("rpc.agent_timeout", pending));
         }
-        if self.rpc.worker_threads != defaults.rpc.worker_threads {
-            keys.push((
-                "rpc.worker_threads",
-                "no service needs worker threads yet: every call is answered on the event loop",
-            ));
-        }
         if self.rpc.enable_compression {
             keys.push((
                 "rpc.enable_compression",
                 "message compression is not built yet",
-            ));
-        }
-        if self.cache.enabled || self.cache != defaults.cache {
-            keys.push((
-                "cache",
-                "the completion cache comes with the Completion service",
             ));
         }
         keys
@@ -320,7 +365,7 @@ ttl = 3600
         let pending: Vec<_> = config.not_yet_in_effect().iter().map(|(k, _)| *k).collect();
         assert!(pending.contains(&"daemon.enable_tls"));
         assert!(pending.contains(&"rpc.enable_compression"));
-        assert!(pending.contains(&"cache"));
+        assert!(!pending.contains(&"rpc.completion_timeout"));
     }
 
     #[test]

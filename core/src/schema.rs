@@ -120,6 +120,9 @@ wire_type! {
         pub provider: String,
         /// Time the daemon spent on it, in milliseconds.
         pub latency_ms: u32,
+        /// Whether it came from the cache (added: the design note has no such field).
+        #[serde(default)]
+        pub cached: bool,
     }
 }
 
@@ -322,5 +325,23 @@ wire_type! {
         pub calls: Vec<MethodCalls>,
         /// Latency of calls handled, measured from the complete request to the trailer.
         pub latency: LatencySummary,
+        /// The completion cache.
+        pub cache: CacheStats,
+    }
+}
+
+wire_type! {
+    /// Completion cache counters since the daemon started.
+    pub struct CacheStats {
+        /// Entries held now.
+        pub entries: u64,
+        /// Completions answered from the cache (typing through included).
+        pub hits: u64,
+        /// Completions that went to a provider.
+        pub misses: u64,
+        /// Entries dropped to make room.
+        pub evictions: u64,
+        /// Hits answered with the rest of a suggestion the user was typing through.
+        pub typed_through: u64,
     }
 }

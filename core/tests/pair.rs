@@ -256,6 +256,13 @@ fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
                     max_us: 0,
                     mean_us: 0.0,
                 },
+                cache: CacheStats {
+                    entries: 0,
+                    hits: 0,
+                    misses: 0,
+                    evictions: 0,
+                    typed_through: 0,
+                },
             };
             let encoding = call.encoding;
             let sent = server.respond(call.id, |out| {

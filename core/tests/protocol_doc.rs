@@ -37,6 +37,13 @@ fn example_response() -> HealthResponse {
             max_us: 31,
             mean_us: 19.5,
         },
+        cache: CacheStats {
+            entries: 3,
+            hits: 2,
+            misses: 3,
+            evictions: 0,
+            typed_through: 1,
+        },
     }
 }
 

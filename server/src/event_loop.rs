@@ -51,10 +51,12 @@ pub struct Shutdown {
 pub fn run(
     socket: std::net::UdpSocket,
     mut server: RpcServer,
-    mut services: Services,
+    config: reaper_core::Config,
     grace: Duration,
 ) -> anyhow::Result<Shutdown> {
     tokio_uring::start(async move {
+        // The services' worker threads answer through this channel.
+        let (mut services, mut completions) = Services::start(&config, Instant::now())?;
         let socket = Rc::new(UdpSocket::from_std(socket));
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -81,6 +83,13 @@ pub fn run(
                     armed_deadline = None;
                     server.handle_timeout(Instant::now());
                 }
+                Some(done) = completions.recv() => {
+                    let now = Instant::now();
+                    services.on_completion_done(&mut server, done, now);
+                    while let Ok(done) = completions.try_recv() {
+                        services.on_completion_done(&mut server, done, now);
+                    }
+                }
                 Some(first) = receives.next() => {
                     let now = Instant::now();
                     let mut received = Some(first);
@@ -99,9 +108,12 @@ pub fn run(
 
             let now = Instant::now();
             serve(&mut server, &mut services, now);
+            services.expire(&mut server, now);
             send_all(&socket, &mut server, now, &mut send_buffers).await;
             if let Some(deadline) = drain_deadline {
-                let settled = server.in_flight() == 0 && server.unacknowledged() == 0;
+                let settled = server.in_flight() == 0
+                    && server.unacknowledged() == 0
+                    && services.in_flight() == 0;
                 if settled || now >= deadline {
                     let abandoned_calls = server.in_flight();
                     server.close_all(now);
@@ -110,11 +122,14 @@ pub fn run(
                 }
             }
 
-            let next = server.poll_timeout();
-            let next = match (next, drain_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [
+                server.poll_timeout(),
+                services.next_deadline(),
+                drain_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if next != armed_deadline {
                 if let Some(deadline) = next {
                     timer.as_mut().reset(deadline.into());
@@ -175,13 +190,15 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
                 tracing::info!(%conn, %remote, "connection open")
             }
             ServerEvent::Disconnected { conn, reason } => {
+                services.on_disconnected(conn);
                 tracing::info!(%conn, %reason, "connection closed")
             }
             ServerEvent::Refused { remote, reason } => {
                 tracing::warn!(%remote, reason, "connection refused")
             }
             ServerEvent::Cancelled { id } => {
-                tracing::debug!(call = %id, "call cancelled by the client")
+                tracing::debug!(call = %id, "call cancelled by the client");
+                services.on_cancelled(id, now);
             }
             ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
         }

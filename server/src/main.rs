@@ -2,14 +2,13 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use reaper_core::config::Config;
 use reaper_core::rpc::{RpcServer, ServerSettings};
 use reaper_core::{paths, transport};
-use reaper_server::services::Services;
 use reaper_server::state::StateDir;
 use reaper_server::{event_loop, logging};
 
@@ -101,7 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(state_dir = %state.path().display(), "reaperd listening on {bound}");
 
     let grace = Duration::from_secs(config.daemon.shutdown_grace);
-    let outcome = event_loop::run(socket, server, Services::new(Instant::now()), grace);
+    let outcome = event_loop::run(socket, server, config, grace);
     state.remove_endpoint();
     let shutdown = outcome?;
     if shutdown.abandoned_calls > 0 {

@@ -1,17 +1,24 @@
 //! The services behind the RPC state machine, and the routing of calls to them.
 //!
 //! Health and Provider are answered inline, on the event loop, in the same pass that decoded the
-//! request: they touch only in-memory state. Completion, Chat and Agent are routed but not built
+//! request: they touch only in-memory state. Completion answers cache hits inline and sends
+//! misses to its workers (see [`crate::completion`]). Chat and Agent are routed but not built
 //! yet; they answer UNIMPLEMENTED with a message rather than anything that looks like output.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use reaper_core::config::Config;
 use reaper_core::encoding::access_archived;
-use reaper_core::rpc::{IncomingCall, RpcServer};
+use reaper_core::rpc::{CallId, ConnId, IncomingCall, RpcServer};
 use reaper_core::schema::*;
 use reaper_core::{Code, Encoding, Method, Status, WireMessage};
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::completion::pool::DELAY_ENV;
+use crate::completion::{CompletionService, JobDone, OfflineProvider, Outcome, ProviderPool};
 use crate::metrics::Metrics;
+use crate::offline::{IndexLimits, Workspaces};
 
 /// What the services need to know about the transport when answering.
 #[derive(Debug, Clone, Copy)]
@@ -27,19 +34,81 @@ pub struct TransportInfo {
 pub struct Services {
     started: Instant,
     metrics: Metrics,
-    providers: Vec<ProviderInfo>,
+    pool: Arc<ProviderPool>,
+    completion: CompletionService,
 }
 
 impl Services {
-    /// Services for a daemon that started at `started`.
-    pub fn new(started: Instant) -> Services {
-        Services {
+    /// Services for a daemon that started at `started`, with their worker threads; the
+    /// receiver yields the workers' answers, for the event loop to pass to
+    /// [`Services::on_completion_done`].
+    pub fn start(
+        config: &Config,
+        started: Instant,
+    ) -> std::io::Result<(Services, UnboundedReceiver<JobDone>)> {
+        let offline = &config.providers.offline;
+        let workspaces = Workspaces::new(IndexLimits {
+            max_file_bytes: offline.max_file_bytes.get() as u64,
+            max_workspace_bytes: offline.max_workspace_bytes.get() as usize,
+        });
+        let mut pool =
+            ProviderPool::new(Arc::new(OfflineProvider::new(workspaces, &offline.roots)));
+        if let Some(ms) = std::env::var(DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tracing::warn!(
+                "{DELAY_ENV}={ms}: every completion is delayed by {ms} ms (fault injection)"
+            );
+            pool = pool.with_injected_delay(std::time::Duration::from_millis(ms));
+        }
+        let pool = Arc::new(pool);
+        let workers = config.rpc.worker_threads.get() as usize;
+        let (completion, done) = CompletionService::start(config, pool.clone(), workers)?;
+        let services = Services {
             started,
             metrics: Metrics::default(),
-            // The embedded offline provider arrives with the Completion service; until then the
-            // honest list is empty.
-            providers: Vec::new(),
+            pool,
+            completion,
+        };
+        Ok((services, done))
+    }
+
+    /// A worker finished a completion.
+    pub fn on_completion_done(&mut self, server: &mut RpcServer, done: JobDone, now: Instant) {
+        if let Some((status, received_at)) = self.completion.on_done(server, done, now) {
+            self.record(Some(Method::CompletionComplete), &status, received_at, now);
         }
+    }
+
+    /// Ends calls whose deadline passed.
+    pub fn expire(&mut self, server: &mut RpcServer, now: Instant) {
+        for (status, received_at) in self.completion.expire(server, now) {
+            self.record(Some(Method::CompletionComplete), &status, received_at, now);
+        }
+    }
+
+    /// When [`Services::expire`] should next run.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.completion.next_deadline()
+    }
+
+    /// Calls still being worked on.
+    pub fn in_flight(&self) -> usize {
+        self.completion.pending()
+    }
+
+    /// The client cancelled a call.
+    pub fn on_cancelled(&mut self, id: CallId, now: Instant) {
+        if self.completion.on_cancelled(id) {
+            let status = Status::new(Code::Cancelled, "cancelled by the client");
+            self.record(Some(Method::CompletionComplete), &status, now, now);
+        }
+    }
+
+    /// A connection closed.
+    pub fn on_disconnected(&mut self, conn: ConnId) {
+        self.completion.on_disconnected(conn);
     }
 
     /// Serves one call.
@@ -68,17 +137,21 @@ impl Services {
                 Method::ProviderList => match validate::<ProviderListRequest>(&call) {
                     Ok(()) => {
                         let response = ProviderListResponse {
-                            providers: self.providers.clone(),
+                            providers: self.pool.list(),
                         };
                         reply(server, &call, &response)
                     }
                     Err(status) => server.finish(call.id, &status).then_some(status),
                 },
-                Method::CompletionComplete | Method::ChatSend | Method::AgentExecute => {
+                Method::CompletionComplete => match self.completion.on_call(server, &call, now) {
+                    Outcome::Answered(status) => Some(status),
+                    Outcome::Pending | Outcome::Gone => None,
+                },
+                Method::ChatSend | Method::AgentExecute => {
                     let status = Status::new(
                         Code::Unimplemented,
                         format!(
-                            "{} is not built yet in reaperd {}: only reaper.Health/check and reaper.Provider/list are served",
+                            "{} is not built yet in reaperd {}: Health, Provider and Completion are served",
                             call.method,
                             reaper_core::VERSION
                         ),
@@ -137,6 +210,16 @@ impl Services {
             error_rate: self.metrics.error_rate(),
             calls: self.metrics.per_method(),
             latency: self.metrics.latency(),
+            cache: {
+                let (c, entries) = self.completion.cache_stats();
+                CacheStats {
+                    entries: entries as u64,
+                    hits: c.hits,
+                    misses: c.misses,
+                    evictions: c.evictions,
+                    typed_through: c.typed_through,
+                }
+            },
         }
     }
 }

@@ -1,10 +1,17 @@
 //! A real `reaperd` process for tests: temp state dir, port 0, logs kept, always reaped.
 
+// Shared by several test binaries; each uses part of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reaper_client::ClientOptions;
+use std::sync::Arc;
+
+use reaper_client::{ClientOptions, Encoding, Method};
+use reaper_core::transport;
+use reaper_core::wire::{self, RequestHead};
 
 pub fn reaperd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_reaperd"))
@@ -36,13 +43,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with("", &[])
+    }
+
+    /// A daemon with `config` as its reaper.toml and extra environment variables.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("reaperd.log")).unwrap();
+        std::fs::write(dir.path().join("reaper.toml"), config).unwrap();
         let child = Command::new(reaperd_bin())
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(dir.path().join("state"))
+            .arg("--config")
+            .arg(dir.path().join("reaper.toml"))
             .env("RUST_LOG", "debug,quinn_proto=info")
             .env_remove("REAPER_CONFIG")
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -112,4 +128,78 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A raw QUIC connection with the daemon's pinned certificate, for sending bytes no well-behaved
+/// client would.
+pub async fn raw_connection(daemon: &Daemon) -> (quinn::Endpoint, quinn::Connection) {
+    let options = daemon.options();
+    let config = transport::client_config(options.cert.clone(), &options.rpc, true).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoint = quinn::Endpoint::new(
+        transport::endpoint_config(true),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    let conn = endpoint
+        .connect_with(config, options.addr, transport::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+/// The encoded head of a JSON `Health.check` with the daemon's token.
+pub fn health_head_json(daemon: &Daemon) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    RequestHead {
+        method: Method::HealthCheck.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut bytes);
+    bytes
+}
+
+pub async fn read_trailer(recv: &mut quinn::RecvStream) -> reaper_core::Status {
+    let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("the daemon answers within 5 s")
+        .unwrap();
+    let mut decoder = wire::FrameDecoder::new(wire::Side::Response, 1 << 20);
+    decoder.push(bytes.into());
+    loop {
+        match decoder.next_frame().unwrap() {
+            Some(wire::Frame::Trailer(status)) => return status,
+            Some(_) => continue,
+            None => panic!("no trailer"),
+        }
+    }
+}
+
+/// Sends one call whose message bytes are given as is (for malformed input) and returns the
+/// status it ends with.
+pub async fn raw_call(
+    daemon: &Daemon,
+    method: Method,
+    encoding: Encoding,
+    message: &[u8],
+) -> reaper_core::Status {
+    let (_endpoint, conn) = raw_connection(daemon).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    RequestHead {
+        method: method.path().into(),
+        encoding,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut bytes);
+    wire::encode_message(message, &mut bytes);
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    read_trailer(&mut recv).await
 }

@@ -5,11 +5,10 @@ mod daemon;
 use std::sync::Arc;
 use std::time::Duration;
 
-use daemon::Daemon;
+use daemon::{health_head_json, raw_connection, read_trailer, Daemon};
 use reaper_client::schema::*;
 use reaper_client::{CallOptions, Client, Code, Encoding, Error, Method};
-use reaper_core::transport;
-use reaper_core::wire::{self, RequestHead};
+use reaper_core::wire;
 
 async fn client(daemon: &Daemon, encoding: Encoding) -> Client {
     let mut options = daemon.options();
@@ -32,9 +31,16 @@ async fn health_and_providers_in_both_encodings() {
         assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
         assert!(health.connections >= 1);
         let providers = client.providers().await.unwrap();
-        assert!(
-            providers.providers.is_empty(),
-            "no provider is built yet: {providers:?}"
+        let names: Vec<_> = providers
+            .providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["offline"], "the embedded provider is always there");
+        assert_eq!(providers.providers[0].status, ProviderStatus::Available);
+        assert_eq!(
+            providers.providers[0].auth_status,
+            AuthStatus::Authenticated
         );
         client.close().await;
     }
@@ -54,19 +60,6 @@ async fn health_and_providers_in_both_encodings() {
 async fn unbuilt_services_answer_unimplemented() {
     let daemon = Daemon::start();
     let client = client(&daemon, Encoding::Json).await;
-    let request = CompletionRequest {
-        prefix: "fn ".into(),
-        suffix: String::new(),
-        language: "rust".into(),
-        file_path: None,
-        context: None,
-    };
-    let err = client
-        .complete(&request, CallOptions::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.status().code, Code::Unimplemented, "{err}");
-    assert!(err.status().message.contains("not built yet"));
     let chat = ChatRequest {
         messages: vec![],
         model: None,
@@ -76,10 +69,21 @@ async fn unbuilt_services_answer_unimplemented() {
     use futures::StreamExt;
     let first = stream.next().await.unwrap().unwrap_err();
     assert_eq!(first.status().code, Code::Unimplemented);
+    assert!(first.status().message.contains("not built yet"));
     assert!(stream.next().await.is_none());
+    let task = AgentTask {
+        instruction: "x".into(),
+        cwd: "/tmp".into(),
+        timeout: None,
+    };
+    let (mut updates, _control) = client.agent(&task, CallOptions::default()).await.unwrap();
+    assert_eq!(
+        updates.next().await.unwrap().unwrap_err().status().code,
+        Code::Unimplemented
+    );
     let health = client.health().await.unwrap();
-    assert_eq!(served(&health, Method::CompletionComplete), (0, 1));
     assert_eq!(served(&health, Method::ChatSend), (0, 1));
+    assert_eq!(served(&health, Method::AgentExecute), (0, 1));
 }
 
 #[tokio::test]
@@ -144,56 +148,6 @@ async fn a_different_certificate_is_refused_by_the_client() {
 fn rcgen_free_cert() -> rustls::pki_types::CertificateDer<'static> {
     let other = Daemon::start();
     other.options().cert
-}
-
-/// A raw QUIC connection with the daemon's pinned certificate, for sending bytes no well-behaved
-/// client would.
-async fn raw_connection(daemon: &Daemon) -> (quinn::Endpoint, quinn::Connection) {
-    let options = daemon.options();
-    let config = transport::client_config(options.cert.clone(), &options.rpc, true).unwrap();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let endpoint = quinn::Endpoint::new(
-        transport::endpoint_config(true),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .unwrap();
-    let conn = endpoint
-        .connect_with(config, options.addr, transport::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    (endpoint, conn)
-}
-
-/// The encoded head of a JSON `Health.check` with the daemon's token.
-fn health_head_json(daemon: &Daemon) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    RequestHead {
-        method: Method::HealthCheck.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut bytes);
-    bytes
-}
-
-async fn read_trailer(recv: &mut quinn::RecvStream) -> reaper_core::Status {
-    let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
-        .await
-        .expect("the daemon answers within 5 s")
-        .unwrap();
-    let mut decoder = wire::FrameDecoder::new(wire::Side::Response, 1 << 20);
-    decoder.push(bytes.into());
-    loop {
-        match decoder.next_frame().unwrap() {
-            Some(wire::Frame::Trailer(status)) => return status,
-            Some(_) => continue,
-            None => panic!("no trailer"),
-        }
-    }
 }
 
 #[tokio::test]

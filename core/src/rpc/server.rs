@@ -62,6 +62,14 @@ impl fmt::Display for CallId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(ConnectionHandle);
 
+impl ConnId {
+    /// A connection id for tests of code that keys state by connection.
+    #[doc(hidden)]
+    pub fn for_tests(n: usize) -> ConnId {
+        ConnId(ConnectionHandle(n))
+    }
+}
+
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}", self.0 .0)
@@ -159,7 +167,7 @@ enum Phase {
         deadline: Option<Instant>,
     },
     /// Handed to the driver; further messages are passed on.
-    Started { method: Method },
+    Started { method: Method, encoding: Encoding },
     /// Answered; only leftover bytes may still be flushing.
     Answered,
 }
@@ -373,6 +381,14 @@ impl RpcServer {
         self.write(id, &out, true);
         self.scratch = out;
         true
+    }
+
+    /// The encoding of a call that can still be answered.
+    pub fn encoding_of(&self, id: CallId) -> Option<Encoding> {
+        match self.conns.get(&id.conn)?.calls.get(&id.stream)?.phase {
+            Phase::Started { encoding, .. } => Some(encoding),
+            _ => None,
+        }
     }
 
     /// Whether a call handed to the driver can still be answered.
@@ -712,7 +728,7 @@ impl RpcServer {
                         encoding,
                         deadline,
                     } => {
-                        call.phase = Phase::Started { method };
+                        call.phase = Phase::Started { method, encoding };
                         *in_flight += 1;
                         events.push_back(ServerEvent::Call(IncomingCall {
                             id,
@@ -730,7 +746,9 @@ impl RpcServer {
                 Ok(None) => break,
                 Err(error) => {
                     let method = match call.phase {
-                        Phase::Message { method, .. } | Phase::Started { method } => Some(method),
+                        Phase::Message { method, .. } | Phase::Started { method, .. } => {
+                            Some(method)
+                        }
                         _ => None,
                     };
                     rejection = Some((method, error.status()));

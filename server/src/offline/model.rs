@@ -1,0 +1,294 @@
+//! Predicting the rest of a line from the user's own code.
+//!
+//! The model is the longest match of the text before the cursor, found in two places: the
+//! workspace's suffix array and the buffer itself (the prefix before the cursor, which is the
+//! best evidence of what this file repeats). Every occurrence of that longest match votes for
+//! what followed it up to the end of its line; the daemon proposes the continuation most of the
+//! votes agree on, or the longest start most of them share, and says how sure it is: the share
+//! of the votes behind it, discounted when the match is short or the evidence is one
+//! occurrence. When the votes scatter it stays silent rather than guess; `docs/offline.md` has
+//! the measured accuracy and how confidence relates to it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use memchr::memmem;
+
+use super::corpus::Corpus;
+
+/// Bytes of the prefix used as the query.
+const MAX_QUERY: usize = 256;
+/// Shortest match worth proposing anything on.
+const MIN_MATCH: usize = 8;
+/// Occurrences that vote, at most, from each source.
+const MAX_VOTERS: usize = 64;
+/// Longest continuation proposed.
+const MAX_COMPLETION: usize = 200;
+/// Bytes of the prefix searched for earlier occurrences in the same buffer.
+const MAX_LOCAL: usize = 256 * 1024;
+/// Share of votes a proposal needs.
+const MIN_SHARE: f64 = 0.5;
+/// Weight of an occurrence in the buffer being edited, against one elsewhere in the workspace.
+const LOCAL_WEIGHT: f64 = 2.0;
+
+/// A proposed completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Text to insert at the cursor.
+    pub text: String,
+    /// How likely it is to be right, in `[0, 1]`.
+    pub confidence: f32,
+}
+
+/// Predicts the rest of the line at the end of `prefix`. `None` when the evidence is too thin
+/// or too divided. `own_file` is the file being edited: its saved copy in the index is not
+/// evidence (the buffer, newer, already is).
+pub fn predict(
+    corpus: Option<&Corpus>,
+    prefix: &str,
+    suffix: &str,
+    own_file: Option<&Path>,
+) -> Option<Prediction> {
+    let query = tail(prefix, MAX_QUERY).as_bytes();
+    if query.is_empty() {
+        return None;
+    }
+    let local_text = tail(prefix, MAX_LOCAL).as_bytes();
+    // Earlier occurrences only: the query's own position is at the very end.
+    let local_haystack = &local_text[..local_text.len() - 1];
+    let local_len = longest_local_match(local_haystack, query);
+    let (corpus_len, range) = corpus.map_or((0, 0..0), |c| c.longest_suffix_match(query));
+    let matched = local_len.max(corpus_len);
+    if matched < MIN_MATCH.min(query.len()) {
+        return None;
+    }
+
+    // Every occurrence of the longest match votes; so do occurrences of shorter tails (backoff),
+    // with less weight, so one odd repetition of a long context cannot outvote the usual
+    // continuation of a slightly shorter one.
+    let mut votes: HashMap<&[u8], f64> = HashMap::new();
+    let mut total = 0.0;
+    for (level, scale) in [(matched, 1.0), (matched * 3 / 4, 0.5), (matched / 2, 0.25)] {
+        if level < MIN_MATCH.min(query.len()) || (level < matched && level == 0) {
+            continue;
+        }
+        let needle = &query[query.len() - level..];
+        if level <= local_len {
+            for start in memmem::find_iter(local_haystack, needle).take(MAX_VOTERS) {
+                let cont = continuation(local_text, start + level);
+                *votes.entry(cont).or_default() += LOCAL_WEIGHT * scale;
+                total += LOCAL_WEIGHT * scale;
+            }
+        }
+        if let Some(corpus) = corpus.filter(|_| level <= corpus_len) {
+            let range = if level == corpus_len {
+                range.clone()
+            } else {
+                corpus.find(needle)
+            };
+            for start in corpus.positions(range, MAX_VOTERS) {
+                let end = start + level;
+                // A match that ends its file says nothing about what comes next.
+                if corpus.text().get(end).is_none_or(|&b| b == 0) {
+                    continue;
+                }
+                if own_file.is_some_and(|own| corpus.file_at(start).is_some_and(|f| f == own)) {
+                    continue;
+                }
+                let cont = continuation(corpus.text(), end);
+                *votes.entry(cont).or_default() += scale;
+                total += scale;
+            }
+        }
+    }
+    let voters = votes.len();
+    let (best, weight) = agreed_continuation(&votes, total)?;
+    let text = trim_against_suffix(best, suffix);
+    let text = std::str::from_utf8(text).ok()?.trim_end();
+    if text.trim().is_empty() {
+        return None;
+    }
+
+    // Confidence: the share of votes behind the proposal (smoothed, so one vote is never
+    // certainty), discounted for short matches.
+    let share = weight / (total + 1.0);
+    let length = (matched as f64 / 48.0).min(1.0).sqrt();
+    let unanimity = if voters == 1 { 1.0 } else { 0.9 };
+    let confidence = (share * length * unanimity).clamp(0.0, 1.0) as f32;
+    Some(Prediction {
+        text: text.to_owned(),
+        confidence,
+    })
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+pub fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Length of the longest suffix of `query` that occurs in `haystack`.
+fn longest_local_match(haystack: &[u8], query: &[u8]) -> usize {
+    let (mut lo, mut hi) = (0usize, query.len().min(haystack.len()));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if memmem::find(haystack, &query[query.len() - mid..]).is_some() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+/// What followed a match: up to the end of its line.
+fn continuation(text: &[u8], from: usize) -> &[u8] {
+    let rest = &text[from.min(text.len())..];
+    let rest = &rest[..rest.len().min(MAX_COMPLETION)];
+    let end = memchr::memchr2(b'\n', 0, rest).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The continuation most votes agree on; failing a majority, the longest start that a majority
+/// shares. Returns it with the weight behind it.
+fn agreed_continuation<'a>(votes: &HashMap<&'a [u8], f64>, total: f64) -> Option<(&'a [u8], f64)> {
+    let (&best, &weight) = votes
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))?;
+    if weight >= MIN_SHARE * total {
+        return Some((best, weight));
+    }
+    // Longest prefix of the best continuation that enough votes share, cut at a token edge.
+    for len in (1..=best.len()).rev() {
+        if len < best.len() && is_word(best[len - 1]) && is_word(best[len]) {
+            continue;
+        }
+        let prefix = &best[..len];
+        let shared: f64 = votes
+            .iter()
+            .filter(|(c, _)| c.starts_with(prefix))
+            .map(|(_, w)| w)
+            .sum();
+        if shared >= MIN_SHARE * total {
+            return Some((prefix, shared));
+        }
+    }
+    None
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Drops the end of `completion` that the text after the cursor already has (an auto-closed
+/// bracket, the rest of a line being edited): the daemon never inserts what is already there.
+fn trim_against_suffix<'a>(completion: &'a [u8], suffix: &str) -> &'a [u8] {
+    let line = suffix
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .as_bytes();
+    if line.is_empty() {
+        return completion;
+    }
+    for k in (1..=completion.len().min(line.len())).rev() {
+        if completion.ends_with(&line[..k]) {
+            return &completion[..completion.len() - k];
+        }
+    }
+    completion
+}
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+pub fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offline::corpus::CorpusBuilder;
+    use std::path::PathBuf;
+
+    fn corpus(files: &[&str]) -> Corpus {
+        let mut b = CorpusBuilder::default();
+        for (i, f) in files.iter().enumerate() {
+            b.add(PathBuf::from(format!("f{i}.rs")), f.as_bytes());
+        }
+        b.build()
+    }
+
+    #[test]
+    fn repeats_a_pattern_from_the_workspace() {
+        let c = corpus(&["fn a() {\n    let config = Config::from_env().expect(\"config\");\n}\n"]);
+        let p = predict(
+            Some(&c),
+            "fn b() {\n    let config = Config::from_",
+            "\n}\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.text, "env().expect(\"config\");");
+        assert!(p.confidence > 0.0 && p.confidence <= 1.0);
+    }
+
+    #[test]
+    fn repeats_a_pattern_from_the_buffer_itself() {
+        let prefix = "x.push(item_one);\ny.push(item_two);\nx.push(item_";
+        let p = predict(None, prefix, "", None).unwrap();
+        assert_eq!(p.text, "one);");
+    }
+
+    #[test]
+    fn never_inserts_what_follows_the_cursor() {
+        let c = corpus(&["call(alpha, beta);\n"]);
+        let p = predict(Some(&c), "fn main() {\n    call(alpha, ", ");\n}", None).unwrap();
+        assert_eq!(p.text, "beta");
+        assert!(predict(Some(&c), "fn main() {\n    call(alpha, ", "beta);", None).is_none());
+    }
+
+    #[test]
+    fn stays_silent_without_evidence_or_when_votes_scatter() {
+        let c = corpus(&["let a = 1;\n"]);
+        assert!(predict(Some(&c), "something entirely different ", "", None).is_none());
+        let scattered = corpus(&["value = one;\nvalue = two;\nvalue = three;\nvalue = four;\n"]);
+        assert!(predict(Some(&scattered), "\nvalue = ", "", None).is_none());
+    }
+
+    #[test]
+    fn a_shared_start_is_proposed_when_the_ends_differ() {
+        let c = corpus(&[
+            "self.state.lock().unwrap().insert(a);\n",
+            "self.state.lock().unwrap().remove(b);\n",
+            "self.state.lock().unwrap().clear();\n",
+        ]);
+        let p = predict(Some(&c), "fn f(&self) {\n    self.state.", "", None).unwrap();
+        assert_eq!(p.text, "lock().unwrap().");
+    }
+
+    #[test]
+    fn more_agreement_means_more_confidence() {
+        let one = corpus(&["let handle = spawn_worker(config);\n"]);
+        let many = corpus(&["let handle = spawn_worker(config);\n"; 6]);
+        let q = "fn x() {\n    let handle = spawn_";
+        let low = predict(Some(&one), q, "", None).unwrap().confidence;
+        let high = predict(Some(&many), q, "", None).unwrap().confidence;
+        assert!(high > low, "{high} > {low}");
+    }
+
+    #[test]
+    fn odd_input_does_not_panic() {
+        let c = corpus(&["ünïcödé → arrows\n"]);
+        for prefix in ["", "\n", "é", "ünïcödé → ", "\0\0\0"] {
+            let _ = predict(Some(&c), prefix, "→", None);
+        }
+    }
+}
