@@ -126,7 +126,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn registry_crate(name: &str) -> anyhow::Result<PathBuf> {
+pub fn registry_crate(name: &str) -> anyhow::Result<PathBuf> {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use reaper_client::{Client, ClientOptions, Encoding};
+use reaper_client::schema::CompletionRequest;
+use reaper_client::{CallOptions, Client, ClientOptions, Encoding};
 
 mod eval;
 
@@ -49,6 +50,10 @@ struct Args {
     /// Print one JSON object per scenario.
     #[arg(long)]
     json: bool,
+    /// Workspace for the completion scenarios (default: the tokio sources in the cargo
+    /// registry, about 120,000 lines); "none" skips them.
+    #[arg(long, value_name = "DIR")]
+    completion_workspace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,9 +192,90 @@ async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
         &histogram,
         histogram.len() as f64 / elapsed.as_secs_f64(),
     );
+    if args.completion_workspace.as_deref() != Some("none") {
+        completion_scenarios(args, &client).await?;
+    }
     for client in pool {
         client.close().await;
     }
+    Ok(())
+}
+
+/// Sequential completions against a real workspace: a cache hit (the same request again), an
+/// offline-provider miss (the suffix varies, so the key does), and Health in the same run.
+async fn completion_scenarios(args: &Args, client: &Client) -> anyhow::Result<()> {
+    let workspace = match &args.completion_workspace {
+        Some(dir) => PathBuf::from(dir),
+        None => eval::registry_crate("tokio")?,
+    };
+    let source = std::fs::read_to_string(workspace.join("src/runtime/builder.rs"))
+        .or_else(|_| std::fs::read_to_string(workspace.join("src/lib.rs")))
+        .context("the completion workspace needs src/lib.rs")?;
+    // Cut 24 bytes into a line two thirds into the file.
+    let mut cut = source.len() * 2 / 3;
+    while !source.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let line_start = source[..cut].rfind('\n').map_or(0, |i| i + 1);
+    let mut cut = (line_start + (cut - line_start).min(24)).min(source.len());
+    while !source.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    // An editor sends the text near the cursor: here the 2 KiB before it, the request size
+    // the other scenarios use too.
+    let mut from = cut.saturating_sub(2048);
+    while !source.is_char_boundary(from) {
+        from += 1;
+    }
+    let request = |suffix: String| CompletionRequest {
+        prefix: source[from..cut].to_owned(),
+        suffix,
+        language: "rust".to_owned(),
+        file_path: Some(
+            workspace
+                .join("src/bench_new_file.rs")
+                .display()
+                .to_string(),
+        ),
+        context: None,
+    };
+    // The first request starts indexing; wait for it (bounded).
+    let started = Instant::now();
+    loop {
+        let response = client
+            .complete(&request(String::new()), CallOptions::default())
+            .await?;
+        if !response.completion.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = args.calls.min(10_000);
+    let new_histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let (mut hit, mut miss, mut health) = (new_histogram()?, new_histogram()?, new_histogram()?);
+    let same = request(String::new());
+    for i in 0..calls {
+        let t = Instant::now();
+        let r = client.complete(&same, CallOptions::default()).await?;
+        hit.saturating_record(t.elapsed().as_micros() as u64);
+        if !r.cached {
+            bail!("the repeated request was not answered from the cache");
+        }
+        let t = Instant::now();
+        client.health().await?;
+        health.saturating_record(t.elapsed().as_micros() as u64);
+        let varied = request(format!("\n// {i}\n"));
+        let t = Instant::now();
+        let r = client.complete(&varied, CallOptions::default()).await?;
+        miss.saturating_record(t.elapsed().as_micros() as u64);
+        if r.cached {
+            bail!("a varied request was answered from the cache");
+        }
+    }
+    let rate = |h: &Histogram<u64>| 1e6 / h.mean().max(1.0);
+    report(args, "completion_cache_hit", 1, &hit, rate(&hit));
+    report(args, "completion_offline_miss", 1, &miss, rate(&miss));
+    report(args, "health_same_run", 1, &health, rate(&health));
     Ok(())
 }
 

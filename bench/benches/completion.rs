@@ -1,0 +1,100 @@
+//! Criterion suites for the completion path: offline prediction and cache lookup.
+//!
+//! The corpus is this repository's own sources (always present), cut at fixed points.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use reaper_server::completion::cache::{Cached, CompletionCache, KeyParts};
+use reaper_server::offline::predict;
+use reaper_server::offline::workspace::{build_corpus, IndexLimits};
+
+const LIMITS: IndexLimits = IndexLimits {
+    max_file_bytes: 1 << 20,
+    max_workspace_bytes: 1 << 28,
+};
+
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Prefixes cut in the middle of lines of a file of this repository.
+fn prefixes() -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join("core/src/rpc/server.rs")).unwrap();
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    for line in text.lines().filter(|l| l.trim().len() > 20).step_by(17) {
+        let start = text[at..].find(line).map(|i| at + i).unwrap_or(at);
+        let cut = start + line.len() / 2;
+        if text.is_char_boundary(cut) {
+            cuts.push(text[cut.saturating_sub(2048)..cut].to_owned());
+        }
+        at = start;
+    }
+    cuts
+}
+
+fn bench_predict(c: &mut Criterion) {
+    let (corpus, files, bytes) = build_corpus(workspace(), LIMITS);
+    let prefixes = prefixes();
+    eprintln!(
+        "corpus: {files} files, {bytes} bytes; {} cut points",
+        prefixes.len()
+    );
+    let mut i = 0;
+    c.bench_function("offline_predict", |b| {
+        b.iter(|| {
+            i = (i + 1) % prefixes.len();
+            black_box(predict(Some(&corpus), &prefixes[i], "\n}\n", None))
+        })
+    });
+    c.bench_function("index_build_repository", |b| {
+        b.iter(|| black_box(build_corpus(workspace(), LIMITS).2))
+    });
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let mut cache = CompletionCache::new(
+        NonZeroUsize::new(10_000).unwrap(),
+        Duration::from_secs(3600),
+    );
+    let now = Instant::now();
+    let prefixes = prefixes();
+    for p in &prefixes {
+        let key = KeyParts::new("rust", "/repo/src/lib.rs", p, "\n}\n", 512, 128);
+        let value = Cached {
+            completion: "x".repeat(40),
+            confidence: 0.5,
+            provider: "offline".into(),
+        };
+        cache.insert(key.to_owned_key(), value, now);
+    }
+    let mut i = 0;
+    c.bench_function("cache_lookup_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % prefixes.len();
+            let key = KeyParts::new("rust", "/repo/src/lib.rs", &prefixes[i], "\n}\n", 512, 128);
+            black_box(cache.get(&key, now).is_some())
+        })
+    });
+    c.bench_function("cache_lookup_miss", |b| {
+        b.iter(|| {
+            i = (i + 1) % prefixes.len();
+            let key = KeyParts::new(
+                "rust",
+                "/repo/src/other.rs",
+                &prefixes[i],
+                "\n}\n",
+                512,
+                128,
+            );
+            black_box(cache.get(&key, now).is_some())
+        })
+    });
+}
+
+criterion_group!(benches, bench_predict, bench_cache);
+criterion_main!(benches);
