@@ -100,9 +100,9 @@ impl Services {
 
     /// The client cancelled a call.
     pub fn on_cancelled(&mut self, id: CallId, now: Instant) {
-        if self.completion.on_cancelled(id) {
+        if let Some(received_at) = self.completion.on_cancelled(id) {
             let status = Status::new(Code::Cancelled, "cancelled by the client");
-            self.record(Some(Method::CompletionComplete), &status, now, now);
+            self.record(Some(Method::CompletionComplete), &status, received_at, now);
         }
     }
 
@@ -143,10 +143,16 @@ impl Services {
                     }
                     Err(status) => server.finish(call.id, &status).then_some(status),
                 },
-                Method::CompletionComplete => match self.completion.on_call(server, &call, now) {
-                    Outcome::Answered(status) => Some(status),
-                    Outcome::Pending | Outcome::Gone => None,
-                },
+                Method::CompletionComplete => {
+                    let outcome = self.completion.on_call(server, &call, now);
+                    for (status, received_at) in self.completion.take_side_endings() {
+                        self.record(Some(Method::CompletionComplete), &status, received_at, now);
+                    }
+                    match outcome {
+                        Outcome::Answered(status) => Some(status),
+                        Outcome::Pending | Outcome::Gone => None,
+                    }
+                }
                 Method::ChatSend | Method::AgentExecute => {
                     let status = Status::new(
                         Code::Unimplemented,

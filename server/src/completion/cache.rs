@@ -206,63 +206,103 @@ impl KeyParts<'_> {
 
 /// Bytes of the prefix remembered to recognise typing through.
 const TYPED_TAIL: usize = 128;
+/// Bytes of the suffix's first line that must match for typing through.
+const SUFFIX_LINE: usize = 256;
 
-/// The last suggestion sent for one file on one connection.
+/// What a suggestion was made for, as far as typing through is concerned.
 #[derive(Debug, Clone)]
-struct LastSuggestion {
+pub struct TypingContext {
+    file: Box<str>,
+    language: Box<str>,
     prefix_len: usize,
-    prefix_tail: String,
-    suggestion: Cached,
+    prefix_tail: Box<str>,
+    suffix_line: Box<str>,
 }
 
-/// Remembers the last suggestion per file and connection, so that typing the characters a
-/// suggestion began with is answered with the rest of it, without asking a provider again.
+/// A request's typing context, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct TypingRef<'a> {
+    file: &'a str,
+    language: &'a str,
+    prefix: &'a str,
+    suffix_line: &'a str,
+}
+
+impl<'a> TypingRef<'a> {
+    /// The context of a request.
+    pub fn new(file: &'a str, language: &'a str, prefix: &'a str, suffix: &'a str) -> Self {
+        TypingRef {
+            file,
+            language,
+            prefix,
+            suffix_line: head(first_line(suffix), SUFFIX_LINE),
+        }
+    }
+
+    /// Owned, to remember with a suggestion.
+    pub fn to_owned(&self) -> TypingContext {
+        TypingContext {
+            file: self.file.into(),
+            language: self.language.into(),
+            prefix_len: self.prefix.len(),
+            prefix_tail: tail(self.prefix, TYPED_TAIL).into(),
+            suffix_line: self.suffix_line.into(),
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.split('\n').next().unwrap_or("")
+}
+
+/// Remembers the last suggestion on each connection, so that typing the characters it began
+/// with is answered with the rest of it, without asking a provider again. One per connection:
+/// typing happens in one file at a time, and the memory stays bounded.
 #[derive(Debug, Default)]
 pub struct TypingThrough {
-    last: HashMap<(ConnId, Box<str>), LastSuggestion>,
+    last: HashMap<ConnId, (TypingContext, Cached)>,
 }
 
 impl TypingThrough {
-    /// Records what was suggested for `prefix` in `file`.
-    pub fn remember(&mut self, conn: ConnId, file: &str, prefix: &str, suggestion: &Cached) {
+    /// Records what was suggested in `context`.
+    pub fn remember(&mut self, conn: ConnId, context: TypingContext, suggestion: Cached) {
         if suggestion.completion.is_empty() {
-            self.last.remove(&(conn, file.into()));
-            return;
+            self.last.remove(&conn);
+        } else {
+            self.last.insert(conn, (context, suggestion));
         }
-        self.last.insert(
-            (conn, file.into()),
-            LastSuggestion {
-                prefix_len: prefix.len(),
-                prefix_tail: tail(prefix, TYPED_TAIL).to_owned(),
-                suggestion: suggestion.clone(),
-            },
-        );
     }
 
-    /// The rest of the last suggestion, if `prefix` is the old prefix plus the start of it.
-    pub fn continue_with(&self, conn: ConnId, file: &str, prefix: &str) -> Option<Cached> {
-        // A borrowed lookup would need a custom key type; files are short, this allocation is
-        // the only one on a hit and is skipped when the connection has no suggestion.
-        let last = self.last.get(&(conn, file.into()))?;
-        let typed = prefix.get(last.prefix_len..)?;
-        let before = prefix.get(..last.prefix_len)?;
-        if typed.is_empty() || !before.ends_with(&last.prefix_tail) {
+    /// The rest of the last suggestion, if the request is the old one plus the start of it:
+    /// same file, language and text after the cursor, and a prefix that is the old prefix
+    /// followed by characters the suggestion began with.
+    pub fn continue_with(&self, conn: ConnId, now: &TypingRef<'_>) -> Option<Cached> {
+        let (then, suggestion) = self.last.get(&conn)?;
+        if *then.file != *now.file
+            || *then.language != *now.language
+            || *then.suffix_line != *now.suffix_line
+        {
             return None;
         }
-        let rest = last.suggestion.completion.strip_prefix(typed)?;
+        let typed = now.prefix.get(then.prefix_len..)?;
+        let before = now.prefix.get(..then.prefix_len)?;
+        if typed.is_empty() || !before.ends_with(&*then.prefix_tail) {
+            return None;
+        }
+        let rest = suggestion.completion.strip_prefix(typed)?;
         if rest.is_empty() {
             return None;
         }
         Some(Cached {
             completion: rest.to_owned(),
-            confidence: last.suggestion.confidence,
-            provider: last.suggestion.provider.clone(),
+            confidence: suggestion.confidence,
+            provider: suggestion.provider.clone(),
         })
     }
 
-    /// Forgets a closed connection's suggestions.
+    /// Forgets a closed connection's suggestion.
     pub fn forget_connection(&mut self, conn: ConnId) {
-        self.last.retain(|(c, _), _| *c != conn);
+        self.last.remove(&conn);
     }
 
     /// Whether nothing is remembered.
@@ -321,36 +361,35 @@ mod tests {
     fn typing_the_start_of_a_suggestion_gives_the_rest() {
         let conn = reaper_core::rpc::ConnId::for_tests(1);
         let mut typing = TypingThrough::default();
-        typing.remember(conn, "/a.rs", "let x = ", &cached("compute(42);"));
+        let ctx = |file, prefix, suffix| TypingRef::new(file, "rust", prefix, suffix);
+        typing.remember(
+            conn,
+            ctx("/a.rs", "let x = ", "\n").to_owned(),
+            cached("compute(42);"),
+        );
+        let rest = |file, prefix, suffix| typing.continue_with(conn, &ctx(file, prefix, suffix));
         assert_eq!(
-            typing
-                .continue_with(conn, "/a.rs", "let x = comp")
-                .unwrap()
-                .completion,
+            rest("/a.rs", "let x = comp", "\n").unwrap().completion,
             "ute(42);"
         );
         assert!(
-            typing
-                .continue_with(conn, "/a.rs", "let x = comX")
-                .is_none(),
+            rest("/a.rs", "let x = comX", "\n").is_none(),
             "typed something else"
         );
         assert!(
-            typing
-                .continue_with(conn, "/a.rs", "let y = comp")
-                .is_none(),
+            rest("/a.rs", "let y = comp", "\n").is_none(),
             "the text before changed"
         );
         assert!(
-            typing
-                .continue_with(conn, "/b.rs", "let x = comp")
-                .is_none(),
+            rest("/b.rs", "let x = comp", "\n").is_none(),
             "another file"
         );
         assert!(
-            typing
-                .continue_with(conn, "/a.rs", "let x = compute(42);")
-                .is_none(),
+            rest("/a.rs", "let x = comp", ");\n").is_none(),
+            "the editor closed the bracket"
+        );
+        assert!(
+            rest("/a.rs", "let x = compute(42);", "\n").is_none(),
             "nothing left"
         );
         typing.forget_connection(conn);

@@ -36,7 +36,7 @@ pub enum ProviderError {
     /// It answered with an error.
     #[error("failed: {0}")]
     Failed(String),
-    /// The call was cancelled or its deadline passed.
+    /// The provider stopped: the call was cancelled, or the time it was given ran out.
     #[error("cancelled")]
     Cancelled,
 }
@@ -68,7 +68,7 @@ impl OfflineProvider {
     pub fn new(workspaces: Workspaces, roots: &[String]) -> OfflineProvider {
         let roots = roots
             .iter()
-            .map(|r| workspaces.open(Path::new(r).to_path_buf()))
+            .filter_map(|r| workspaces.open(Path::new(r).to_path_buf()))
             .collect();
         OfflineProvider { workspaces, roots }
     }
@@ -250,7 +250,11 @@ impl ProviderPool {
                     tracing::debug!(provider = name, "answered past its budget; falling back");
                     self.observe(&name, finished - started, None);
                 }
-                Err(ProviderError::Cancelled) => return Err(ProviderError::Cancelled),
+                // Only the caller's flag cancels the call; a provider that gave up at its
+                // budget is passed over like any other that did not answer in time.
+                Err(ProviderError::Cancelled) if cancel.load(Ordering::Relaxed) => {
+                    return Err(ProviderError::Cancelled)
+                }
                 Err(error) => {
                     tracing::debug!(provider = name, %error, "provider failed; falling back");
                     self.observe(&name, finished - started, Some(error));

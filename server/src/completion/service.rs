@@ -6,10 +6,14 @@
 //! channel, is sent, and is cached. The loop keeps every call in flight with its deadline and a
 //! cancel flag: a deadline that passes ends the call with DEADLINE_EXCEEDED, a client's reset
 //! ends it quietly, and a newer completion for the same file on the same connection ends it
-//! with CANCELLED; in each case the flag tells the worker to stop.
+//! with CANCELLED; in each case the flag tells the worker to stop. Each job carries a sequence
+//! number, so a result that arrives for a call that has since ended (and whose stream id a new
+//! call reuses) is recognised and dropped.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +25,16 @@ use reaper_core::schema::{CompletionRequest, CompletionResponse};
 use reaper_core::{Code, Encoding, Status, WireMessage};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::cache::{CacheCounters, Cached, CompletionCache, KeyParts, OwnedKey, TypingThrough};
+use super::cache::{
+    CacheCounters, Cached, CompletionCache, KeyParts, OwnedKey, TypingContext, TypingRef,
+    TypingThrough,
+};
 use super::pool::{Answer, ProviderError, ProviderPool};
 
 /// A miss handed to a worker.
 struct Job {
     id: CallId,
+    seq: u64,
     request: CompletionRequest,
     deadline: Instant,
     cancel: Arc<AtomicBool>,
@@ -36,20 +44,37 @@ struct Job {
 #[derive(Debug)]
 pub struct JobDone {
     id: CallId,
+    seq: u64,
     result: Result<Answer, ProviderError>,
 }
 
 /// A call waiting for a worker.
 struct Pending {
+    seq: u64,
     deadline: Instant,
     received_at: Instant,
     cancel: Arc<AtomicBool>,
-    file: Option<(ConnId, Box<str>)>,
+    file: Option<Box<str>>,
     key: Option<OwnedKey>,
-    prefix_for_typing: Option<String>,
+    typing: Option<TypingContext>,
 }
 
-/// How a completion call ended, for the caller's metrics.
+/// What a miss needs once the request is owned.
+struct MissPlan {
+    file: Option<Box<str>>,
+    key: Option<OwnedKey>,
+    typing: Option<TypingContext>,
+}
+
+/// What the fast path decided.
+enum FastPath {
+    /// The call is answered (a hit or an error).
+    Done(Outcome),
+    /// A miss: it goes to the workers.
+    Miss(MissPlan),
+}
+
+/// How a completion call went, for the caller's metrics.
 #[derive(Debug)]
 pub enum Outcome {
     /// Answered now (a hit, or an error) with this status.
@@ -60,13 +85,21 @@ pub enum Outcome {
     Gone,
 }
 
+/// A call that ended, with when it arrived: for latency metrics.
+pub type Ended = (Status, Instant);
+
 /// The completion service, owned by the event loop.
 pub struct CompletionService {
     cache: Option<CompletionCache>,
     typing: TypingThrough,
     pending: HashMap<CallId, Pending>,
-    by_file: HashMap<(ConnId, Box<str>), CallId>,
+    /// The call in flight per connection and file (by hash; the file is kept to rule out a
+    /// collision), for superseding.
+    by_file: HashMap<(ConnId, u64), (Box<str>, CallId)>,
+    /// Calls ended as a side effect (superseded), waiting to be counted.
+    side_endings: Vec<Ended>,
     jobs: mpsc::Sender<Job>,
+    next_seq: u64,
     key_prefix: usize,
     key_suffix: usize,
     max_prefix: usize,
@@ -110,7 +143,9 @@ impl CompletionService {
             typing: TypingThrough::default(),
             pending: HashMap::new(),
             by_file: HashMap::new(),
+            side_endings: Vec::new(),
             jobs,
+            next_seq: 0,
             key_prefix: config.cache.key_prefix_bytes.get() as usize,
             key_suffix: config.cache.key_suffix_bytes as usize,
             max_prefix: config.completion.max_prefix_bytes.get() as usize,
@@ -132,6 +167,11 @@ impl CompletionService {
         self.pending.len()
     }
 
+    /// Calls ended as a side effect of others (superseded) since the last call of this.
+    pub fn take_side_endings(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.side_endings)
+    }
+
     /// Serves a new call: from the cache if possible, else by queueing a job.
     pub fn on_call(
         &mut self,
@@ -139,61 +179,70 @@ impl CompletionService {
         call: &IncomingCall,
         now: Instant,
     ) -> Outcome {
+        let bad =
+            |e: &dyn std::fmt::Display| invalid(format!("reaper.Completion/complete request: {e}"));
         match call.encoding {
-            Encoding::Rkyv => match access_archived::<CompletionRequest>(&call.message) {
-                Ok(r) => {
-                    let file = r.file_path.as_ref().map(|p| p.as_str());
-                    self.serve(
-                        server,
-                        call,
-                        now,
-                        View {
-                            prefix: &r.prefix,
-                            suffix: &r.suffix,
-                            language: &r.language,
-                            file,
-                        },
-                        || rkyv::deserialize::<CompletionRequest, rkyv::rancor::Error>(r).ok(),
-                    )
+            Encoding::Rkyv => {
+                let r = match access_archived::<CompletionRequest>(&call.message) {
+                    Ok(r) => r,
+                    Err(e) => return fail(server, call.id, bad(&e)),
+                };
+                let view = View {
+                    prefix: &r.prefix,
+                    suffix: &r.suffix,
+                    language: &r.language,
+                    file: r.file_path.as_ref().map(|p| p.as_str()),
+                };
+                let plan = match self.fast_path(server, call, now, &view) {
+                    FastPath::Done(outcome) => return outcome,
+                    FastPath::Miss(plan) => plan,
+                };
+                match rkyv::deserialize::<CompletionRequest, rkyv::rancor::Error>(r) {
+                    Ok(owned) => self.dispatch(server, call, plan, owned),
+                    Err(e) => fail(server, call.id, bad(&e)),
                 }
-                Err(e) => fail(
-                    server,
-                    call.id,
-                    invalid(format!("reaper.Completion/complete request: {e}")),
-                ),
-            },
-            Encoding::Json => match CompletionRequest::decode(Encoding::Json, &call.message) {
-                Ok(r) => {
-                    let view = View {
-                        prefix: &r.prefix,
-                        suffix: &r.suffix,
-                        language: &r.language,
-                        file: r.file_path.as_deref(),
-                    };
-                    self.serve(server, call, now, view, || Some(r.clone()))
+            }
+            Encoding::Json => {
+                let r = match CompletionRequest::decode(Encoding::Json, &call.message) {
+                    Ok(r) => r,
+                    Err(e) => return fail(server, call.id, bad(&e)),
+                };
+                let view = View {
+                    prefix: &r.prefix,
+                    suffix: &r.suffix,
+                    language: &r.language,
+                    file: r.file_path.as_deref(),
+                };
+                match self.fast_path(server, call, now, &view) {
+                    FastPath::Done(outcome) => outcome,
+                    FastPath::Miss(plan) => self.dispatch(server, call, plan, r),
                 }
-                Err(e) => fail(
-                    server,
-                    call.id,
-                    invalid(format!("reaper.Completion/complete request: {e}")),
-                ),
-            },
+            }
         }
     }
 
-    fn serve(
+    /// Answers from the cache when it can; otherwise says what a miss needs.
+    fn fast_path(
         &mut self,
         server: &mut RpcServer,
         call: &IncomingCall,
         now: Instant,
-        request: View<'_>,
-        owned: impl FnOnce() -> Option<CompletionRequest>,
-    ) -> Outcome {
-        if let Err(status) = self.validate(&request) {
-            return fail(server, call.id, status);
+        request: &View<'_>,
+    ) -> FastPath {
+        if let Err(status) = self.validate(request) {
+            return FastPath::Done(fail(server, call.id, status));
         }
         let file = request.file.unwrap_or("");
         let conn = call.id.connection();
+        // A newer request for the file ends an older one still running.
+        self.supersede(server, conn, file);
+        let Some(cache) = self.cache.as_mut() else {
+            return FastPath::Miss(MissPlan {
+                file: (!file.is_empty()).then(|| file.into()),
+                key: None,
+                typing: None,
+            });
+        };
         let parts = KeyParts::new(
             request.language,
             file,
@@ -202,65 +251,69 @@ impl CompletionService {
             self.key_prefix,
             self.key_suffix,
         );
-        let hit = match self.cache.as_mut() {
-            Some(cache) => {
-                let typed = self.typing.continue_with(conn, file, request.prefix);
-                if typed.is_some() {
-                    cache.count_typed_through();
-                }
-                typed.or_else(|| cache.get(&parts, now).cloned())
+        let typing = TypingRef::new(file, request.language, request.prefix, request.suffix);
+        let hit = match self.typing.continue_with(conn, &typing) {
+            Some(rest) => {
+                cache.count_typed_through();
+                Some(rest)
             }
-            None => None,
+            None => cache.get(&parts, now).cloned(),
         };
-        if let Some(hit) = hit {
-            // A newer request for the file ends an older one still running.
-            self.supersede(server, conn, file);
-            let latency_ms = now.saturating_duration_since(call.received_at).as_millis() as u32;
-            self.typing.remember(conn, file, request.prefix, &hit);
-            return respond(server, call, &hit, latency_ms, true);
+        match hit {
+            Some(hit) => {
+                let latency_ms = now.saturating_duration_since(call.received_at).as_millis() as u32;
+                let outcome = respond(server, call.id, &hit, latency_ms, true);
+                self.typing.remember(conn, typing.to_owned(), hit);
+                FastPath::Done(outcome)
+            }
+            None => FastPath::Miss(MissPlan {
+                file: (!file.is_empty()).then(|| file.into()),
+                key: Some(parts.to_owned_key()),
+                typing: Some(typing.to_owned()),
+            }),
         }
+    }
 
-        let Some(request_owned) = owned() else {
-            return fail(
-                server,
-                call.id,
-                Status::new(Code::Internal, "cannot copy the request"),
-            );
-        };
-        self.supersede(server, conn, file);
-        let deadline = call.deadline.map_or(call.received_at + self.timeout, |d| {
-            d.min(call.received_at + self.timeout)
-        });
+    /// Queues a miss for the workers.
+    fn dispatch(
+        &mut self,
+        server: &mut RpcServer,
+        call: &IncomingCall,
+        plan: MissPlan,
+        request: CompletionRequest,
+    ) -> Outcome {
+        let limit = call.received_at + self.timeout;
+        let deadline = call.deadline.map_or(limit, |d| d.min(limit));
         let cancel = Arc::new(AtomicBool::new(false));
-        let file_key = (!file.is_empty()).then(|| (conn, Box::<str>::from(file)));
-        if let Some(key) = &file_key {
-            self.by_file.insert(key.clone(), call.id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let job = Job {
+            id: call.id,
+            seq,
+            request,
+            deadline,
+            cancel: cancel.clone(),
+        };
+        if self.jobs.send(job).is_err() {
+            let status = Status::new(Code::Unavailable, "no completion worker is running");
+            return fail(server, call.id, status);
+        }
+        if let Some(file) = &plan.file {
+            let key = (call.id.connection(), file_hash(file));
+            self.by_file.insert(key, (file.clone(), call.id));
         }
         self.pending.insert(
             call.id,
             Pending {
+                seq,
                 deadline,
                 received_at: call.received_at,
-                cancel: cancel.clone(),
-                file: file_key,
-                key: self.cache.is_some().then(|| parts.to_owned_key()),
-                prefix_for_typing: Some(request.prefix.to_owned()),
+                cancel,
+                file: plan.file,
+                key: plan.key,
+                typing: plan.typing,
             },
         );
-        let job = Job {
-            id: call.id,
-            request: request_owned,
-            deadline,
-            cancel,
-        };
-        if self.jobs.send(job).is_err() {
-            self.pending.remove(&call.id);
-            return fail(
-                server,
-                call.id,
-                Status::new(Code::Unavailable, "no completion worker is running"),
-            );
-        }
         Outcome::Pending
     }
 
@@ -294,54 +347,54 @@ impl CompletionService {
 
     /// Ends the call still running for the same file on the same connection.
     fn supersede(&mut self, server: &mut RpcServer, conn: ConnId, file: &str) {
-        if file.is_empty() {
+        if file.is_empty() || self.by_file.is_empty() {
             return;
         }
-        if let Some(old) = self.by_file.remove(&(conn, Box::<str>::from(file))) {
-            if let Some(pending) = self.pending.remove(&old) {
-                pending.cancel.store(true, Ordering::Relaxed);
-                server.finish(
-                    old,
-                    &Status::new(
-                        Code::Cancelled,
-                        "superseded by a newer completion for the same file",
-                    ),
-                );
+        let key = (conn, file_hash(file));
+        let Some((_, old)) = self.by_file.get(&key).filter(|(f, _)| **f == *file) else {
+            return;
+        };
+        let old = *old;
+        self.by_file.remove(&key);
+        if let Some(pending) = self.pending.remove(&old) {
+            pending.cancel.store(true, Ordering::Relaxed);
+            let status = Status::new(
+                Code::Cancelled,
+                "superseded by a newer completion for the same file",
+            );
+            if server.finish(old, &status) {
+                self.side_endings.push((status, pending.received_at));
             }
         }
     }
 
-    /// A worker's answer.
+    /// A worker's answer. Returns how the call ended, if this answer ended it.
     pub fn on_done(
         &mut self,
         server: &mut RpcServer,
         done: JobDone,
         now: Instant,
-    ) -> Option<(Status, Instant)> {
-        if self
-            .pending
-            .get(&done.id)
-            .is_some_and(|p| p.deadline <= now)
-        {
-            // Too late: the deadline ends it, whatever the worker found.
-            return self.expire(server, now).into_iter().next();
+    ) -> Option<Ended> {
+        // A result for a call that has ended meanwhile (its stream id may be a new call's).
+        if self.pending.get(&done.id).is_none_or(|p| p.seq != done.seq) {
+            return None;
         }
-        let pending = self.pending.remove(&done.id);
+        let pending = self.pending.remove(&done.id)?;
+        self.forget_file(&pending, done.id);
+        if pending.deadline <= now {
+            return self.end(server, done.id, pending.received_at, deadline_status());
+        }
         let answer = match done.result {
             Ok(answer) => answer,
             Err(error) => {
-                let pending = pending?;
-                self.forget_file(&pending, done.id);
                 let status = match error {
-                    ProviderError::Cancelled => return None,
+                    ProviderError::Cancelled => deadline_status(),
                     other => Status::new(
                         Code::Unavailable,
                         format!("no provider could complete: {other}"),
                     ),
                 };
-                return server
-                    .finish(done.id, &status)
-                    .then_some((status, pending.received_at));
+                return self.end(server, done.id, pending.received_at, status);
             }
         };
         let cached = Cached {
@@ -349,45 +402,50 @@ impl CompletionService {
             confidence: answer.proposal.confidence,
             provider: answer.provider,
         };
-        let pending = pending?;
+        let latency_ms = now
+            .saturating_duration_since(pending.received_at)
+            .as_millis() as u32;
+        let outcome = respond(server, done.id, &cached, latency_ms, false);
         // Silence is not cached: it often means the workspace was still being indexed.
-        if let (Some(cache), Some(key)) = (self.cache.as_mut(), pending.key.clone()) {
+        if let (Some(cache), Some(key)) = (self.cache.as_mut(), pending.key) {
             if !cached.completion.is_empty() {
                 cache.insert(key, cached.clone(), now);
             }
         }
-        self.forget_file(&pending, done.id);
-        if let (Some((conn, file)), Some(prefix)) = (&pending.file, &pending.prefix_for_typing) {
-            self.typing.remember(*conn, file, prefix, &cached);
+        if let Some(typing) = pending.typing {
+            self.typing.remember(done.id.connection(), typing, cached);
         }
-        let latency_ms = now
-            .saturating_duration_since(pending.received_at)
-            .as_millis() as u32;
-        let call = CallRef { id: done.id };
-        match respond_ref(server, call, &cached, latency_ms, false) {
+        match outcome {
             Outcome::Answered(status) => Some((status, pending.received_at)),
             _ => None,
         }
     }
 
+    fn end(
+        &mut self,
+        server: &mut RpcServer,
+        id: CallId,
+        received_at: Instant,
+        status: Status,
+    ) -> Option<Ended> {
+        server.finish(id, &status).then_some((status, received_at))
+    }
+
     fn forget_file(&mut self, pending: &Pending, id: CallId) {
-        if let Some(key) = &pending.file {
-            if self.by_file.get(key) == Some(&id) {
-                self.by_file.remove(key);
+        if let Some(file) = &pending.file {
+            let key = (id.connection(), file_hash(file));
+            if self.by_file.get(&key).is_some_and(|(_, c)| *c == id) {
+                self.by_file.remove(&key);
             }
         }
     }
 
-    /// The client cancelled a call: stop its work.
-    pub fn on_cancelled(&mut self, id: CallId) -> bool {
-        match self.pending.remove(&id) {
-            Some(pending) => {
-                pending.cancel.store(true, Ordering::Relaxed);
-                self.forget_file(&pending, id);
-                true
-            }
-            None => false,
-        }
+    /// The client cancelled a call: stop its work. Returns when it arrived, if it was ours.
+    pub fn on_cancelled(&mut self, id: CallId) -> Option<Instant> {
+        let pending = self.pending.remove(&id)?;
+        pending.cancel.store(true, Ordering::Relaxed);
+        self.forget_file(&pending, id);
+        Some(pending.received_at)
     }
 
     /// A connection closed: forget what was suggested on it.
@@ -400,8 +458,11 @@ impl CompletionService {
         self.pending.values().map(|p| p.deadline).min()
     }
 
-    /// Ends calls whose deadline has passed. Returns them for metrics.
-    pub fn expire(&mut self, server: &mut RpcServer, now: Instant) -> Vec<(Status, Instant)> {
+    /// Ends calls whose deadline has passed.
+    pub fn expire(&mut self, server: &mut RpcServer, now: Instant) -> Vec<Ended> {
+        if self.next_deadline().is_none_or(|d| d > now) {
+            return Vec::new();
+        }
         let due: Vec<CallId> = self
             .pending
             .iter()
@@ -412,13 +473,7 @@ impl CompletionService {
             if let Some(pending) = self.pending.remove(&id) {
                 pending.cancel.store(true, Ordering::Relaxed);
                 self.forget_file(&pending, id);
-                let status = Status::new(
-                    Code::DeadlineExceeded,
-                    "the completion did not finish before its deadline",
-                );
-                if server.finish(id, &status) {
-                    ended.push((status, pending.received_at));
-                }
+                ended.extend(self.end(server, id, pending.received_at, deadline_status()));
             }
         }
         ended
@@ -433,8 +488,17 @@ struct View<'a> {
     file: Option<&'a str>,
 }
 
-struct CallRef {
-    id: CallId,
+fn file_hash(file: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    file.hash(&mut h);
+    h.finish()
+}
+
+fn deadline_status() -> Status {
+    Status::new(
+        Code::DeadlineExceeded,
+        "the completion did not finish before its deadline",
+    )
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -451,22 +515,12 @@ fn fail(server: &mut RpcServer, id: CallId, status: Status) -> Outcome {
 
 fn respond(
     server: &mut RpcServer,
-    call: &IncomingCall,
-    hit: &Cached,
-    latency_ms: u32,
-    cached: bool,
-) -> Outcome {
-    respond_ref(server, CallRef { id: call.id }, hit, latency_ms, cached)
-}
-
-fn respond_ref(
-    server: &mut RpcServer,
-    call: CallRef,
+    id: CallId,
     value: &Cached,
     latency_ms: u32,
     cached: bool,
 ) -> Outcome {
-    let encoding = server.encoding_of(call.id).unwrap_or(Encoding::Rkyv);
+    let encoding = server.encoding_of(id).unwrap_or(Encoding::Rkyv);
     let response = CompletionResponse {
         completion: value.completion.clone(),
         confidence: value.confidence,
@@ -474,7 +528,7 @@ fn respond_ref(
         latency_ms,
         cached,
     };
-    match server.respond(call.id, |out| {
+    match server.respond(id, |out| {
         response
             .encode(encoding, out)
             .map_err(|e| Status::new(Code::Internal, format!("cannot encode the response: {e}")))
@@ -486,6 +540,7 @@ fn respond_ref(
 
 fn work(jobs: &Mutex<mpsc::Receiver<Job>>, done: &UnboundedSender<JobDone>, pool: &ProviderPool) {
     loop {
+        // Only idle workers wait on this lock; it is released before the work starts.
         let job = {
             let Ok(rx) = jobs.lock() else { return };
             match rx.recv() {
@@ -496,8 +551,22 @@ fn work(jobs: &Mutex<mpsc::Receiver<Job>>, done: &UnboundedSender<JobDone>, pool
         if job.cancel.load(Ordering::Relaxed) {
             continue;
         }
-        let result = pool.complete(&job.request, job.deadline, &job.cancel);
-        if done.send(JobDone { id: job.id, result }).is_err() {
+        // A bug in a provider must cost one call, not a worker.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.complete(&job.request, job.deadline, &job.cancel)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("a completion provider panicked; the call fails, the worker goes on");
+            Err(ProviderError::Failed(
+                "the provider panicked (a bug; see the daemon log)".into(),
+            ))
+        });
+        let reply = JobDone {
+            id: job.id,
+            seq: job.seq,
+            result,
+        };
+        if done.send(reply).is_err() {
             return;
         }
     }

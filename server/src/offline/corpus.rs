@@ -29,7 +29,8 @@ pub struct CorpusBuilder {
 impl CorpusBuilder {
     /// Adds one file's text. NUL bytes in it become spaces (they separate files).
     pub fn add(&mut self, path: PathBuf, text: &[u8]) -> bool {
-        if self.text.len() + text.len() + 1 > MAX_CORPUS_BYTES {
+        // libdivsufsort needs the length strictly below i32::MAX.
+        if self.text.len() + text.len() + 1 >= MAX_CORPUS_BYTES {
             return false;
         }
         let start = self.text.len();

@@ -49,6 +49,8 @@ pub fn predict(
     suffix: &str,
     own_file: Option<&Path>,
 ) -> Option<Prediction> {
+    // NUL separates files in the index: a query must not contain one.
+    let prefix = prefix.rsplit('\0').next().unwrap_or("");
     let query = tail(prefix, MAX_QUERY).as_bytes();
     if query.is_empty() {
         return None;
@@ -104,7 +106,12 @@ pub fn predict(
     let voters = votes.len();
     let (best, weight) = agreed_continuation(&votes, total)?;
     let text = trim_against_suffix(best, suffix);
-    let text = std::str::from_utf8(text).ok()?.trim_end();
+    // A cut at a byte limit may split a character: keep the whole characters before it.
+    let text = match std::str::from_utf8(text) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&text[..e.valid_up_to()]).ok()?,
+    }
+    .trim_end();
     if text.trim().is_empty() {
         return None;
     }

@@ -1,10 +1,12 @@
 //! Workspaces: which directory a file belongs to, and its index, built and kept current in the
 //! background.
 //!
-//! A file's workspace is its git root (the nearest ancestor with `.git`), else its directory.
-//! The first completion in a workspace starts a thread that indexes it (respecting
-//! `.gitignore`, skipping binaries and large files) and then watches it with `notify`; changes
-//! are batched for [`REBUILD_DEBOUNCE`] and the index is rebuilt and swapped in whole, so
+//! A file's workspace is its git root (the nearest ancestor with `.git`), never a home
+//! directory or `/`: a file outside any repository is completed from its buffer alone, unless
+//! `[providers.offline] roots` names its directory. The first completion in a workspace starts a
+//! thread that indexes it (respecting `.gitignore`, skipping binaries and large files) and then
+//! watches it with `notify`; changes (outside ignored paths and `.git`) are batched until
+//! [`REBUILD_DEBOUNCE`] passes without one, and the index is rebuilt and swapped in whole, so
 //! predictions never wait on indexing and never see a half-built index.
 
 use std::collections::HashMap;
@@ -19,6 +21,10 @@ use super::corpus::{Corpus, CorpusBuilder};
 
 /// How long changes settle before the index is rebuilt.
 pub const REBUILD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a rebuild waits for a stream of changes to settle.
+const REBUILD_MAX_WAIT: Duration = Duration::from_secs(3);
+/// Workspaces indexed at most (each holds a thread, a watcher and an index).
+pub const MAX_WORKSPACES: usize = 32;
 /// Bytes read to decide whether a file is binary.
 const BINARY_SNIFF: usize = 8192;
 
@@ -89,14 +95,19 @@ impl Workspaces {
     /// indexing if it is new. `None` when no existing directory contains it.
     pub fn for_file(&self, file: &Path) -> Option<Arc<Workspace>> {
         let root = workspace_root(file)?;
-        Some(self.open(root))
+        self.open(root)
     }
 
-    /// The workspace rooted at `root`, starting its indexing if it is new.
-    pub fn open(&self, root: PathBuf) -> Arc<Workspace> {
+    /// The workspace rooted at `root`, starting its indexing if it is new; `None` past
+    /// [`MAX_WORKSPACES`].
+    pub fn open(&self, root: PathBuf) -> Option<Arc<Workspace>> {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(workspace) = known.get(&root) {
-            return workspace.clone();
+            return Some(workspace.clone());
+        }
+        if known.len() >= MAX_WORKSPACES {
+            tracing::warn!(root = %root.display(), "already indexing {MAX_WORKSPACES} workspaces: not indexing another");
+            return None;
         }
         let workspace = Arc::new(Workspace {
             root: root.clone(),
@@ -112,7 +123,7 @@ impl Workspaces {
         if let Err(error) = spawned {
             tracing::warn!(root = %root.display(), %error, "cannot start the indexing thread");
         }
-        workspace
+        Some(workspace)
     }
 
     /// All workspaces known.
@@ -122,30 +133,50 @@ impl Workspaces {
     }
 }
 
-/// The git root of `file`, else its directory if that exists. Never `/`, and never a guess: a
-/// file in a directory that does not exist, outside any repository, has no workspace.
+/// The git root of `file` (it need not exist yet). Never `/` or the home directory, even when
+/// they hold a `.git` (dotfile repositories): indexing a whole home is never what anyone wants.
 pub fn workspace_root(file: &Path) -> Option<PathBuf> {
-    let parent = file.parent()?;
-    let mut dir = parent;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut dir = file.parent()?;
     while !dir.is_dir() {
         dir = dir.parent()?;
     }
     let mut cursor = Some(dir);
     while let Some(d) = cursor {
+        let too_wide = d.parent().is_none() || home.as_deref() == Some(d);
+        if too_wide {
+            return None;
+        }
         if d.join(".git").exists() {
             return Some(d.to_path_buf());
         }
         cursor = d.parent();
     }
-    (parent.is_dir() && parent.parent().is_some()).then(|| parent.to_path_buf())
+    None
 }
 
 fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
     let (tx, rx) = mpsc::channel();
+    let root = workspace.root.clone();
+    let (ignored, _) = ignore::gitignore::Gitignore::new(root.join(".gitignore"));
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reads (our own, while indexing, among them) change nothing.
-        let changes = event.map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_)));
-        if changes {
+        // Reads (our own, while indexing, among them) change nothing, and neither do writes
+        // to ignored paths (a build's output) or to `.git`.
+        let Ok(event) = event else {
+            let _ = tx.send(());
+            return;
+        };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|path| {
+            let Ok(relative) = path.strip_prefix(&root) else {
+                return false;
+            };
+            let in_git = relative.components().any(|c| c.as_os_str() == ".git");
+            !in_git && !ignored.matched_path_or_any_parents(path, false).is_ignore()
+        });
+        if relevant {
             let _ = tx.send(());
         }
     })
@@ -166,11 +197,12 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
             Ok(_) => {}
             Err(_) => return,
         }
-        let settle = Instant::now() + REBUILD_DEBOUNCE;
+        let give_up = Instant::now() + REBUILD_MAX_WAIT;
         loop {
-            match rx.recv_timeout(settle.saturating_duration_since(Instant::now())) {
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout) => break,
+            let wait = REBUILD_DEBOUNCE.min(give_up.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(wait) {
+                Ok(_) if Instant::now() < give_up => continue,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
@@ -268,14 +300,13 @@ mod tests {
             workspace_root(Path::new("/nonexistent-dir-xyz/file.rs")),
             None
         );
+        std::fs::create_dir(dir.path().join("loose")).unwrap();
         let loose = dir.path().join("loose/file.rs");
         assert_eq!(
             workspace_root(&loose),
             None,
-            "no repository, no directory: no workspace"
+            "outside a repository: no workspace"
         );
-        std::fs::create_dir(dir.path().join("loose")).unwrap();
-        assert_eq!(workspace_root(&loose).unwrap(), dir.path().join("loose"));
     }
 
     #[test]
