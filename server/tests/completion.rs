@@ -349,3 +349,23 @@ fn cli_complete_prints_json() {
     let output = daemon.cli(&["complete", "--language", "rust"]);
     assert!(!output.status.success(), "a prefix is required");
 }
+
+#[tokio::test]
+async fn editor_symbols_complete_identifiers_the_workspace_lacks() {
+    let repo = repository();
+    let file = repo.path().join("src/new.rs");
+    let daemon = Daemon::start();
+    let client = connect(&daemon, Encoding::Json).await;
+    complete_when_indexed(&client, &file).await;
+    let mut req = request(&file, "fn z() {\n    let pool = ThreadPoolBuil");
+    let without = client.complete(&req, CallOptions::default()).await.unwrap();
+    assert_eq!(without.completion, "", "nothing in the workspace says so");
+    req.context = Some(ContextMetadata {
+        lsp_symbols: Some("struct ThreadPoolBuilder\nfn build(self) -> ThreadPool".into()),
+        git_status: None,
+        project_files: None,
+    });
+    let with = client.complete(&req, CallOptions::default()).await.unwrap();
+    assert_eq!(with.completion, "der");
+    assert!(with.confidence > 0.0 && with.confidence <= 0.5);
+}

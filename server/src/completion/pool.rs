@@ -113,6 +113,15 @@ impl CompletionProvider for OfflineProvider {
                 }
             }
         }
+        // The editor's symbols, when the text alone has nothing: they name identifiers the
+        // workspace may not contain yet (a dependency's, a generated one's).
+        if best.is_none() {
+            let symbols = request
+                .context
+                .as_ref()
+                .and_then(|c| c.lsp_symbols.as_deref());
+            best = symbols.and_then(|s| offline::symbols::complete_identifier(&request.prefix, s));
+        }
         Ok(best.map_or(
             Proposal {
                 text: String::new(),

@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod model;
+pub mod symbols;
 pub mod workspace;
 
 pub use corpus::{Corpus, CorpusBuilder};
