@@ -1,8 +1,12 @@
-//! `reaper-bench`: measures `Health.check` against a real reaperd over QUIC.
+//! `reaper-bench`: latency and throughput of reaperd, next to peer stacks measured in the same
+//! run under the same thread placement.
 //!
-//! This is the first scenario only: sequential round trips on a warm connection, and calls per
-//! second with many calls in flight on one connection. Peer stacks (tonic, plain quinn,
-//! HTTP/1.1, raw UDP), thread placement, plots and the CI gates come with the benchmark issue.
+//! Stacks: `reaper` (a reaperd this tool starts, or one you point it at), and the peers in
+//! [`peers`]: raw UDP (the floor), plain quinn, HTTP/1.1 keep-alive. Every call is recorded in
+//! an HDR histogram; output is a table (with reaper's figures as ratios to each peer's), or
+//! `--json` lines with `stack`, `scenario`, `concurrency`, `pin`, `p50_us`, `p90_us`,
+//! `p99_us`, `p999_us`, `max_us`, `calls_per_s`. `reaper-bench eval-offline` measures the
+//! offline provider's completion quality instead.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,40 +15,52 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
 use reaper_client::schema::CompletionRequest;
 use reaper_client::{CallOptions, Client, ClientOptions, Encoding};
 
 mod eval;
+mod peers;
+mod pin;
+mod report;
 
-/// Measure reaperd's Health.check latency and throughput.
+use pin::{pin_current, Pin};
+use report::{histogram, Row};
+
+/// Measure reaperd against peer stacks (UDP floor, plain quinn, HTTP/1.1) in one run.
 ///
 /// Without --state-dir it starts its own reaperd (from beside this binary, or --reaperd) on
-/// 127.0.0.1 with a temporary state directory, and stops it afterwards.
+/// 127.0.0.1 with a temporary state directory, pinned like the peers' servers, and stops it
+/// afterwards.
 #[derive(Debug, Parser)]
-#[command(name = "reaper-bench", version, about)]
+#[command(name = "reaper-bench", version, about, long_about)]
 struct Args {
     #[command(subcommand)]
     command: Option<BenchCommand>,
-    /// State directory of a running reaperd to measure.
+    /// State directory of a running reaperd to measure (then --pin applies to the client only).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// The reaperd binary to start when no --state-dir is given.
     #[arg(long, value_name = "PATH")]
     reaperd: Option<PathBuf>,
-    /// Sequential calls to time.
+    /// Thread placements to measure under, each a run of every stack.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Pin::Same, Pin::Split])]
+    pin: Vec<Pin>,
+    /// Sequential calls per scenario.
     #[arg(long, default_value_t = 10_000)]
     calls: u64,
-    /// Calls kept in flight for the throughput run.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Connections the in-flight calls are spread over (a pool, for comparison).
-    #[arg(long, default_value_t = 1)]
-    connections: usize,
-    /// Length of the throughput run, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    /// Calls in flight for the throughput scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+    concurrency: Vec<usize>,
+    /// Length of each throughput scenario, in seconds.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Message encoding.
+    /// A short run of everything (2,000 calls, 1 s throughput scenarios): what the CI gate uses.
+    #[arg(long)]
+    quick: bool,
+    /// Measure reaper only.
+    #[arg(long)]
+    no_peers: bool,
+    /// Message encoding for reaper.
     #[arg(long, default_value = "rkyv")]
     encoding: Encoding,
     /// Print one JSON object per scenario.
@@ -63,33 +79,88 @@ enum BenchCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Some(BenchCommand::EvalOffline(eval_args)) = &args.command {
         return eval::run(eval_args);
     }
+    if args.quick {
+        args.calls = args.calls.min(2_000);
+        args.seconds = args.seconds.min(1.0);
+    }
+    let mut rows = Vec::new();
+    for &pin in &args.pin {
+        // A fresh thread per placement: the main thread is never pinned, so `none` stays so.
+        let measured = std::thread::scope(|scope| {
+            scope
+                .spawn(|| measure_placement(&args, pin))
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the {pin} measurement panicked")))
+        })?;
+        rows.extend(measured);
+        if !args.json {
+            eprintln!("measured placement {pin}");
+        }
+    }
+    if args.json {
+        for row in &rows {
+            println!("{}", row.json());
+        }
+    } else {
+        println!("{}", report::header());
+        for row in &rows {
+            println!("{}", row.line());
+        }
+        for line in report::ratios(&rows) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// Every stack under one placement.
+fn measure_placement(args: &Args, pin: Pin) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    if !args.no_peers {
+        rows.push(peers::udp(pin, args.calls)?);
+        rows.push(peers::quinn(pin, args.calls, 1, args.seconds)?);
+        for &c in &args.concurrency {
+            rows.push(peers::quinn(pin, args.calls, c, args.seconds)?);
+        }
+        rows.push(peers::http1(pin, args.calls)?);
+    }
+    rows.extend(measure_reaper(args, pin)?);
+    Ok(rows)
+}
+
+/// Starts reaperd pinned for the server side (unless one is given), then measures it from a
+/// client pinned for the client side.
+fn measure_reaper(args: &Args, pin: Pin) -> anyhow::Result<Vec<Row>> {
     let mut spawned = None;
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),
         None => {
-            let (child, dir) = start_reaperd(args.reaperd.clone())?;
+            // The daemon inherits the CPU this thread is pinned to when it is started.
+            pin_current(pin.server_cpu());
+            let started = start_reaperd(args.reaperd.clone());
+            let (child, dir) = started?;
             let path = dir.path().join("state");
             spawned = Some((child, dir));
             path
         }
     };
+    pin_current(pin.client_cpu());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(measure(&args, state_dir));
+    let result = runtime.block_on(scenarios(args, pin, state_dir));
     if let Some((mut child, dir)) = spawned {
-        let rss = rss_kib(child.id());
+        if let Some(rss) = rss_kib(child.id()) {
+            eprintln!("reaperd RSS after the {pin} run: {rss} KiB");
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let _ = child.wait();
-        if let Some(rss) = rss {
-            report_line(&args, "daemon_rss_after_run", &format!("{rss} KiB"));
-        }
         drop(dir);
     }
     result
@@ -134,76 +205,66 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn measure(args: &Args, state_dir: PathBuf) -> anyhow::Result<()> {
+async fn scenarios(args: &Args, pin: Pin, state_dir: PathBuf) -> anyhow::Result<Vec<Row>> {
+    let pin_name = pin.name();
     let mut options = ClientOptions::from_state_dir(&state_dir, None)?;
     options.encoding = args.encoding;
-    let client = Arc::new(Client::connect(options.clone()).await?);
-    let mut pool = vec![client.clone()];
-    for _ in 1..args.connections.max(1) {
-        pool.push(Arc::new(Client::connect(options.clone()).await?));
+    let mut rows = Vec::new();
+
+    // Time to the first response on a new connection (1-RTT handshake, then a call).
+    let mut h = histogram();
+    let started = Instant::now();
+    for _ in 0..(args.calls / 100).clamp(10, 100) {
+        let t = Instant::now();
+        let client = Client::connect(options.clone()).await?;
+        client.health().await?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+        client.close().await;
     }
-    for _ in 0..1_000.min(args.calls) {
+    rows.push(Row::new(
+        "reaper",
+        "connect_first_call",
+        1,
+        pin_name,
+        &h,
+        started.elapsed().as_secs_f64(),
+    ));
+
+    let client = Arc::new(Client::connect(options.clone()).await?);
+    for _ in 0..args.calls / 10 {
         client.health().await?;
     }
-
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut h = histogram();
     let started = Instant::now();
     for _ in 0..args.calls {
         let t = Instant::now();
         client.health().await?;
-        histogram.saturating_record(t.elapsed().as_nanos() as u64 / 1_000);
+        h.saturating_record(t.elapsed().as_micros() as u64);
     }
-    let elapsed = started.elapsed();
-    report(
-        args,
-        "health_sequential",
+    rows.push(Row::new(
+        "reaper",
+        "health",
         1,
-        &histogram,
-        args.calls as f64 / elapsed.as_secs_f64(),
-    );
+        pin_name,
+        &h,
+        started.elapsed().as_secs_f64(),
+    ));
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let until = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let started = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|i| {
-            let client = pool[i % pool.len()].clone();
-            tokio::spawn(async move {
-                let mut local =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("constant bounds");
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    client.health().await?;
-                    local.saturating_record(t.elapsed().as_nanos() as u64 / 1_000);
-                }
-                Ok::<_, reaper_client::Error>(local)
-            })
-        })
-        .collect();
-    for worker in workers {
-        histogram.add(worker.await??)?;
-    }
-    let elapsed = started.elapsed();
-    let scenario = format!("health_in_flight_{}conn", pool.len());
-    report(
-        args,
-        &scenario,
-        args.concurrency,
-        &histogram,
-        histogram.len() as f64 / elapsed.as_secs_f64(),
-    );
     if args.completion_workspace.as_deref() != Some("none") {
-        completion_scenarios(args, &client).await?;
+        rows.extend(completion_scenarios(args, pin_name, &client).await?);
     }
-    for client in pool {
-        client.close().await;
-    }
-    Ok(())
+    client.close().await;
+    Ok(rows)
 }
 
-/// Sequential completions against a real workspace: a cache hit (the same request again), an
-/// offline-provider miss (the suffix varies, so the key does), and Health in the same run.
-async fn completion_scenarios(args: &Args, client: &Client) -> anyhow::Result<()> {
+/// Completions against a real workspace with a 2 KiB prefix: a cache hit (the same request
+/// again: the `unary_2k` scenario compared with the peers, at every concurrency) and an
+/// offline-provider miss (the suffix varies, so the key does).
+async fn completion_scenarios(
+    args: &Args,
+    pin: &'static str,
+    client: &Arc<Client>,
+) -> anyhow::Result<Vec<Row>> {
     let workspace = match &args.completion_workspace {
         Some(dir) => PathBuf::from(dir),
         None => eval::registry_crate("tokio")?,
@@ -211,7 +272,7 @@ async fn completion_scenarios(args: &Args, client: &Client) -> anyhow::Result<()
     let source = std::fs::read_to_string(workspace.join("src/runtime/builder.rs"))
         .or_else(|_| std::fs::read_to_string(workspace.join("src/lib.rs")))
         .context("the completion workspace needs src/lib.rs")?;
-    // Cut 24 bytes into a line two thirds into the file.
+    // Cut 24 bytes into a line two thirds into the file; send the 2 KiB before the cursor.
     let mut cut = source.len() * 2 / 3;
     while !source.is_char_boundary(cut) {
         cut -= 1;
@@ -221,49 +282,51 @@ async fn completion_scenarios(args: &Args, client: &Client) -> anyhow::Result<()
     while !source.is_char_boundary(cut) {
         cut -= 1;
     }
-    // An editor sends the text near the cursor: here the 2 KiB before it, the request size
-    // the other scenarios use too.
-    let mut from = cut.saturating_sub(2048);
+    let mut from = cut.saturating_sub(peers::REQUEST_BYTES);
     while !source.is_char_boundary(from) {
         from += 1;
     }
+    let file = workspace
+        .join("src/bench_new_file.rs")
+        .display()
+        .to_string();
     let request = |suffix: String| CompletionRequest {
         prefix: source[from..cut].to_owned(),
         suffix,
         language: "rust".to_owned(),
-        file_path: Some(
-            workspace
-                .join("src/bench_new_file.rs")
-                .display()
-                .to_string(),
-        ),
+        file_path: Some(file.clone()),
         context: None,
     };
-    // The first request starts indexing; wait for it (bounded).
+    // The first request starts indexing; wait for an answer worth caching (bounded).
     let started = Instant::now();
     loop {
         let response = client
             .complete(&request(String::new()), CallOptions::default())
             .await?;
-        if !response.completion.is_empty() || started.elapsed() > Duration::from_secs(30) {
+        if !response.completion.is_empty() {
             break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the offline provider never answered for {}",
+                workspace.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let calls = args.calls.min(10_000);
-    let new_histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
-    let (mut hit, mut miss, mut health) = (new_histogram()?, new_histogram()?, new_histogram()?);
-    let same = request(String::new());
-    for i in 0..calls {
+    let mut rows = Vec::new();
+    let same = Arc::new(request(String::new()));
+
+    let mut hit = histogram();
+    let mut miss = histogram();
+    let started = Instant::now();
+    for i in 0..args.calls {
         let t = Instant::now();
         let r = client.complete(&same, CallOptions::default()).await?;
         hit.saturating_record(t.elapsed().as_micros() as u64);
         if !r.cached {
             bail!("the repeated request was not answered from the cache");
         }
-        let t = Instant::now();
-        client.health().await?;
-        health.saturating_record(t.elapsed().as_micros() as u64);
         let varied = request(format!("\n// {i}\n"));
         let t = Instant::now();
         let r = client.complete(&varied, CallOptions::default()).await?;
@@ -272,47 +335,49 @@ async fn completion_scenarios(args: &Args, client: &Client) -> anyhow::Result<()
             bail!("a varied request was answered from the cache");
         }
     }
-    let rate = |h: &Histogram<u64>| 1e6 / h.mean().max(1.0);
-    report(args, "completion_cache_hit", 1, &hit, rate(&hit));
-    report(args, "completion_offline_miss", 1, &miss, rate(&miss));
-    report(args, "health_same_run", 1, &health, rate(&health));
-    Ok(())
-}
+    let both = started.elapsed().as_secs_f64();
+    let share = |h: &hdrhistogram::Histogram<u64>| h.mean() * h.len() as f64 / 1e6;
+    let (hit_s, miss_s) = (share(&hit), share(&miss));
+    let scale = both / (hit_s + miss_s).max(1e-9);
+    rows.push(Row::new("reaper", "unary_2k", 1, pin, &hit, hit_s * scale));
+    rows.push(Row::new(
+        "reaper",
+        "completion_offline_miss",
+        1,
+        pin,
+        &miss,
+        miss_s * scale,
+    ));
 
-fn report(args: &Args, scenario: &str, concurrency: usize, h: &Histogram<u64>, calls_per_s: f64) {
-    if args.json {
-        let row = serde_json::json!({
-            "scenario": scenario,
-            "stack": "reaper",
-            "encoding": args.encoding.name(),
-            "concurrency": concurrency,
-            "calls": h.len(),
-            "p50_us": h.value_at_quantile(0.5),
-            "p90_us": h.value_at_quantile(0.9),
-            "p99_us": h.value_at_quantile(0.99),
-            "p999_us": h.value_at_quantile(0.999),
-            "max_us": h.max(),
-            "calls_per_s": calls_per_s.round(),
-        });
-        println!("{row}");
-    } else {
-        println!(
-            "{scenario:<20} in flight {concurrency:>3}  calls {:>8}  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  max {:>7} µs  {:>9.0} calls/s",
-            h.len(),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            calls_per_s
-        );
+    for &concurrency in &args.concurrency {
+        let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let started = Instant::now();
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, same) = (client.clone(), same.clone());
+                tokio::spawn(async move {
+                    let mut h = histogram();
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        client.complete(&same, CallOptions::default()).await?;
+                        h.saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    Ok::<_, reaper_client::Error>(h)
+                })
+            })
+            .collect();
+        let mut h = histogram();
+        for worker in workers {
+            h.add(worker.await??)?;
+        }
+        rows.push(Row::new(
+            "reaper",
+            "unary_2k",
+            concurrency,
+            pin,
+            &h,
+            started.elapsed().as_secs_f64(),
+        ));
     }
-}
-
-fn report_line(args: &Args, key: &str, value: &str) {
-    if args.json {
-        println!("{}", serde_json::json!({ key: value }));
-    } else {
-        println!("{key}: {value}");
-    }
+    Ok(rows)
 }

@@ -22,12 +22,12 @@ use tokio_uring::net::UdpSocket;
 use crate::services::{Services, TransportInfo};
 
 /// Receives kept armed on the ring at once.
-const RECV_DEPTH: usize = 16;
+const RECV_DEPTH: usize = 64;
 /// Receive buffer size: the largest UDP payload.
 const RECV_BUF: usize = 65_536;
 /// Upper bound of datagrams handled in one pass before sending, so a flood from one client
 /// cannot delay everyone's responses indefinitely.
-const MAX_DATAGRAMS_PER_PASS: usize = 64;
+const MAX_DATAGRAMS_PER_PASS: usize = 128;
 
 type Received = (std::io::Result<(usize, SocketAddr)>, BytesMut);
 

@@ -1,0 +1,291 @@
+//! Peer stacks measured in the same run as reaper, on the same payloads (a 2 KiB request, a
+//! 128 B response) and in the same layout: the server on a thread of its own, the client on
+//! another, both placed by `--pin`.
+//!
+//! - `udp`: blocking UDP ping-pong, the floor any protocol over UDP pays;
+//! - `quinn`: plain quinn on tokio, one bidirectional stream per call — the design reaperd
+//!   replaces — with quinn's default transport settings;
+//! - `http1`: HTTP/1.1 keep-alive with JSON bodies (hyper), the usual local-daemon choice.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::pin::{pin_current, Pin};
+use crate::report::{histogram, Row};
+
+/// Request payload size.
+pub const REQUEST_BYTES: usize = 2048;
+/// Response payload size.
+pub const RESPONSE_BYTES: usize = 128;
+
+fn request_payload() -> Vec<u8> {
+    (0..REQUEST_BYTES).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A JSON body of exactly `len` bytes.
+fn json_body(len: usize) -> Vec<u8> {
+    let mut body = b"{\"data\":\"".to_vec();
+    body.resize(len - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `server` on a thread of its own, pinned for the server side.
+fn spawn_server<F>(pin: Pin, name: &str, server: F) -> anyhow::Result<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            pin_current(pin.server_cpu());
+            server();
+        })?;
+    Ok(())
+}
+
+/// Raw UDP ping-pong with blocking sockets.
+pub fn udp(pin: Pin, calls: u64) -> anyhow::Result<Row> {
+    let server = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = server.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    spawn_server(pin, "udp-server", move || {
+        let mut buf = vec![0u8; 65536];
+        let reply = vec![7u8; RESPONSE_BYTES];
+        let _ = server.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = tx.send(());
+        while let Ok((_, from)) = server.recv_from(&mut buf) {
+            if server.send_to(&reply, from).is_err() {
+                break;
+            }
+        }
+    })?;
+    rx.recv()?;
+    pin_current(pin.client_cpu());
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    client.connect(addr)?;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let request = request_payload();
+    let mut buf = vec![0u8; 65536];
+    let mut h = histogram();
+    let warmup = calls / 10;
+    let mut started = Instant::now();
+    for i in 0..calls + warmup {
+        if i == warmup {
+            started = Instant::now();
+        }
+        let t = Instant::now();
+        client.send(&request)?;
+        client.recv(&mut buf).context("UDP reply lost")?;
+        if i >= warmup {
+            h.saturating_record(t.elapsed().as_micros() as u64);
+        }
+    }
+    Ok(Row::new(
+        "udp",
+        "unary_2k",
+        1,
+        pin.name(),
+        &h,
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Plain quinn: a server thread answering every bidirectional stream, and a client making
+/// `concurrency` calls at a time.
+pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::Result<Row> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let cert_der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let server_config = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key)?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = socket.local_addr()?;
+    spawn_server(pin, "quinn-server", move || {
+        let Ok(rt) = runtime() else { return };
+        rt.block_on(async move {
+            let Ok(endpoint) = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            ) else {
+                return;
+            };
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        tokio::spawn(async move {
+                            if recv.read_to_end(1 << 20).await.is_ok() {
+                                let _ = send.write_all(&[7u8; RESPONSE_BYTES]).await;
+                                let _ = send.finish();
+                            }
+                        });
+                    }
+                });
+            }
+        });
+    })?;
+
+    pin_current(pin.client_cpu());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der)?;
+        let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(client_config);
+        let conn = endpoint.connect(addr, "localhost")?.await?;
+        let request = Bytes::from(request_payload());
+        let call = |conn: quinn::Connection, request: Bytes| async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&request).await?;
+            send.finish()?;
+            let reply = recv.read_to_end(1 << 20).await?;
+            anyhow::ensure!(reply.len() == RESPONSE_BYTES, "short reply");
+            Ok::<_, anyhow::Error>(())
+        };
+        let row = if concurrency <= 1 {
+            let mut h = histogram();
+            for _ in 0..calls / 10 {
+                call(conn.clone(), request.clone()).await?;
+            }
+            let started = Instant::now();
+            for _ in 0..calls {
+                let t = Instant::now();
+                call(conn.clone(), request.clone()).await?;
+                h.saturating_record(t.elapsed().as_micros() as u64);
+            }
+            Row::new(
+                "quinn",
+                "unary_2k",
+                1,
+                pin.name(),
+                &h,
+                started.elapsed().as_secs_f64(),
+            )
+        } else {
+            let until = Instant::now() + Duration::from_secs_f64(seconds);
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (conn, request) = (conn.clone(), request.clone());
+                    tokio::spawn(async move {
+                        let mut h = histogram();
+                        while Instant::now() < until {
+                            let t = Instant::now();
+                            call(conn.clone(), request.clone()).await?;
+                            h.saturating_record(t.elapsed().as_micros() as u64);
+                        }
+                        Ok::<_, anyhow::Error>(h)
+                    })
+                })
+                .collect();
+            let mut h = histogram();
+            for task in tasks {
+                h.add(task.await??)?;
+            }
+            Row::new(
+                "quinn",
+                "unary_2k",
+                concurrency,
+                pin.name(),
+                &h,
+                started.elapsed().as_secs_f64(),
+            )
+        };
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        Ok(row)
+    })
+}
+
+/// HTTP/1.1 keep-alive with JSON bodies (hyper on both sides), one call at a time.
+pub fn http1(pin: Pin, calls: u64) -> anyhow::Result<Row> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    spawn_server(pin, "http1-server", move || {
+        let Ok(rt) = runtime() else { return };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            let reply = Bytes::from(json_body(RESPONSE_BYTES));
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                            let reply = reply.clone();
+                            async move {
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let _: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                Ok::<_, hyper::Error>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(reply))
+                                        .expect("static response parts"),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    })?;
+
+    pin_current(pin.client_cpu());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let body = Bytes::from(json_body(REQUEST_BYTES));
+        let mut h = histogram();
+        let warmup = calls / 10;
+        let mut started = Instant::now();
+        for i in 0..calls + warmup {
+            if i == warmup {
+                started = Instant::now();
+            }
+            let t = Instant::now();
+            let request = hyper::Request::post(format!("http://{addr}/call"))
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))?;
+            let response = sender.send_request(request).await?;
+            let reply = response.into_body().collect().await?.to_bytes();
+            let _: serde_json::Value = serde_json::from_slice(&reply)?;
+            if i >= warmup {
+                h.saturating_record(t.elapsed().as_micros() as u64);
+            }
+        }
+        Ok(Row::new(
+            "http1",
+            "unary_2k",
+            1,
+            pin.name(),
+            &h,
+            started.elapsed().as_secs_f64(),
+        ))
+    })
+}
