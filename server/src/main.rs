@@ -47,6 +47,38 @@ fn main() {
     }
 }
 
+/// Socket buffer size asked for (the kernel caps it at net.core.rmem_max / wmem_max).
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Binds the UDP socket with large buffers: a burst of requests then waits in the kernel
+/// instead of being dropped, so the loop can keep only a few receives armed, which is what
+/// keeps a single call fast (`docs/design.md`, "Receives armed").
+fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(SOCKET_BUFFER)),
+    ] {
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot enlarge the UDP {what} buffer; bursts may drop datagrams");
+        }
+    }
+    socket.bind(&listen.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < SOCKET_BUFFER {
+        tracing::info!(
+            granted,
+            wanted = SOCKET_BUFFER,
+            "UDP receive buffer capped by net.core.rmem_max"
+        );
+    }
+    Ok(socket.into())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let (config, origin) = Config::locate(
         args.config,
@@ -91,7 +123,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
     );
 
-    let socket = UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let bound = socket.local_addr()?;
     if bound.port() == 0 {
         bail!("the socket reports port 0 after binding {listen}");
