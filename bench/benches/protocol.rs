@@ -36,7 +36,9 @@ fn head() -> RequestHead {
 
 fn bench_framing(c: &mut Criterion) {
     let mut message = Vec::new();
-    completion_request().encode(Encoding::Rkyv, &mut message).unwrap();
+    completion_request()
+        .encode(Encoding::Rkyv, &mut message)
+        .unwrap();
     let mut out = Vec::with_capacity(4096);
     c.bench_function("frame_encode_head_and_message_2k", |b| {
         b.iter(|| {
@@ -67,9 +69,13 @@ fn bench_framing(c: &mut Criterion) {
 
 fn bench_decoding(c: &mut Criterion) {
     let mut archived = Vec::new();
-    completion_request().encode(Encoding::Rkyv, &mut archived).unwrap();
+    completion_request()
+        .encode(Encoding::Rkyv, &mut archived)
+        .unwrap();
     let mut json = Vec::new();
-    completion_request().encode(Encoding::Json, &mut json).unwrap();
+    completion_request()
+        .encode(Encoding::Json, &mut json)
+        .unwrap();
     c.bench_function("rkyv_access_validated_completion_request", |b| {
         b.iter(|| {
             let r = access_archived::<CompletionRequest>(black_box(&archived)).unwrap();
@@ -96,7 +102,11 @@ fn bench_in_memory_call(c: &mut Criterion) {
     let mut server = RpcServer::new(
         transport::endpoint_config(true),
         transport::server_config(cert_der.clone(), key, &rpc, true).unwrap(),
-        ServerSettings { token: token.clone(), max_connections: 10, max_message_size: 1 << 20 },
+        ServerSettings {
+            token: token.clone(),
+            max_connections: 10,
+            max_message_size: 1 << 20,
+        },
     );
     let mut client = RpcClient::connect(
         Instant::now(),
@@ -108,7 +118,9 @@ fn bench_in_memory_call(c: &mut Criterion) {
     .unwrap();
     let mut buf = Vec::new();
     let mut request = Vec::new();
-    HealthRequest {}.encode(Encoding::Rkyv, &mut request).unwrap();
+    HealthRequest {}
+        .encode(Encoding::Rkyv, &mut request)
+        .unwrap();
     let head = RequestHead {
         method: Bytes::from_static(b"reaper.Health/check"),
         encoding: Encoding::Rkyv,
@@ -121,7 +133,13 @@ fn bench_in_memory_call(c: &mut Criterion) {
         for _ in 0..100 {
             let now = Instant::now();
             while let Some(t) = client.poll_transmit(now, &mut buf) {
-                server.handle_datagram(now, client_addr, None, None, BytesMut::from(&buf[..t.size]));
+                server.handle_datagram(
+                    now,
+                    client_addr,
+                    None,
+                    None,
+                    BytesMut::from(&buf[..t.size]),
+                );
             }
             while let Some(event) = server.poll_event() {
                 if let ServerEvent::Call(call) = event {

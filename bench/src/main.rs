@@ -231,24 +231,12 @@ async fn scenarios(args: &Args, pin: Pin, state_dir: PathBuf) -> anyhow::Result<
     ));
 
     let client = Arc::new(Client::connect(options.clone()).await?);
-    for _ in 0..args.calls / 10 {
+    let (h, seconds) = report::time_sequential_async(args.calls, async || {
         client.health().await?;
-    }
-    let mut h = histogram();
-    let started = Instant::now();
-    for _ in 0..args.calls {
-        let t = Instant::now();
-        client.health().await?;
-        h.saturating_record(t.elapsed().as_micros() as u64);
-    }
-    rows.push(Row::new(
-        "reaper",
-        "health",
-        1,
-        pin_name,
-        &h,
-        started.elapsed().as_secs_f64(),
-    ));
+        Ok(())
+    })
+    .await?;
+    rows.push(Row::new("reaper", "health", 1, pin_name, &h, seconds));
 
     if args.completion_workspace.as_deref() != Some("none") {
         rows.extend(completion_scenarios(args, pin_name, &client).await?);

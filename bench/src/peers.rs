@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::pin::{pin_current, Pin};
-use crate::report::{histogram, Row};
+use crate::report::{histogram, time_sequential, time_sequential_async, Row};
 
 /// Request payload size.
 pub const REQUEST_BYTES: usize = 2048;
@@ -80,28 +80,12 @@ pub fn udp(pin: Pin, calls: u64) -> anyhow::Result<Row> {
     client.set_read_timeout(Some(Duration::from_secs(2)))?;
     let request = request_payload();
     let mut buf = vec![0u8; 65536];
-    let mut h = histogram();
-    let warmup = calls / 10;
-    let mut started = Instant::now();
-    for i in 0..calls + warmup {
-        if i == warmup {
-            started = Instant::now();
-        }
-        let t = Instant::now();
+    let (h, seconds) = time_sequential(calls, || {
         client.send(&request)?;
         client.recv(&mut buf).context("UDP reply lost")?;
-        if i >= warmup {
-            h.saturating_record(t.elapsed().as_micros() as u64);
-        }
-    }
-    Ok(Row::new(
-        "udp",
-        "unary_2k",
-        1,
-        pin.name(),
-        &h,
-        started.elapsed().as_secs_f64(),
-    ))
+        Ok(())
+    })?;
+    Ok(Row::new("udp", "unary_2k", 1, pin.name(), &h, seconds))
 }
 
 /// Plain quinn: a server thread answering every bidirectional stream, and a client making
@@ -159,24 +143,10 @@ pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::
             Ok::<_, anyhow::Error>(())
         };
         let row = if concurrency <= 1 {
-            let mut h = histogram();
-            for _ in 0..calls / 10 {
-                call(conn.clone(), request.clone()).await?;
-            }
-            let started = Instant::now();
-            for _ in 0..calls {
-                let t = Instant::now();
-                call(conn.clone(), request.clone()).await?;
-                h.saturating_record(t.elapsed().as_micros() as u64);
-            }
-            Row::new(
-                "quinn",
-                "unary_2k",
-                1,
-                pin.name(),
-                &h,
-                started.elapsed().as_secs_f64(),
-            )
+            let (h, seconds) =
+                time_sequential_async(calls, async || call(conn.clone(), request.clone()).await)
+                    .await?;
+            Row::new("quinn", "unary_2k", 1, pin.name(), &h, seconds)
         } else {
             let until = Instant::now() + Duration::from_secs_f64(seconds);
             let started = Instant::now();
@@ -261,31 +231,16 @@ pub fn http1(pin: Pin, calls: u64) -> anyhow::Result<Row> {
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let body = Bytes::from(json_body(REQUEST_BYTES));
-        let mut h = histogram();
-        let warmup = calls / 10;
-        let mut started = Instant::now();
-        for i in 0..calls + warmup {
-            if i == warmup {
-                started = Instant::now();
-            }
-            let t = Instant::now();
+        let (h, seconds) = time_sequential_async(calls, async || {
             let request = hyper::Request::post(format!("http://{addr}/call"))
                 .header("content-type", "application/json")
                 .body(Full::new(body.clone()))?;
             let response = sender.send_request(request).await?;
             let reply = response.into_body().collect().await?.to_bytes();
             let _: serde_json::Value = serde_json::from_slice(&reply)?;
-            if i >= warmup {
-                h.saturating_record(t.elapsed().as_micros() as u64);
-            }
-        }
-        Ok(Row::new(
-            "http1",
-            "unary_2k",
-            1,
-            pin.name(),
-            &h,
-            started.elapsed().as_secs_f64(),
-        ))
+            Ok(())
+        })
+        .await?;
+        Ok(Row::new("http1", "unary_2k", 1, pin.name(), &h, seconds))
     })
 }

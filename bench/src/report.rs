@@ -8,6 +8,43 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
+/// Times `calls` sequential calls, after a tenth as many unmeasured warm-up calls. Returns the
+/// histogram and the seconds the measured calls took.
+pub fn time_sequential(
+    calls: u64,
+    mut call: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Histogram<u64>, f64)> {
+    for _ in 0..calls / 10 {
+        call()?;
+    }
+    let mut h = histogram();
+    let started = std::time::Instant::now();
+    for _ in 0..calls {
+        let t = std::time::Instant::now();
+        call()?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    Ok((h, started.elapsed().as_secs_f64()))
+}
+
+/// [`time_sequential`] for async calls.
+pub async fn time_sequential_async(
+    calls: u64,
+    mut call: impl AsyncFnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(Histogram<u64>, f64)> {
+    for _ in 0..calls / 10 {
+        call().await?;
+    }
+    let mut h = histogram();
+    let started = std::time::Instant::now();
+    for _ in 0..calls {
+        let t = std::time::Instant::now();
+        call().await?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    Ok((h, started.elapsed().as_secs_f64()))
+}
+
 /// The result of one scenario on one stack.
 #[derive(Debug, Clone)]
 pub struct Row {

@@ -69,6 +69,20 @@ async fn complete_when_indexed(client: &Client, file: &Path) -> CompletionRespon
     }
 }
 
+/// A completion running in a task of its own, for tests that act while it is in flight.
+fn spawn_completion(
+    client: &Arc<Client>,
+    file: &Path,
+    prefix: &'static str,
+) -> tokio::task::JoinHandle<Result<CompletionResponse, reaper_client::Error>> {
+    let (client, file) = (client.clone(), file.to_path_buf());
+    tokio::spawn(async move {
+        client
+            .complete(&request(&file, prefix), CallOptions::default())
+            .await
+    })
+}
+
 fn served(health: &HealthResponse) -> (u64, u64) {
     let calls = &health.calls[Method::CompletionComplete.index()];
     (calls.served, calls.failed)
@@ -208,14 +222,7 @@ async fn a_newer_completion_for_the_same_file_supersedes_the_older() {
     let file = repo.path().join("src/new.rs");
     let daemon = Daemon::start_with("", &[("REAPER_DEBUG_PROVIDER_DELAY_MS", "300")]);
     let client = Arc::new(connect(&daemon, Encoding::Rkyv).await);
-    let older = {
-        let (client, file) = (client.clone(), file.clone());
-        tokio::spawn(async move {
-            client
-                .complete(&request(&file, "fn a() { x"), CallOptions::default())
-                .await
-        })
-    };
+    let older = spawn_completion(&client, &file, "fn a() { x");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let newer = client
         .complete(&request(&file, "fn a() { xy"), CallOptions::default())
@@ -260,14 +267,7 @@ async fn deadlines_end_calls_and_cancelled_calls_stop() {
     assert_eq!(served(&health), (0, 1));
 
     // A call the client abandons: the daemon counts it cancelled and never answers it late.
-    let task = {
-        let (client, file) = (client.clone(), file.clone());
-        tokio::spawn(async move {
-            client
-                .complete(&request(&file, "fn e() {"), CallOptions::default())
-                .await
-        })
-    };
+    let task = spawn_completion(&client, &file, "fn e() {");
     tokio::time::sleep(Duration::from_millis(30)).await;
     task.abort();
     let start = Instant::now();
