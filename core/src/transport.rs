@@ -20,6 +20,10 @@ use crate::config::RpcConfig;
 pub const ALPN: &[u8] = b"reaper/1";
 /// Server name clients put in the TLS handshake (the pin, not the name, is what is checked).
 pub const SERVER_NAME: &str = "localhost";
+/// How often a client pings an idle connection.
+pub const CLIENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a client waits without hearing from the daemon before it calls the connection dead.
+pub const CLIENT_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
 /// Datagram size used from the first packet on loopback.
 pub const LOOPBACK_MTU: u16 = 4096;
 
@@ -117,7 +121,16 @@ pub fn client_config(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(rpc, loopback)));
+    let mut transport = transport_config(rpc, loopback);
+    // A daemon that dies sends no close: without these, a client would wait out the whole
+    // idle timeout (minutes) before it noticed. Pings every 2 s keep a live connection open;
+    // 6 s without an answer means the daemon is gone, and the next call reconnects.
+    transport
+        .keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(CLIENT_DEAD_AFTER).unwrap_or(VarInt::MAX.into()),
+        ));
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

@@ -54,6 +54,8 @@ struct Pair {
     client_log: Vec<(usize, ClientEvent)>,
     cert: CertificateDer<'static>,
     rpc: RpcConfig,
+    /// The clients' datagrams no longer arrive (their process died).
+    clients_gone: bool,
 }
 
 fn client_addr(i: usize) -> SocketAddr {
@@ -86,6 +88,7 @@ impl Pair {
             client_log: Vec::new(),
             cert: cert_der,
             rpc,
+            clients_gone: false,
         };
         pair.add_client();
         pair
@@ -106,7 +109,7 @@ impl Pair {
     }
 
     fn send(&mut self, to: Option<usize>, from: SocketAddr, bytes: Vec<u8>) {
-        if self.rng.random_bool(self.link.loss) {
+        if self.rng.random_bool(self.link.loss) || (to.is_none() && self.clients_gone) {
             return;
         }
         let jitter = self.link.jitter.mul_f64(self.rng.random::<f64>());
@@ -485,15 +488,26 @@ fn idle_connections_time_out_on_the_simulated_clock() {
     };
     let mut pair = Pair::new(Link::perfect(), rpc);
     pair.connect();
-    let connected_at = pair.now;
-    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+    // A live client pings: its connection outlives the idle timeout many times over.
+    let start = pair.now;
+    while pair.now - start < Duration::from_secs(60) {
+        assert!(pair.step(&mut no_service));
+    }
+    let mut disconnected = |p: &Pair| {
         p.server_log
             .iter()
             .any(|e| matches!(e, ServerEvent::Disconnected { .. }))
-    });
-    let idle = pair.now - connected_at;
+    };
+    assert!(!disconnected(&pair), "a pinging client stays connected");
+    // A client that vanishes without closing is dropped after the idle timeout, which is the
+    // shorter of the two ends' (the client asks for transport::CLIENT_DEAD_AFTER).
+    pair.clients_gone = true;
+    let gone_at = pair.now;
+    pair.drive_until(&mut no_service, &mut disconnected);
+    let idle = pair.now - gone_at;
+    let expected = transport::CLIENT_DEAD_AFTER;
     assert!(
-        idle >= Duration::from_secs(10) && idle < Duration::from_secs(31),
+        idle >= expected - Duration::from_secs(2) && idle < Duration::from_secs(31),
         "{idle:?}"
     );
 }

@@ -49,36 +49,57 @@ impl Daemon {
     /// A daemon with `config` as its reaper.toml and extra environment variables.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("reaperd.log")).unwrap();
         std::fs::write(dir.path().join("reaper.toml"), config).unwrap();
+        let mut daemon = Daemon { child: None, dir };
+        daemon.spawn("127.0.0.1:0", env);
+        daemon
+    }
+
+    /// Starts the process (again) in this daemon's directory, listening on `listen`.
+    fn spawn(&mut self, listen: &str, env: &[(&str, &str)]) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("reaperd.log"))
+            .unwrap();
         let child = Command::new(reaperd_bin())
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.path().join("state"))
+            .args(["--listen", listen, "--state-dir"])
+            .arg(dir.join("state"))
             .arg("--config")
-            .arg(dir.path().join("reaper.toml"))
+            .arg(dir.join("reaper.toml"))
             .env("RUST_LOG", "debug,quinn_proto=info")
             .env_remove("REAPER_CONFIG")
             .envs(env.iter().copied())
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = Daemon {
-            child: Some(child),
-            dir,
-        };
-        let endpoint = daemon.state_dir().join("endpoint");
+        self.child = Some(child);
+        let endpoint = self.state_dir().join("endpoint");
         let start = Instant::now();
         while !endpoint.exists() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "reaperd did not start: {}",
-                daemon.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        daemon
+    }
+
+    /// Kills the daemon (no drain: as if it crashed) and starts it again on the same address
+    /// with the same state directory, after `pause`.
+    pub fn crash_and_restart(&mut self, pause: Duration) {
+        let addr = self.options().addr.to_string();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.state_dir().join("endpoint"));
+        std::thread::sleep(pause);
+        self.spawn(&addr, &[]);
     }
 
     pub fn state_dir(&self) -> PathBuf {

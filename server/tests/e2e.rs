@@ -412,3 +412,32 @@ fn python_client_written_from_the_protocol_document() {
     assert_eq!(answer["messages"][0]["status"], "serving", "{answer}");
     assert_eq!(answer["messages"][0]["version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// A daemon that goes away and comes back (a crash and a restart, an upgrade): the client
+/// reconnects with backoff on the next call, and nothing needs restarting on the editor's side.
+#[tokio::test]
+async fn the_client_reconnects_after_the_daemon_restarts() {
+    let mut daemon = Daemon::start();
+    let client = client(&daemon, Encoding::Rkyv).await;
+    client.health().await.unwrap();
+    let restart = tokio::task::spawn_blocking(move || {
+        daemon.crash_and_restart(Duration::from_millis(300));
+        daemon
+    });
+    let _daemon = restart.await.unwrap();
+    // The old connection is gone; the first call may fail while the client notices, then the
+    // client reconnects (100 ms doubling) to the daemon on the same address and pin.
+    let mut answered = None;
+    for _ in 0..50 {
+        match client.health().await {
+            Ok(health) => {
+                answered = Some(health);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let health = answered.expect("the client reconnected to the restarted daemon");
+    assert_eq!(health.status, ServingStatus::Serving);
+    assert!(health.uptime_s < 30, "it is the new daemon that answered");
+}
