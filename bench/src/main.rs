@@ -338,33 +338,22 @@ async fn completion_scenarios(
     ));
 
     for &concurrency in &args.concurrency {
-        let until = Instant::now() + Duration::from_secs_f64(args.seconds);
-        let started = Instant::now();
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (client, same) = (client.clone(), same.clone());
-                tokio::spawn(async move {
-                    let mut h = histogram();
-                    while Instant::now() < until {
-                        let t = Instant::now();
-                        client.complete(&same, CallOptions::default()).await?;
-                        h.saturating_record(t.elapsed().as_micros() as u64);
-                    }
-                    Ok::<_, reaper_client::Error>(h)
-                })
-            })
-            .collect();
-        let mut h = histogram();
-        for worker in workers {
-            h.add(worker.await??)?;
-        }
+        let (client, same) = (client.clone(), same.clone());
+        let (h, seconds) = report::time_in_flight(concurrency, args.seconds, move || {
+            let (client, same) = (client.clone(), same.clone());
+            async move {
+                client.complete(&same, CallOptions::default()).await?;
+                Ok(())
+            }
+        })
+        .await?;
         rows.push(Row::new(
             "reaper",
             "unary_2k",
             concurrency,
             pin,
             &h,
-            started.elapsed().as_secs_f64(),
+            seconds,
         ));
     }
     Ok(rows)

@@ -9,7 +9,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::pin::{pin_current, Pin};
-use crate::report::{histogram, time_sequential, time_sequential_async, Row};
+use crate::report::{time_in_flight, time_sequential, time_sequential_async, Row};
 
 /// Request payload size.
 pub const REQUEST_BYTES: usize = 2048;
@@ -148,34 +148,12 @@ pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::
                     .await?;
             Row::new("quinn", "unary_2k", 1, pin.name(), &h, seconds)
         } else {
-            let until = Instant::now() + Duration::from_secs_f64(seconds);
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|_| {
-                    let (conn, request) = (conn.clone(), request.clone());
-                    tokio::spawn(async move {
-                        let mut h = histogram();
-                        while Instant::now() < until {
-                            let t = Instant::now();
-                            call(conn.clone(), request.clone()).await?;
-                            h.saturating_record(t.elapsed().as_micros() as u64);
-                        }
-                        Ok::<_, anyhow::Error>(h)
-                    })
-                })
-                .collect();
-            let mut h = histogram();
-            for task in tasks {
-                h.add(task.await??)?;
-            }
-            Row::new(
-                "quinn",
-                "unary_2k",
-                concurrency,
-                pin.name(),
-                &h,
-                started.elapsed().as_secs_f64(),
-            )
+            let (shared, request) = (conn.clone(), request.clone());
+            let (h, seconds) = time_in_flight(concurrency, seconds, move || {
+                call(shared.clone(), request.clone())
+            })
+            .await?;
+            Row::new("quinn", "unary_2k", concurrency, pin.name(), &h, seconds)
         };
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;

@@ -45,6 +45,40 @@ pub async fn time_sequential_async(
     Ok((h, started.elapsed().as_secs_f64()))
 }
 
+/// Keeps `concurrency` calls in flight for `seconds`, each task starting its next call as its
+/// last one ends. Returns the histogram of every call and the seconds the run took.
+pub async fn time_in_flight<F, Fut>(
+    concurrency: usize,
+    seconds: f64,
+    call: F,
+) -> anyhow::Result<(Histogram<u64>, f64)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                while std::time::Instant::now() < until {
+                    let t = std::time::Instant::now();
+                    call().await?;
+                    h.saturating_record(t.elapsed().as_micros() as u64);
+                }
+                Ok::<_, anyhow::Error>(h)
+            })
+        })
+        .collect();
+    let mut h = histogram();
+    for task in tasks {
+        h.add(task.await??)?;
+    }
+    Ok((h, started.elapsed().as_secs_f64()))
+}
+
 /// The result of one scenario on one stack.
 #[derive(Debug, Clone)]
 pub struct Row {
