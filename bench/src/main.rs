@@ -2,7 +2,7 @@
 //! run under the same thread placement.
 //!
 //! Stacks: `reaper` (a reaperd this tool starts, or one you point it at), and the peers in
-//! [`peers`]: raw UDP (the floor), plain quinn, HTTP/1.1 keep-alive. Every call is recorded in
+//! [`peers`]: raw UDP (the floor), plain quinn, HTTP/1.1 keep-alive, gRPC (tonic). Every call is recorded in
 //! an HDR histogram; output is a table (with reaper's figures as ratios to each peer's), or
 //! `--json` lines with `stack`, `scenario`, `concurrency`, `pin`, `p50_us`, `p90_us`,
 //! `p99_us`, `p999_us`, `max_us`, `calls_per_s`. `reaper-bench eval-offline` measures the
@@ -26,7 +26,7 @@ mod report;
 use pin::{pin_current, Pin};
 use report::{histogram, Row};
 
-/// Measure reaperd against peer stacks (UDP floor, plain quinn, HTTP/1.1) in one run.
+/// Measure reaperd against peer stacks (UDP floor, plain quinn, HTTP/1.1, gRPC) in one run.
 ///
 /// Without --state-dir it starts its own reaperd (from beside this binary, or --reaperd) on
 /// 127.0.0.1 with a temporary state directory, pinned like the peers' servers, and stops it
@@ -127,6 +127,10 @@ fn measure_placement(args: &Args, pin: Pin) -> anyhow::Result<Vec<Row>> {
             rows.push(peers::quinn(pin, args.calls, c, args.seconds)?);
         }
         rows.push(peers::http1(pin, args.calls)?);
+        rows.push(peers::tonic(pin, args.calls, 1, args.seconds)?);
+        for &c in &args.concurrency {
+            rows.push(peers::tonic(pin, args.calls, c, args.seconds)?);
+        }
     }
     rows.extend(measure_reaper(args, pin)?);
     Ok(rows)
@@ -240,6 +244,13 @@ async fn scenarios(args: &Args, pin: Pin, state_dir: PathBuf) -> anyhow::Result<
 
     if args.completion_workspace.as_deref() != Some("none") {
         rows.extend(completion_scenarios(args, pin_name, &client).await?);
+    }
+    if let Some(stats) = client.connection_stats().await {
+        let path = stats.path;
+        eprintln!(
+            "client connection ({pin}): {} datagrams out, {} in, {} packets lost, {} congestion events, rtt {:?}, cwnd {} B",
+            stats.udp_tx.datagrams, stats.udp_rx.datagrams, path.lost_packets, path.congestion_events, path.rtt, path.cwnd
+        );
     }
     client.close().await;
     Ok(rows)

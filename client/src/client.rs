@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use quinn::{RecvStream, SendStream, VarInt};
 use reaper_core::rpc::stream::CANCEL_CODE;
 use reaper_core::schema::*;
@@ -84,6 +84,12 @@ impl Client {
             conn.close(VarInt::from_u32(0), b"client closed");
         }
         let _ = tokio::time::timeout(Duration::from_millis(250), self.endpoint.wait_idle()).await;
+    }
+
+    /// Transport statistics of the current connection (packets, losses, RTT, congestion
+    /// window), if one is open: what to look at when calls are slower than they should be.
+    pub async fn connection_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.connection.lock().await.as_ref().map(|c| c.stats())
     }
 
     /// The options this client was made with.
@@ -365,9 +371,13 @@ impl CancelOnDrop {
         self.0.as_mut().expect("present until disarmed")
     }
 
-    /// The call completed: nothing to cancel.
+    /// The call completed: nothing to cancel. The daemon sends its FIN with the trailer, so it
+    /// is normally here already: reading it means quinn's drop sends no STOP_SENDING (a frame
+    /// per call, and a reset the daemon would have to process, for a stream that is done).
     fn disarm(&mut self) {
-        self.0 = None;
+        if let Some(mut recv) = self.0.take() {
+            let _ = recv.read_chunk(usize::MAX, true).now_or_never();
+        }
     }
 }
 

@@ -194,9 +194,22 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
             ServerEvent::Connected { conn, remote } => {
                 tracing::info!(%conn, %remote, "connection open")
             }
-            ServerEvent::Disconnected { conn, reason } => {
+            ServerEvent::Disconnected {
+                conn,
+                reason,
+                stats,
+            } => {
                 services.on_disconnected(conn);
-                tracing::info!(%conn, %reason, "connection closed")
+                tracing::info!(
+                    %conn,
+                    %reason,
+                    datagrams_in = stats.udp_rx.datagrams,
+                    datagrams_out = stats.udp_tx.datagrams,
+                    lost_packets = stats.path.lost_packets,
+                    congestion_events = stats.path.congestion_events,
+                    rtt_us = stats.path.rtt.as_micros() as u64,
+                    "connection closed"
+                )
             }
             ServerEvent::Refused { remote, reason } => {
                 tracing::warn!(%remote, reason, "connection refused")

@@ -116,6 +116,49 @@ async fn sixty_four_concurrent_calls_on_one_connection_and_eight_connections() {
     assert_eq!(served(&health, Method::ProviderList).0, 64);
 }
 
+/// Regression: path MTU discovery once grew loopback datagrams past what a 10-segment GSO batch
+/// can carry in one 64 KiB UDP send, so bursts of large requests failed with EMSGSIZE and quinn
+/// counted every segment as lost (congestion events, stalls of ~100 ms).
+#[tokio::test]
+async fn bursts_of_large_requests_lose_no_packets_once_the_mtu_has_grown() {
+    let daemon = Daemon::start();
+    let one = Arc::new(client(&daemon, Encoding::Rkyv).await);
+    // Let discovery raise the MTU from the initial 4096 (bounded wait).
+    let started = std::time::Instant::now();
+    while one.connection_stats().await.unwrap().path.current_mtu
+        <= reaper_core::transport::LOOPBACK_MTU
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "path MTU discovery never raised the MTU"
+        );
+        one.health().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let request = Arc::new(CompletionRequest {
+        prefix: "fn large_request() {\n".repeat(600),
+        suffix: String::new(),
+        language: "rust".to_owned(),
+        file_path: None,
+        context: None,
+    });
+    for _ in 0..10 {
+        let calls = (0..64).map(|_| {
+            let (one, request) = (one.clone(), request.clone());
+            tokio::spawn(async move { one.complete(&request, CallOptions::default()).await })
+        });
+        for result in futures::future::join_all(calls).await {
+            result.unwrap().unwrap();
+        }
+    }
+    let stats = one.connection_stats().await.unwrap();
+    assert_eq!(
+        stats.path.lost_packets, 0,
+        "packets lost on loopback (MTU {}): {stats:?}",
+        stats.path.current_mtu
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_token_is_unauthenticated_and_runs_nothing() {
     let daemon = Daemon::start();
@@ -202,7 +245,8 @@ async fn garbage_datagrams_and_malformed_frames_do_not_stop_service() {
 
 #[tokio::test]
 async fn a_call_cancelled_midway_leaves_the_daemon_serving() {
-    let daemon = Daemon::start();
+    // A slow provider, so the client's deadline below always comes first.
+    let daemon = Daemon::start_with("", &[("REAPER_DEBUG_PROVIDER_DELAY_MS", "2000")]);
     let (_endpoint, conn) = raw_connection(&daemon).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let mut bytes = health_head_json(&daemon);
@@ -221,18 +265,22 @@ async fn a_call_cancelled_midway_leaves_the_daemon_serving() {
         "the reset call never ran"
     );
 
-    // A client-side deadline cancels the call from the client's side.
+    // A client-side deadline ends the call at the deadline, not when the work would finish.
+    let started = std::time::Instant::now();
+    let request = CompletionRequest {
+        prefix: "fn slow() {".to_owned(),
+        suffix: String::new(),
+        language: "rust".to_owned(),
+        file_path: None,
+        context: None,
+    };
+    let deadline = Some(Duration::from_millis(50));
     let err = client
-        .unary::<_, HealthResponse>(
-            Method::HealthCheck,
-            &HealthRequest {},
-            CallOptions {
-                deadline: Some(Duration::from_nanos(1)),
-            },
-        )
+        .complete(&request, CallOptions { deadline })
         .await
         .unwrap_err();
     assert_eq!(err.status().code, Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{err}");
     let health = client.health().await.unwrap();
     assert_eq!(health.status, ServingStatus::Serving);
 }

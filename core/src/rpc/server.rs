@@ -117,6 +117,8 @@ pub enum ServerEvent {
         conn: ConnId,
         /// Why, as QUIC tells it.
         reason: String,
+        /// What the connection went through (packets, losses, RTT), for the log.
+        stats: Box<quinn_proto::ConnectionStats>,
     },
     /// A handshake was refused (connection limit or draining).
     Refused {
@@ -559,6 +561,7 @@ impl RpcServer {
                         self.events.push_back(ServerEvent::Disconnected {
                             conn: ConnId(handle),
                             reason: reason.to_string(),
+                            stats: Box::new(conn.quic.stats()),
                         });
                     }
                     conn.connected = false;

@@ -5,7 +5,8 @@
 //! - `udp`: blocking UDP ping-pong, the floor any protocol over UDP pays;
 //! - `quinn`: plain quinn on tokio, one bidirectional stream per call — the design reaperd
 //!   replaces — with quinn's default transport settings;
-//! - `http1`: HTTP/1.1 keep-alive with JSON bodies (hyper), the usual local-daemon choice.
+//! - `http1`: HTTP/1.1 keep-alive with JSON bodies (hyper), the usual local-daemon choice;
+//! - `tonic`: gRPC over HTTP/2, unary ([`grpc`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -16,6 +17,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+
+mod grpc;
+
+pub use grpc::tonic;
 
 use crate::pin::{pin_current, Pin};
 use crate::report::{time_in_flight, time_sequential, time_sequential_async, Row};
