@@ -1,4 +1,5 @@
-//! One row per measured scenario: the terminal table, JSON lines, and ratios between stacks.
+//! One row per measured scenario: the terminal table, JSON lines, HDR percentile logs, and
+//! ratios between stacks.
 
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -88,6 +89,8 @@ pub struct Row {
     pub scenario: String,
     /// Calls in flight.
     pub concurrency: usize,
+    /// Connections the calls were spread over.
+    pub connections: usize,
     /// Thread placement.
     pub pin: &'static str,
     /// Latency percentiles, microseconds.
@@ -104,6 +107,8 @@ pub struct Row {
     pub calls_per_s: f64,
     /// Calls measured.
     pub calls: u64,
+    /// Every call's latency, microseconds.
+    pub histogram: Histogram<u64>,
 }
 
 impl Row {
@@ -120,6 +125,7 @@ impl Row {
             stack,
             scenario: scenario.to_owned(),
             concurrency,
+            connections: 1,
             pin,
             p50_us: h.value_at_quantile(0.5),
             p90_us: h.value_at_quantile(0.9),
@@ -132,7 +138,14 @@ impl Row {
                 0.0
             },
             calls: h.len(),
+            histogram: h.clone(),
         }
+    }
+
+    /// The same row, for calls spread over `connections` connections.
+    pub fn over_connections(mut self, connections: usize) -> Row {
+        self.connections = connections;
+        self
     }
 
     /// The row as one JSON object.
@@ -141,6 +154,7 @@ impl Row {
             "stack": self.stack,
             "scenario": self.scenario,
             "concurrency": self.concurrency,
+            "connections": self.connections,
             "pin": self.pin,
             "p50_us": self.p50_us,
             "p90_us": self.p90_us,
@@ -155,10 +169,11 @@ impl Row {
     /// The row as a line of the terminal table.
     pub fn line(&self) -> String {
         format!(
-            "{:<7} {:<28} {:>4} {:<5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10.0}",
+            "{:<7} {:<24} {:>4} {:>5} {:<5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10.0}",
             self.stack,
             self.scenario,
             self.concurrency,
+            self.connections,
             self.pin,
             self.p50_us,
             self.p90_us,
@@ -173,10 +188,11 @@ impl Row {
 /// The table's header.
 pub fn header() -> String {
     format!(
-        "{:<7} {:<28} {:>4} {:<5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10}",
+        "{:<7} {:<24} {:>4} {:>5} {:<5} {:>7} {:>7} {:>7} {:>8} {:>8} {:>10}",
         "stack",
         "scenario",
         "in",
+        "conns",
         "pin",
         "p50 µs",
         "p90 µs",
@@ -190,17 +206,20 @@ pub fn header() -> String {
 /// Reaper's figures next to each peer's, for rows of the same scenario, concurrency and pin.
 pub fn ratios(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    for ours in rows.iter().filter(|r| r.stack == "reaper") {
+    for ours in rows
+        .iter()
+        .filter(|r| r.stack == "reaper" && r.connections == 1)
+    {
         for peer in rows.iter().filter(|r| {
             r.stack != "reaper"
                 && r.scenario == ours.scenario
                 && r.concurrency == ours.concurrency
+                && r.connections == ours.connections
                 && r.pin == ours.pin
         }) {
             out.push(format!(
-                "{} {} in flight {} pin {}: reaper p50 {:.2}x {} ({} vs {} µs), calls/s {:.2}x",
+                "{} in flight {} pin {}: reaper p50 {:.2}x {} ({} vs {} µs), calls/s {:.2}x",
                 ours.scenario,
-                "",
                 ours.concurrency,
                 ours.pin,
                 ours.p50_us as f64 / peer.p50_us.max(1) as f64,
@@ -212,4 +231,95 @@ pub fn ratios(rows: &[Row]) -> Vec<String> {
         }
     }
     out
+}
+
+/// File name of a row's HDR percentile log.
+fn hdr_log_name(row: &Row) -> String {
+    format!(
+        "{}-{}-c{}-n{}-{}.hgrm",
+        row.stack, row.scenario, row.concurrency, row.connections, row.pin
+    )
+}
+
+/// Writes every row's distribution as an HDR percentile log (the `.hgrm` text that
+/// HdrHistogram's `outputPercentileDistribution` prints and its online plotter reads), values
+/// in microseconds.
+pub fn write_hdr_logs(dir: &std::path::Path, rows: &[Row]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for row in rows {
+        let path = dir.join(hdr_log_name(row));
+        std::fs::write(&path, percentile_distribution(&row.histogram))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The percentile distribution of `h` in HdrHistogram's text format.
+pub fn percentile_distribution(h: &Histogram<u64>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    for step in h.iter_quantiles(5) {
+        total += step.count_since_last_iteration();
+        let quantile = step.quantile_iterated_to();
+        let inverse = if quantile < 1.0 {
+            format!("{:>14.2}", 1.0 / (1.0 - quantile))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:>12.3} {:>14.12} {:>10} {inverse}",
+            step.value_iterated_to() as f64,
+            quantile,
+            total
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        h.mean(),
+        h.stdev()
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64,
+        h.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_percentile_log_covers_every_call_up_to_the_maximum() {
+        let mut h = histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 10).unwrap();
+        }
+        let log = percentile_distribution(&h);
+        let rows: Vec<Vec<f64>> = log
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && !l.contains("Value"))
+            .map(|l| l.split_whitespace().map(|f| f.parse().unwrap()).collect())
+            .collect();
+        let last = rows.last().unwrap();
+        assert_eq!(last[2], 1000.0, "the last line counts every call");
+        assert!((last[0] - 10_000.0).abs() <= 10.0, "{last:?}");
+        let median = rows.iter().find(|r| r[1] >= 0.5).unwrap();
+        assert!((median[0] - 5_000.0).abs() <= 5.0, "{median:?}");
+        assert!(rows
+            .windows(2)
+            .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
+        assert!(log.contains("Total count    =         1000"));
+    }
 }
