@@ -241,10 +241,12 @@ async fn completion_scenarios(
     })
     .await?;
     rows.push(progress.done(Row::new("reaper", "unary_2k", 1, pin, &hit, seconds)));
+    // Unique per run, so a second run against the same daemon (--state-dir) misses too.
+    let run: u64 = rand::random();
     let mut varied = 0u64;
     let (miss, seconds) = report::time_sequential_async(args.calls, async || {
         varied += 1;
-        let request = request(format!("\n// {varied}\n"));
+        let request = request(format!("\n// {run:x} {varied}\n"));
         if client
             .complete(&request, CallOptions::default())
             .await?

@@ -6,5 +6,6 @@ pub mod event_loop;
 pub mod logging;
 pub mod metrics;
 pub mod offline;
+pub mod receive;
 pub mod services;
 pub mod state;

@@ -51,8 +51,8 @@ fn main() {
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Binds the UDP socket with large buffers: a burst of requests then waits in the kernel
-/// instead of being dropped, so the loop can keep only a few receives armed, which is what
-/// keeps a single call fast (`docs/design.md`, "Receives armed").
+/// instead of being dropped while the loop answers the datagrams it already read (it reads a
+/// few per pass; `docs/design.md`, "Receive path").
 fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(listen),
