@@ -5,10 +5,13 @@
 //! - a unary call's p99 is 10 ms or more, or a completion's p99 100 ms or more (the product's
 //!   promise), for any reaper scenario, under any placement;
 //! - the completion cache hit's p99 is more than 1.5x the p99 of `Health.check` measured in the
-//!   same run under the same placement (a hit must cost what a plain call costs).
+//!   same run under the same placement (a hit must cost what a plain call costs);
+//! - reaper's unary p50 (`unary_2k`, one call at a time) is not lower than tonic's measured in
+//!   the same run under the same placement.
 //!
-//! Not gated yet, and said so in the output: reaper's unary p50 against tonic's (no tonic stack
-//! in reaper-bench yet).
+//! These machines are shared and noisy, so a failing run is measured once more and the build
+//! fails only if the second run fails too; both are printed. Then it reports, without gating,
+//! how the run compares with the goals in `docs/perf.md`.
 
 use std::process::Command;
 
@@ -33,6 +36,35 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    let mut rows = measure()?;
+    let mut failures = check(&rows);
+    if !failures.is_empty() {
+        for failure in &failures {
+            println!("run 1: gate failed: {failure}");
+        }
+        println!("reaper-perf: measuring once more before failing the build");
+        rows = measure()?;
+        failures = check(&rows);
+    }
+    for line in goals(&rows) {
+        println!("goal (not gated): {line}");
+    }
+    if failures.is_empty() {
+        println!(
+            "reaper-perf: all gates passed ({} measurements)",
+            rows.len()
+        );
+        Ok(())
+    } else {
+        for failure in &failures {
+            eprintln!("gate failed: {failure}");
+        }
+        bail!("{} gate(s) failed in two runs in a row", failures.len())
+    }
+}
+
+/// One `reaper-bench --quick --json` run (plus any arguments given to this tool).
+fn measure() -> anyhow::Result<Vec<Value>> {
     let bench = std::env::current_exe()?.with_file_name("reaper-bench");
     let output = Command::new(&bench)
         .args(["--quick", "--json"])
@@ -60,22 +92,7 @@ fn run() -> anyhow::Result<()> {
     for row in &rows {
         println!("{row}");
     }
-    let failures = check(&rows);
-    println!(
-        "not gated yet: reaper's unary p50 against tonic's (reaper-bench has no tonic stack yet)"
-    );
-    if failures.is_empty() {
-        println!(
-            "reaper-perf: all gates passed ({} measurements)",
-            rows.len()
-        );
-        Ok(())
-    } else {
-        for failure in &failures {
-            eprintln!("gate failed: {failure}");
-        }
-        bail!("{} gate(s) failed", failures.len())
-    }
+    Ok(rows)
 }
 
 fn field<'a>(row: &'a Value, name: &str) -> &'a str {
@@ -84,6 +101,39 @@ fn field<'a>(row: &'a Value, name: &str) -> &'a str {
 
 fn number(row: &Value, name: &str) -> u64 {
     row[name].as_u64().unwrap_or(0)
+}
+
+fn rate(row: &Value) -> f64 {
+    row["calls_per_s"].as_f64().unwrap_or(0.0)
+}
+
+/// The row of `stack` for `scenario` at `concurrency` on one connection under `pin`.
+fn find<'a>(
+    rows: &'a [Value],
+    stack: &str,
+    scenario: &str,
+    concurrency: u64,
+    pin: &str,
+) -> Option<&'a Value> {
+    rows.iter().find(|r| {
+        field(r, "stack") == stack
+            && field(r, "scenario") == scenario
+            && number(r, "concurrency") == concurrency
+            && r["connections"].as_u64().unwrap_or(1) == 1
+            && field(r, "pin") == pin
+    })
+}
+
+/// Placements present in the rows, in order.
+fn pins(rows: &[Value]) -> Vec<&str> {
+    let mut pins: Vec<&str> = Vec::new();
+    for row in rows {
+        let pin = field(row, "pin");
+        if !pins.contains(&pin) {
+            pins.push(pin);
+        }
+    }
+    pins
 }
 
 /// Every gate over the measured rows: a message for each one that fails.
@@ -112,15 +162,9 @@ fn check(rows: &[Value]) -> Vec<String> {
             ));
         }
     }
-    for pin in ["same", "split", "none"] {
-        let find = |scenario: &str| {
-            reaper.iter().find(|r| {
-                field(r, "pin") == pin
-                    && field(r, "scenario") == scenario
-                    && number(r, "concurrency") == 1
-            })
-        };
-        if let (Some(hit), Some(health)) = (find("unary_2k"), find("health")) {
+    for pin in pins(rows) {
+        let hit = find(rows, "reaper", "unary_2k", 1, pin);
+        if let (Some(hit), Some(health)) = (hit, find(rows, "reaper", "health", 1, pin)) {
             let (hit_p99, health_p99) = (number(hit, "p99_us"), number(health, "p99_us"));
             if hit_p99 as f64 > HIT_OVER_HEALTH_P99 * health_p99 as f64 {
                 failures.push(format!(
@@ -128,8 +172,73 @@ fn check(rows: &[Value]) -> Vec<String> {
                 ));
             }
         }
+        match (hit, find(rows, "tonic", "unary_2k", 1, pin)) {
+            (Some(ours), Some(tonic)) => {
+                let (ours, tonic) = (number(ours, "p50_us"), number(tonic, "p50_us"));
+                if ours >= tonic {
+                    failures.push(format!(
+                        "pin {pin}: reaper unary_2k p50 {ours} µs is not lower than tonic's {tonic} µs in the same run"
+                    ));
+                }
+            }
+            (Some(_), None) => failures.push(format!(
+                "pin {pin}: no tonic measurement to compare reaper's unary p50 with"
+            )),
+            _ => {}
+        }
     }
     failures
+}
+
+/// How the run compares with the goals in docs/perf.md (reported, not gated).
+fn goals(rows: &[Value]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for pin in pins(rows) {
+        let Some(ours) = find(rows, "reaper", "unary_2k", 1, pin) else {
+            continue;
+        };
+        let p50 = number(ours, "p50_us");
+        let mark = |met: bool| if met { "met" } else { "missed" };
+        if let Some(udp) = find(rows, "udp", "unary_2k", 1, pin) {
+            let floor = number(udp, "p50_us");
+            lines.push(format!(
+                "pin {pin}: unary p50 within 2x the UDP floor: {} ({p50} µs, floor {floor} µs, {:.2}x)",
+                mark(p50 <= 2 * floor),
+                p50 as f64 / floor.max(1) as f64
+            ));
+        }
+        for peer in ["quinn", "http1", "tonic"] {
+            if let Some(theirs) = find(rows, peer, "unary_2k", 1, pin) {
+                let theirs = number(theirs, "p50_us");
+                lines.push(format!(
+                    "pin {pin}: unary p50 ahead of {peer}: {} ({p50} µs against {theirs} µs)",
+                    mark(p50 < theirs)
+                ));
+            }
+        }
+        for concurrency in [16, 64] {
+            let ours = find(rows, "reaper", "unary_2k", concurrency, pin);
+            if let (Some(ours), Some(quinn)) =
+                (ours, find(rows, "quinn", "unary_2k", concurrency, pin))
+            {
+                let ratio = rate(ours) / rate(quinn).max(1.0);
+                lines.push(format!(
+                    "pin {pin}: {concurrency} in flight at 1.5x quinn's calls/s: {} ({:.0} against {:.0}, {ratio:.2}x)",
+                    mark(ratio >= 1.5),
+                    rate(ours),
+                    rate(quinn)
+                ));
+            }
+        }
+        if let Some(health) = find(rows, "reaper", "health", 1, pin) {
+            let (hit, health) = (number(ours, "p99_us"), number(health, "p99_us"));
+            lines.push(format!(
+                "pin {pin}: cache hit p99 within 1.2x Health's: {} ({hit} µs against {health} µs)",
+                mark(hit as f64 <= 1.2 * health as f64)
+            ));
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -138,7 +247,11 @@ mod tests {
     use serde_json::json;
 
     fn row(scenario: &str, pin: &str, p99: u64) -> Value {
-        json!({"stack": "reaper", "scenario": scenario, "pin": pin, "concurrency": 1, "p99_us": p99})
+        json!({"stack": "reaper", "scenario": scenario, "pin": pin, "concurrency": 1, "connections": 1, "p50_us": 40, "p99_us": p99})
+    }
+
+    fn tonic(pin: &str, p50: u64) -> Value {
+        json!({"stack": "tonic", "scenario": "unary_2k", "pin": pin, "concurrency": 1, "connections": 1, "p50_us": p50, "p99_us": 2 * p50})
     }
 
     #[test]
@@ -147,6 +260,7 @@ mod tests {
             row("health", "same", 100),
             row("unary_2k", "same", 140),
             row("completion_offline_miss", "same", 900),
+            tonic("same", 60),
         ];
         assert!(check(&rows).is_empty(), "{:?}", check(&rows));
     }
@@ -170,15 +284,59 @@ mod tests {
                 .any(|f| f.contains("completion_offline_miss")),
             "{slow_completion:?}"
         );
-        let slow_hit = check(&[row("health", "split", 100), row("unary_2k", "split", 151)]);
+        let slow_hit = check(&[
+            row("health", "split", 100),
+            row("unary_2k", "split", 151),
+            tonic("split", 60),
+        ]);
         assert!(
             slow_hit.iter().any(|f| f.contains("cache hit")),
             "{slow_hit:?}"
+        );
+        let behind_tonic = check(&[
+            row("health", "same", 100),
+            row("unary_2k", "same", 100),
+            tonic("same", 40),
+        ]);
+        assert!(
+            behind_tonic
+                .iter()
+                .any(|f| f.contains("tonic's 40 µs") && f.contains("p50 40 µs")),
+            "{behind_tonic:?}"
+        );
+        let no_tonic = check(&[row("health", "same", 100), row("unary_2k", "same", 100)]);
+        assert!(
+            no_tonic.iter().any(|f| f.contains("no tonic measurement")),
+            "{no_tonic:?}"
         );
         assert_eq!(
             check(&[]).len(),
             1,
             "no measurement is a failure, not a pass"
         );
+    }
+
+    #[test]
+    fn goals_are_reported_against_the_peers_of_the_same_placement() {
+        let udp = json!({"stack": "udp", "scenario": "unary_2k", "pin": "same", "concurrency": 1, "p50_us": 11});
+        let lines = goals(&[
+            row("unary_2k", "same", 100),
+            udp,
+            tonic("same", 60),
+            tonic("split", 30),
+        ]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("UDP floor: missed (40 µs, floor 11 µs")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("ahead of tonic: met (40 µs against 60 µs)")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| l.starts_with("pin same")), "{lines:?}");
     }
 }
