@@ -63,12 +63,22 @@ impl Receiver {
             } = self;
             let mut slices: Vec<IoSliceMut<'_>> =
                 bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            // A batch that did not fill every buffer emptied the socket: say so (WouldBlock), so
+            // the runtime clears readiness now instead of us paying a `recvmmsg` that returns
+            // EAGAIN on every pass. Safe: a datagram arriving after the read raises a new edge.
+            // tokio's own TCP reads do the same after a short read.
+            let mut short = 0;
             let received = socket.try_io(Interest::READABLE, || {
-                state.recv(UdpSockRef::from(&*socket), &mut slices, meta)
+                let count = state.recv(UdpSockRef::from(&*socket), &mut slices, meta)?;
+                if count < slices.len() {
+                    short = count;
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                Ok(count)
             });
-            let count = match received {
-                Ok(count) => count,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            let (count, emptied) = match received {
+                Ok(count) => (count, false),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => (short, true),
                 // ICMP errors (a client went away) surface as receive errors on UDP: not fatal.
                 Err(error) => {
                     tracing::debug!(%error, "receive failed");
@@ -90,6 +100,9 @@ impl Receiver {
                     );
                     handled += 1;
                 }
+            }
+            if emptied {
+                break;
             }
         }
         handled
