@@ -53,16 +53,18 @@ struct Args {
     #[arg(long)]
     no_peers: bool,
     /// Sequential calls per scenario.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     calls: u64,
-    /// Calls in flight for the throughput scenarios.
-    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 256])]
+    /// Calls in flight for the throughput scenarios (2 or more; one at a time is always
+    /// measured).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 256], value_parser = in_flight)]
     concurrency: Vec<usize>,
-    /// Connections the reaper throughput scenarios spread their calls over (peers use one).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    /// Connections the reaper throughput scenarios spread their calls over, 1 to 8 (peers use
+    /// one).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8], value_parser = connections)]
     connections: Vec<usize>,
     /// Length of each throughput scenario, in seconds.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = seconds)]
     seconds: f64,
     /// A short run of everything (2,000 calls, 1 s throughput scenarios, one connection):
     /// what the CI gate uses.
@@ -173,6 +175,27 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn in_flight(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err("calls in flight must be a whole number, 2 or more".to_owned()),
+    }
+}
+
+fn connections(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=8).contains(&n) => Ok(n),
+        _ => Err("connections must be a whole number from 1 to 8".to_owned()),
+    }
+}
+
+fn seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err("seconds must be more than 0 and at most 3600".to_owned()),
+    }
 }
 
 /// How many scenarios the run will measure, for the progress bar.

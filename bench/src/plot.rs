@@ -46,6 +46,7 @@ pub fn latency_curves(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let curves: Vec<&Row> = rows
         .iter()
         .filter(|r| r.scenario == SCENARIO && r.concurrency == 1 && r.connections == 1)
+        .filter(|r| !r.histogram.is_empty())
         .collect();
     let mut pins: Vec<&str> = curves.iter().map(|r| r.pin).collect();
     pins.dedup();

@@ -165,9 +165,16 @@ impl Client {
             let (_, recv) = self.open(method, request, call, true).await?;
             let mut recv = CancelOnDrop(Some(recv));
             let mut reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
-            let message = reader.next_message(recv.stream()).await?;
-            let trailer = reader.next_message(recv.stream()).await?;
-            recv.disarm();
+            let read = async {
+                let message = reader.next_message(recv.stream()).await?;
+                Ok::<_, Error>((message, reader.next_message(recv.stream()).await?))
+            }
+            .await;
+            // A trailer, OK or not, ends the call: nothing is left to cancel.
+            if reader.done {
+                recv.disarm();
+            }
+            let (message, trailer) = read?;
             match (message, trailer) {
                 (Some(bytes), None) => {
                     Resp::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()))

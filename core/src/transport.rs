@@ -27,7 +27,8 @@ pub const CLIENT_DEAD_AFTER: std::time::Duration = std::time::Duration::from_sec
 /// Datagram size used from the first packet on loopback.
 pub const LOOPBACK_MTU: u16 = 4096;
 /// The largest datagram path MTU discovery may reach on loopback. A GSO send is one UDP
-/// datagram of at most 65,507 bytes cut into segments, and quinn batches up to 10 segments:
+/// datagram of at most 65,507 bytes cut into segments, and quinn batches up to 10 segments
+/// (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11; recheck when upgrading):
 /// above 6,550 bytes a full batch fails with EMSGSIZE and quinn counts all of it as lost.
 /// With the bound at 16 KiB, 64 calls in flight lost ~150 packets a run that way, each loss
 /// a congestion event and some a ~100 ms stall.
