@@ -25,7 +25,26 @@ const COMPLETION_P99_US: u64 = 100_000;
 /// A cache hit may cost at most this multiple of a plain call, at p99.
 const HIT_OVER_HEALTH_P99: f64 = 1.5;
 
+const HELP: &str = "\
+reaper-perf: the performance gates CI runs.
+
+Usage: reaper-perf [REAPER-BENCH OPTIONS]
+
+Runs `reaper-bench --quick --json` (from beside this binary; build both with
+`cargo build --release`), passing any options on to it, and fails (exit 1), with the
+figures, when under any placement:
+  - a unary call's p99 is 10 ms or more, or a completion's 100 ms or more;
+  - the completion cache hit's p99 is more than 1.5x Health's p99 of the same run;
+  - reaper's unary_2k p50 is not lower than tonic's of the same run;
+  - a measurement a gate needs is missing.
+A failing run is measured once more; the build fails only if both runs fail. Then it reports,
+without gating, how the run compares with the goals in docs/perf.md.";
+
 fn main() {
+    if std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
+        println!("{HELP}");
+        return;
+    }
     match run() {
         Ok(()) => {}
         Err(error) => {
