@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_uring::net::UdpSocket;
 
 use crate::receive::Receiver;
+use crate::send::Sender;
 use crate::services::{Services, TransportInfo};
 
 /// Datagrams handled in one pass before the responses go out. Small, so the client can work on
@@ -43,10 +44,12 @@ pub fn run(
         // The services' worker threads answer through this channel.
         let (mut services, mut completions) = Services::start(&config, Instant::now())?;
         let mut receiver = Receiver::new(&socket)?;
-        let socket = Rc::new(UdpSocket::from_std(socket));
+        let mut sender = Sender::new(
+            Rc::new(UdpSocket::from_std(socket)),
+            receiver.gso_segments(),
+        );
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let mut send_buffers: Vec<Vec<u8>> = Vec::new();
         let mut timer = pin!(tokio::time::sleep_until(far_future()));
         let mut armed_deadline: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
@@ -81,7 +84,7 @@ pub fn run(
             let now = Instant::now();
             serve(&mut server, &mut services, now);
             services.expire(&mut server, now);
-            send_all(&socket, &mut server, now, &mut send_buffers).await;
+            sender.send_all(&mut server, now).await;
             if let Some(deadline) = drain_deadline {
                 let settled = server.in_flight() == 0
                     && server.unacknowledged() == 0
@@ -89,7 +92,7 @@ pub fn run(
                 if settled || now >= deadline {
                     let abandoned_calls = server.in_flight();
                     server.close_all(now);
-                    send_all(&socket, &mut server, now, &mut send_buffers).await;
+                    sender.send_all(&mut server, now).await;
                     return Ok(Shutdown { abandoned_calls });
                 }
             }
@@ -156,6 +159,7 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
                     %reason,
                     datagrams_in = stats.udp_rx.datagrams,
                     datagrams_out = stats.udp_tx.datagrams,
+                    sends = stats.udp_tx.ios,
                     lost_packets = stats.path.lost_packets,
                     congestion_events = stats.path.congestion_events,
                     rtt_us = stats.path.rtt.as_micros() as u64,
@@ -171,35 +175,5 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
             }
             ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
         }
-    }
-}
-
-/// Sends everything core has queued, all submissions in flight together. Buffers come from and
-/// return to `pool`, so a steady state allocates nothing here.
-async fn send_all(
-    socket: &Rc<UdpSocket>,
-    server: &mut RpcServer,
-    now: Instant,
-    pool: &mut Vec<Vec<u8>>,
-) {
-    let mut sends = Vec::new();
-    loop {
-        let mut buf = pool.pop().unwrap_or_default();
-        let Some(transmit) = server.poll_transmit(now, 1, &mut buf) else {
-            pool.push(buf);
-            break;
-        };
-        buf.truncate(transmit.size);
-        let socket = socket.clone();
-        sends.push(async move { socket.send_to(buf, transmit.destination).await });
-    }
-    if sends.is_empty() {
-        return;
-    }
-    for (result, buf) in futures::future::join_all(sends).await {
-        if let Err(error) = result {
-            tracing::debug!(%error, "send failed");
-        }
-        pool.push(buf);
     }
 }

@@ -7,5 +7,6 @@ pub mod logging;
 pub mod metrics;
 pub mod offline;
 pub mod receive;
+pub mod send;
 pub mod services;
 pub mod state;

@@ -1,6 +1,7 @@
 //! Log output: standard error by default, or a file from `[daemon] log_file`.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -27,7 +28,11 @@ pub fn init(daemon: &DaemonConfig) -> anyhow::Result<()> {
                 .with_writer(Mutex::new(file))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only on a terminal: redirected to a file or a journal, escape codes are noise.
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }

@@ -45,6 +45,11 @@ impl Receiver {
         })
     }
 
+    /// How many datagrams one send may carry (GSO), as the kernel reported; 1 without GSO.
+    pub fn gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
     /// Resolves when datagrams are waiting.
     pub async fn readable(&self) -> std::io::Result<()> {
         self.socket.readable().await

@@ -161,6 +161,58 @@ async fn bursts_of_large_requests_lose_no_packets_once_the_mtu_has_grown() {
     );
 }
 
+/// Answers that fill several datagrams in one pass leave as GSO batches (one `sendmsg` through
+/// io_uring with a `UDP_SEGMENT` control message) and arrive whole.
+#[tokio::test]
+async fn answers_spanning_several_datagrams_go_out_as_gso_batches() {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gso = quinn_udp::UdpSocketState::new((&probe).into())
+        .unwrap()
+        .max_gso_segments();
+    if gso < 2 {
+        eprintln!("skipped: this kernel offers no UDP GSO");
+        return;
+    }
+    let daemon = Daemon::start();
+    let one = Arc::new(client(&daemon, Encoding::Json).await);
+    for _ in 0..5 {
+        // 64 Health answers of ~1 KB (JSON) are more than one 4-6 KB datagram per pass.
+        let calls = (0..64).map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move { one.health().await })
+        });
+        for result in futures::future::join_all(calls).await {
+            result.unwrap().unwrap();
+        }
+    }
+    one.close().await;
+    let started = std::time::Instant::now();
+    let line = loop {
+        let log = daemon.log();
+        if let Some(line) = log.lines().find(|l| l.contains("connection closed")) {
+            break line.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no close logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        line[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    let (datagrams, sends) = (field("datagrams_out"), field("sends"));
+    assert!(sends < datagrams, "no GSO batch: {line}");
+    assert_eq!(field("lost_packets"), 0, "{line}");
+}
+
 #[tokio::test]
 async fn a_wrong_token_is_unauthenticated_and_runs_nothing() {
     let daemon = Daemon::start();
