@@ -25,6 +25,18 @@ use crate::services::{Services, TransportInfo};
 /// client can hold up everyone else's answers.
 const MAX_DATAGRAMS_PER_PASS: usize = 8;
 
+/// Calls served in a pass before their answers are sent and the rest of the pass is served.
+/// Across CPUs the client then works on the first answers while the loop serves the others,
+/// instead of client and daemon taking turns a whole batch at a time. Alternating runs
+/// (`reaper-bench --quick --stacks reaper --concurrency 16,64,256`), calls/s, against answering
+/// a whole pass at once: two CPUs, 16 in flight 75,000–91,000 → 188,000–193,000, 64 in flight
+/// 199,000–214,000 → 300,000–306,000, 256 in flight 226,000–275,000 → 317,000–328,000. On one
+/// CPU, where nothing can overlap, the extra send costs: 16 in flight 128,000–134,000 →
+/// 101,000–102,000, 64 in flight 154,000–165,000 → 148,000–149,000 (256 in flight gains:
+/// 113,000–128,000 → 159,000–161,000). 2 measured like 4; 8 kept only half the gain at 16.
+/// One call at a time is unaffected.
+const EARLY_ANSWERS: usize = 4;
+
 /// How the loop ended.
 #[derive(Debug)]
 pub struct Shutdown {
@@ -82,7 +94,10 @@ pub fn run(
             }
 
             let now = Instant::now();
-            serve(&mut server, &mut services, now);
+            if serve(&mut server, &mut services, now, EARLY_ANSWERS) {
+                sender.send_all(&mut server, now).await;
+                serve(&mut server, &mut services, now, usize::MAX);
+            }
             services.expire(&mut server, now);
             sender.send_all(&mut server, now).await;
             if let Some(deadline) = drain_deadline {
@@ -129,16 +144,22 @@ fn begin_drain(server: &mut RpcServer, signal: &str, grace: Duration) -> Instant
     Instant::now() + grace
 }
 
-/// Hands every ready event to the services and logs connection changes.
-fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
+/// Hands ready events to the services and logs connection changes, until `max_calls` calls have
+/// been served; returns true if it stopped there (more may be waiting).
+fn serve(server: &mut RpcServer, services: &mut Services, now: Instant, max_calls: usize) -> bool {
+    let mut calls = 0;
     while let Some(event) = server.poll_event() {
         match event {
             ServerEvent::Call(call) => {
+                calls += 1;
                 let info = TransportInfo {
                     connections: server.connection_count(),
                     draining: server.is_draining(),
                 };
                 services.on_call(server, call, info, now);
+                if calls >= max_calls {
+                    return true;
+                }
             }
             ServerEvent::Rejected {
                 method,
@@ -176,4 +197,5 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant) {
             ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
         }
     }
+    false
 }
