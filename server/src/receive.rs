@@ -26,8 +26,8 @@ const BUF_LEN: usize = 65_536;
 pub struct Receiver {
     socket: tokio::net::UdpSocket,
     state: UdpSocketState,
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<RecvMeta>,
+    bufs: [Vec<u8>; BATCH],
+    meta: [RecvMeta; BATCH],
 }
 
 impl Receiver {
@@ -40,8 +40,8 @@ impl Receiver {
         Ok(Receiver {
             socket: tokio::net::UdpSocket::from_std(socket)?,
             state,
-            bufs: (0..BATCH).map(|_| vec![0; BUF_LEN]).collect(),
-            meta: vec![RecvMeta::default(); BATCH],
+            bufs: std::array::from_fn(|_| vec![0; BUF_LEN]),
+            meta: [RecvMeta::default(); BATCH],
         })
     }
 
@@ -66,8 +66,7 @@ impl Receiver {
                 bufs,
                 meta,
             } = self;
-            let mut slices: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
             // A batch that did not fill every buffer emptied the socket: say so (WouldBlock), so
             // the runtime clears readiness now instead of us paying a `recvmmsg` that returns
             // EAGAIN on every pass. Safe: a datagram arriving after the read raises a new edge.

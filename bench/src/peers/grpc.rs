@@ -8,7 +8,6 @@
 //! as tonic is usually run on loopback.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
@@ -17,7 +16,7 @@ use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-use super::{request_payload, runtime, spawn_server, RESPONSE_BYTES};
+use super::{request_payload, runtime, spawn_tcp_server, RESPONSE_BYTES};
 use crate::pin::{pin_current, Pin};
 use crate::report::{time_in_flight, time_sequential_async, Row};
 
@@ -111,25 +110,16 @@ where
 
 /// tonic on both sides, one HTTP/2 connection, `concurrency` calls at a time.
 pub fn tonic(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::Result<Row> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr: SocketAddr = listener.local_addr()?;
-    spawn_server(pin, "tonic-server", move || {
-        let Ok(rt) = runtime() else { return };
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let service = EchoServer {
-                reply: Bytes::from(vec![7u8; RESPONSE_BYTES]),
-            };
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        });
+    let addr = spawn_tcp_server(pin, "tonic-server", |listener| async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let service = EchoServer {
+            reply: Bytes::from(vec![7u8; RESPONSE_BYTES]),
+        };
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
     })?;
 
     pin_current(pin.client_cpu());

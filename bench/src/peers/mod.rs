@@ -62,6 +62,27 @@ where
     Ok(())
 }
 
+/// Runs `serve` on a loopback TCP listener, on a tokio runtime on a server thread of its own;
+/// returns the listener's address.
+fn spawn_tcp_server<F, Fut>(pin: Pin, name: &str, serve: F) -> anyhow::Result<SocketAddr>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    spawn_server(pin, name, move || {
+        let Ok(rt) = runtime() else { return };
+        rt.block_on(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                serve(listener).await;
+            }
+        });
+    })?;
+    Ok(addr)
+}
+
 /// Raw UDP ping-pong with blocking sockets.
 pub fn udp(pin: Pin, calls: u64) -> anyhow::Result<Row> {
     let server = UdpSocket::bind("127.0.0.1:0")?;
@@ -168,41 +189,31 @@ pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::
 
 /// HTTP/1.1 keep-alive with JSON bodies (hyper on both sides), one call at a time.
 pub fn http1(pin: Pin, calls: u64) -> anyhow::Result<Row> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr: SocketAddr = listener.local_addr()?;
-    spawn_server(pin, "http1-server", move || {
-        let Ok(rt) = runtime() else { return };
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            let reply = Bytes::from(json_body(RESPONSE_BYTES));
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                            let reply = reply.clone();
-                            async move {
-                                let body = req.into_body().collect().await?.to_bytes();
-                                let _: serde_json::Value =
-                                    serde_json::from_slice(&body).unwrap_or_default();
-                                Ok::<_, hyper::Error>(
-                                    hyper::Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(reply))
-                                        .expect("static response parts"),
-                                )
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+    let addr = spawn_tcp_server(pin, "http1-server", |listener| async move {
+        let reply = Bytes::from(json_body(RESPONSE_BYTES));
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let reply = reply.clone();
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let _: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(reply))
+                                .expect("static response parts"),
+                        )
+                    }
                 });
-            }
-        });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     })?;
 
     pin_current(pin.client_cpu());
