@@ -44,8 +44,8 @@ pub struct Shutdown {
     pub abandoned_calls: usize,
 }
 
-/// Runs the loop until SIGINT/SIGTERM and the drain that follows. `on_ready` is called once
-/// the socket is bound and served (the daemon writes its endpoint file then).
+/// Runs the loop on `socket` (bound already) until SIGINT/SIGTERM and the drain that follows,
+/// waiting at most `grace` for calls in flight.
 pub fn run(
     socket: std::net::UdpSocket,
     mut server: RpcServer,

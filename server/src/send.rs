@@ -13,6 +13,9 @@ use tokio_uring::net::UdpSocket;
 /// `SOL_UDP` and `UDP_SEGMENT` from `<linux/udp.h>`.
 const SOL_UDP: i32 = 17;
 const UDP_SEGMENT: i32 = 103;
+/// How a device or kernel refuses a GSO send (`<asm-generic/errno-base.h>`).
+const EIO: i32 = 5;
+const EINVAL: i32 = 22;
 
 /// Sends what core wants sent. Buffers come from and go back to a pool, so a steady state
 /// allocates nothing here.
@@ -54,9 +57,17 @@ impl Sender {
         if sends.is_empty() {
             return;
         }
-        for (result, buf) in futures::future::join_all(sends).await {
+        for (result, buf, batched) in futures::future::join_all(sends).await {
             if let Err(error) = result {
-                tracing::debug!(%error, "send failed");
+                // Some devices refuse GSO (EIO, as quinn-udp also handles): the batch is lost
+                // (QUIC resends it) and every later send is a single datagram.
+                let refused = matches!(error.raw_os_error(), Some(EIO | EINVAL));
+                if batched && refused && self.segments > 1 {
+                    tracing::warn!(%error, "GSO send failed; sending one datagram at a time from now on");
+                    self.segments = 1;
+                } else {
+                    tracing::debug!(%error, "send failed");
+                }
             }
             self.pool.push(buf);
         }
@@ -72,13 +83,16 @@ async fn send(
     buf: Vec<u8>,
     to: SocketAddr,
     segment: Option<usize>,
-) -> (std::io::Result<usize>, Vec<u8>) {
+) -> (std::io::Result<usize>, Vec<u8>, bool) {
     match segment {
-        None => socket.send_to(buf, to).await,
+        None => {
+            let (result, buf) = socket.send_to(buf, to).await;
+            (result, buf, false)
+        }
         Some(size) => {
             let control = udp_segment(size as u16);
             let (result, mut bufs, _) = socket.sendmsg(vec![buf], Some(to), Some(control)).await;
-            (result, bufs.pop().unwrap_or_default())
+            (result, bufs.pop().unwrap_or_default(), true)
         }
     }
 }
