@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use reaper_server::completion::cache::{Cached, CompletionCache, KeyParts};
-use reaper_server::offline::predict;
-use reaper_server::offline::workspace::{build_corpus, IndexLimits};
+use reaper_offline::predict;
+use reaper_offline::workspace::{build_corpus, IndexLimits};
+use reaper_server::services::completion::cache::{Cached, CompletionCache, KeyParts};
 
 const LIMITS: IndexLimits = IndexLimits {
     max_file_bytes: 1 << 20,

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use reaper_server::offline::{predict, Corpus, CorpusBuilder};
+use reaper_offline::{predict, Corpus, CorpusBuilder};
 
 /// Settings of one evaluation.
 #[derive(Debug, clap::Args)]

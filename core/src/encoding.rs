@@ -185,15 +185,18 @@ mod tests {
     #[test]
     fn json_uses_the_documented_names() {
         let json = serde_json::to_value(ProviderInfo {
-            name: "offline".into(),
+            name: "claude".into(),
+            kind: "anthropic".into(),
+            model: "claude-haiku-4-5".into(),
             status: ProviderStatus::RateLimited,
             latency_ms: 3,
             auth_status: AuthStatus::NeedsAuth,
+            message: Some("why".into()),
         })
         .unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"name":"offline","status":"rate_limited","latency_ms":3,"auth_status":"needs_auth"})
+            serde_json::json!({"name":"claude","kind":"anthropic","model":"claude-haiku-4-5","status":"rate_limited","latency_ms":3,"auth_status":"needs_auth","message":"why"})
         );
     }
 }

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod rpc;
 pub mod schema;
 pub mod status;
+pub mod text;
 pub mod transport;
 pub mod wire;
 

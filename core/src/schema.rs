@@ -221,15 +221,39 @@ wire_type! {
 // ---- reaper.Provider ----
 
 wire_type! {
-    /// Whether a provider can take work now.
+    /// Whether a provider can take work now (`checking` and `disabled` added: the design note
+    /// has the first three).
+    #[derive(Copy, Eq)]
     #[serde(rename_all = "snake_case")]
-    pub enum ProviderStatus { Available, Unavailable, RateLimited }
+    pub enum ProviderStatus {
+        /// Answering.
+        Available,
+        /// Not reachable, failing, without its model, or without working credentials: the
+        /// provider's `message` says which.
+        Unavailable,
+        /// It asked to slow down; asked again after its `Retry-After`.
+        RateLimited,
+        /// Not checked yet (the first probe runs at start).
+        Checking,
+        /// `enabled = false` in `reaper.toml`.
+        Disabled,
+    }
 }
 
 wire_type! {
-    /// Whether the daemon holds working credentials for a provider.
+    /// Whether the daemon holds working credentials for a provider (`not_required` added).
+    #[derive(Copy, Eq)]
     #[serde(rename_all = "snake_case")]
-    pub enum AuthStatus { Authenticated, NeedsAuth, Expired }
+    pub enum AuthStatus {
+        /// Credentials are configured and were not refused.
+        Authenticated,
+        /// No credentials, or they were refused: the provider's `message` says what to do.
+        NeedsAuth,
+        /// Credentials that worked were refused later (revoked or expired).
+        Expired,
+        /// The provider takes no credentials (a local server, the offline model).
+        NotRequired,
+    }
 }
 
 wire_type! {
@@ -237,12 +261,22 @@ wire_type! {
     pub struct ProviderInfo {
         /// Its name in `reaper.toml`, e.g. `offline`.
         pub name: String,
+        /// The API it speaks: `offline`, `ollama`, `openai`, `anthropic`, `copilot` (added).
+        #[serde(default)]
+        pub kind: String,
+        /// The model it asks (added).
+        #[serde(default)]
+        pub model: String,
         /// Whether it can take work now.
         pub status: ProviderStatus,
         /// Its measured latency (moving average), in milliseconds.
         pub latency_ms: u32,
         /// Whether its credentials work.
         pub auth_status: AuthStatus,
+        /// Why it is not plainly available, or what the user should know although it is
+        /// (added).
+        #[serde(default)]
+        pub message: Option<String>,
     }
 }
 
@@ -327,6 +361,30 @@ wire_type! {
         pub latency: LatencySummary,
         /// The completion cache.
         pub cache: CacheStats,
+        /// Each provider's record (added).
+        #[serde(default)]
+        pub providers: Vec<ProviderStats>,
+    }
+}
+
+wire_type! {
+    /// One provider's completions since the daemon started.
+    pub struct ProviderStats {
+        /// Its name in `reaper.toml`.
+        pub name: String,
+        /// Completions it answered.
+        pub answered: u64,
+        /// Completions it failed (error status, unreachable, malformed, out of time).
+        pub errors: u64,
+        /// Completions abandoned while it worked on them: cancelled, superseded or out of time,
+        /// or another provider answered first.
+        pub cancelled: u64,
+        /// Times it had not answered by its p95 latency and the next provider was asked too.
+        pub hedged: u64,
+        /// Median answer latency over its recent answers, in microseconds (0: none yet).
+        pub p50_us: u64,
+        /// 95th percentile of the same.
+        pub p95_us: u64,
     }
 }
 

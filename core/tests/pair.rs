@@ -266,6 +266,7 @@ fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
                     evictions: 0,
                     typed_through: 0,
                 },
+                providers: vec![],
             };
             let encoding = call.encoding;
             let sent = server.respond(call.id, |out| {

@@ -44,6 +44,15 @@ fn example_response() -> HealthResponse {
             evictions: 0,
             typed_through: 1,
         },
+        providers: vec![ProviderStats {
+            name: "offline".into(),
+            answered: 3,
+            errors: 0,
+            cancelled: 0,
+            hedged: 0,
+            p50_us: 96,
+            p95_us: 180,
+        }],
     }
 }
 

@@ -1,12 +1,9 @@
-//! `reaperd`, the daemon: an io_uring event loop driving reaper's sans-IO core, the services
-//! behind it, and the state directory that lets clients reach it safely.
+//! `reaperd`, the daemon: an io_uring event loop driving reaper's sans-IO core ([`io`]), the
+//! services behind it, one room each ([`services`]), and the state directory that lets clients
+//! reach it safely ([`state`]).
 
-pub mod completion;
-pub mod event_loop;
+pub mod io;
 pub mod logging;
 pub mod metrics;
-pub mod offline;
-pub mod receive;
-pub mod send;
 pub mod services;
 pub mod state;

@@ -9,8 +9,9 @@ use clap::Parser;
 use reaper_core::config::Config;
 use reaper_core::rpc::{RpcServer, ServerSettings};
 use reaper_core::{paths, transport};
+use reaper_server::io::event_loop;
+use reaper_server::logging;
 use reaper_server::state::StateDir;
-use reaper_server::{event_loop, logging};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,24 +1,36 @@
-//! The services behind the RPC state machine, and the routing of calls to them.
+//! The services behind the RPC state machine, one room each, and the routing of calls to
+//! them.
 //!
-//! Health and Provider are answered inline, on the event loop, in the same pass that decoded the
-//! request: they touch only in-memory state. Completion answers cache hits inline and sends
-//! misses to its workers (see [`crate::completion`]). Chat and Agent are routed but not built
-//! yet; they answer UNIMPLEMENTED with a message rather than anything that looks like output.
+//! Each room (`health`, `provider`, `completion`; `chat` and `agent` when they are built) is a
+//! module with one service type that the router calls with the call and the state machine.
+//! Health and Provider are answered inline, on the event loop, in the same pass that decoded
+//! the request: they touch only memory. Completion answers cache hits inline and sends misses
+//! to the provider pool, which runs on a tokio runtime of its own (`[rpc] worker_threads`
+//! threads: reqwest needs tokio, and the loop must never wait on a provider). Whatever work
+//! leaves the loop comes back on one channel, as a [`Finished`]. Chat and Agent are routed but
+//! not built yet; they answer UNIMPLEMENTED with a message rather than anything that looks
+//! like output.
+
+pub mod completion;
+pub mod errors;
+pub mod health;
+pub mod provider;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use reaper_core::config::Config;
 use reaper_core::encoding::access_archived;
 use reaper_core::rpc::{CallId, ConnId, IncomingCall, RpcServer};
 use reaper_core::schema::*;
 use reaper_core::{Code, Encoding, Method, Status, WireMessage};
+use reaper_providers::{Pool, DELAY_ENV};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::completion::pool::DELAY_ENV;
-use crate::completion::{CompletionService, JobDone, OfflineProvider, Outcome, ProviderPool};
+use self::completion::{CompletionService, JobDone, Outcome};
+use self::health::{HealthService, Snapshot};
+use self::provider::ProviderService;
 use crate::metrics::Metrics;
-use crate::offline::{IndexLimits, Workspaces};
 
 /// What the services need to know about the transport when answering.
 #[derive(Debug, Clone, Copy)]
@@ -29,30 +41,64 @@ pub struct TransportInfo {
     pub draining: bool,
 }
 
+/// Work that left the loop, finished: the one kind of message on the services' channel.
+#[derive(Debug)]
+pub enum Finished {
+    /// A completion the pool answered (or failed).
+    Completion(JobDone),
+}
+
 /// All services, owned by the event loop.
 #[derive(Debug)]
 pub struct Services {
-    started: Instant,
     metrics: Metrics,
-    pool: Arc<ProviderPool>,
+    health: HealthService,
+    provider: ProviderService,
     completion: CompletionService,
+    pool: Arc<Pool>,
+    /// Held for its threads; shut down without waiting when the services go.
+    _runtime: ProviderRuntime,
+}
+
+/// The runtime providers run on. A multi-threaded tokio runtime cannot be dropped from inside
+/// another runtime (the loop's), so it is shut down in the background instead.
+#[derive(Debug)]
+struct ProviderRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ProviderRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Why the services could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The provider runtime's threads could not be started.
+    #[error("cannot start the provider threads: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// A provider could not be set up.
+    #[error(transparent)]
+    Providers(#[from] reaper_providers::BuildError),
 }
 
 impl Services {
-    /// Services for a daemon that started at `started`, with their worker threads; the
-    /// receiver yields the workers' answers, for the event loop to pass to
-    /// [`Services::on_completion_done`].
+    /// Services for a daemon that started at `started`, with the provider runtime and its
+    /// background probes running; the receiver yields finished work, for the event loop to pass
+    /// to [`Services::on_finished`].
     pub fn start(
         config: &Config,
         started: Instant,
-    ) -> std::io::Result<(Services, UnboundedReceiver<JobDone>)> {
-        let offline = &config.providers.offline;
-        let workspaces = Workspaces::new(IndexLimits {
-            max_file_bytes: offline.max_file_bytes.get() as u64,
-            max_workspace_bytes: offline.max_workspace_bytes.get() as usize,
-        });
-        let mut pool =
-            ProviderPool::new(Arc::new(OfflineProvider::new(workspaces, &offline.roots)));
+    ) -> Result<(Services, UnboundedReceiver<Finished>), StartError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.rpc.worker_threads.get() as usize)
+            .thread_name("provider")
+            .enable_all()
+            .build()?;
+        let mut pool = Pool::from_config(&config.providers, &|k| std::env::var(k).ok())?;
         if let Some(ms) = std::env::var(DELAY_ENV)
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
@@ -60,24 +106,32 @@ impl Services {
             tracing::warn!(
                 "{DELAY_ENV}={ms}: every completion is delayed by {ms} ms (fault injection)"
             );
-            pool = pool.with_injected_delay(std::time::Duration::from_millis(ms));
+            pool = pool.with_injected_delay(Duration::from_millis(ms));
         }
         let pool = Arc::new(pool);
-        let workers = config.rpc.worker_threads.get() as usize;
-        let (completion, done) = CompletionService::start(config, pool.clone(), workers)?;
+        runtime.spawn(pool.clone().watch());
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let completion =
+            CompletionService::new(config, pool.clone(), runtime.handle().clone(), done_tx);
         let services = Services {
-            started,
             metrics: Metrics::default(),
-            pool,
+            health: HealthService::new(started),
+            provider: ProviderService::new(pool.clone()),
             completion,
+            pool,
+            _runtime: ProviderRuntime(Some(runtime)),
         };
-        Ok((services, done))
+        Ok((services, done_rx))
     }
 
-    /// A worker finished a completion.
-    pub fn on_completion_done(&mut self, server: &mut RpcServer, done: JobDone, now: Instant) {
-        if let Some((status, received_at)) = self.completion.on_done(server, done, now) {
-            self.record(Some(Method::CompletionComplete), &status, received_at, now);
+    /// Work that left the loop has finished.
+    pub fn on_finished(&mut self, server: &mut RpcServer, finished: Finished, now: Instant) {
+        match finished {
+            Finished::Completion(done) => {
+                if let Some((status, received_at)) = self.completion.on_done(server, done, now) {
+                    self.record(Some(Method::CompletionComplete), &status, received_at, now);
+                }
+            }
         }
     }
 
@@ -129,18 +183,20 @@ impl Services {
             match call.method {
                 Method::HealthCheck => match validate::<HealthRequest>(&call) {
                     Ok(()) => {
-                        let response = self.health(info, now);
+                        let snapshot = Snapshot {
+                            metrics: &self.metrics,
+                            connections: info.connections,
+                            draining: info.draining,
+                            cache: self.completion.cache_stats(),
+                            providers: self.pool.stats(),
+                        };
+                        let response = self.health.check(snapshot, now);
                         reply(server, &call, &response)
                     }
                     Err(status) => server.finish(call.id, &status).then_some(status),
                 },
                 Method::ProviderList => match validate::<ProviderListRequest>(&call) {
-                    Ok(()) => {
-                        let response = ProviderListResponse {
-                            providers: self.pool.list(),
-                        };
-                        reply(server, &call, &response)
-                    }
+                    Ok(()) => reply(server, &call, &self.provider.list()),
                     Err(status) => server.finish(call.id, &status).then_some(status),
                 },
                 Method::CompletionComplete => {
@@ -199,34 +255,6 @@ impl Services {
             message = %status.message,
             "call"
         );
-    }
-
-    fn health(&self, info: TransportInfo, now: Instant) -> HealthResponse {
-        HealthResponse {
-            status: if info.draining {
-                ServingStatus::Draining
-            } else {
-                ServingStatus::Serving
-            },
-            version: reaper_core::VERSION.to_owned(),
-            uptime_s: now.saturating_duration_since(self.started).as_secs(),
-            connections: info.connections as u32,
-            requests: self.metrics.requests(),
-            errors: self.metrics.errors(),
-            error_rate: self.metrics.error_rate(),
-            calls: self.metrics.per_method(),
-            latency: self.metrics.latency(),
-            cache: {
-                let (c, entries) = self.completion.cache_stats();
-                CacheStats {
-                    entries: entries as u64,
-                    hits: c.hits,
-                    misses: c.misses,
-                    evictions: c.evictions,
-                    typed_through: c.typed_through,
-                }
-            },
-        }
     }
 }
 

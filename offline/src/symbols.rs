@@ -1,7 +1,7 @@
 //! Completing the identifier at the cursor from the editor's symbols (the request's
 //! `context.lsp_symbols`), for when the workspace's text has no evidence.
 
-use super::Prediction;
+use crate::Prediction;
 
 /// Shortest partial identifier worth completing: one character matches too much.
 const MIN_TYPED: usize = 2;

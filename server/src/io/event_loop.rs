@@ -4,7 +4,7 @@
 //! arrival order), serves the calls that became ready (inline, before anything is sent, so ACKs
 //! ride on responses), then sends every datagram core wants out as one batch of io_uring
 //! submissions, and re-arms the timer only when core's next deadline changes. No locks: the loop
-//! owns the state machine and the services; worker threads answer through one channel.
+//! owns the state machine and the services; provider work answers through one channel.
 
 use std::pin::pin;
 use std::rc::Rc;
@@ -14,8 +14,8 @@ use reaper_core::rpc::{RpcServer, ServerEvent};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_uring::net::UdpSocket;
 
-use crate::receive::Receiver;
-use crate::send::Sender;
+use super::receive::Receiver;
+use super::send::Sender;
 use crate::services::{Services, TransportInfo};
 
 /// Datagrams handled in one pass before the responses go out. Small, so the client can work on
@@ -53,8 +53,8 @@ pub fn run(
     grace: Duration,
 ) -> anyhow::Result<Shutdown> {
     tokio_uring::start(async move {
-        // The services' worker threads answer through this channel.
-        let (mut services, mut completions) = Services::start(&config, Instant::now())?;
+        // Work that leaves the loop (provider calls) comes back on this channel.
+        let (mut services, mut finished) = Services::start(&config, Instant::now())?;
         let mut receiver = Receiver::new(&socket)?;
         let mut sender = Sender::new(
             Rc::new(UdpSocket::from_std(socket)),
@@ -81,11 +81,11 @@ pub fn run(
                     armed_deadline = None;
                     server.handle_timeout(Instant::now());
                 }
-                Some(done) = completions.recv() => {
+                Some(done) = finished.recv() => {
                     let now = Instant::now();
-                    services.on_completion_done(&mut server, done, now);
-                    while let Ok(done) = completions.try_recv() {
-                        services.on_completion_done(&mut server, done, now);
+                    services.on_finished(&mut server, done, now);
+                    while let Ok(done) = finished.try_recv() {
+                        services.on_finished(&mut server, done, now);
                     }
                 }
                 Ok(()) = receiver.readable() => {

@@ -13,6 +13,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod providers;
+pub use providers::{
+    OfflineConfig, OfflineKind, ProviderKind, ProvidersConfig, RemoteProvider, RemoteSettings,
+    COPILOT_DEFAULT_MODEL, DEFAULT_OLLAMA_KEEP_ALIVE, OFFLINE,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -196,37 +202,6 @@ impl Default for CompletionConfig {
         CompletionConfig {
             max_prefix_bytes: nonzero32(1024 * 1024),
             max_suffix_bytes: nonzero32(1024 * 1024),
-        }
-    }
-}
-
-/// `[providers]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProvidersConfig {
-    /// `[providers.offline]`: the embedded provider, always present.
-    pub offline: OfflineConfig,
-}
-
-/// `[providers.offline]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct OfflineConfig {
-    /// Directories indexed from the start, besides the workspace (git root) of each file
-    /// completed.
-    pub roots: Vec<String>,
-    /// Files larger than this are not indexed (generated code, data).
-    pub max_file_bytes: NonZeroU32,
-    /// A workspace stops being indexed past this many bytes of text.
-    pub max_workspace_bytes: NonZeroU32,
-}
-
-impl Default for OfflineConfig {
-    fn default() -> Self {
-        OfflineConfig {
-            roots: Vec::new(),
-            max_file_bytes: nonzero32(1024 * 1024),
-            max_workspace_bytes: nonzero32(256 * 1024 * 1024),
         }
     }
 }
@@ -427,7 +402,7 @@ mod shipped_file {
     /// true.
     #[test]
     fn the_shipped_reaper_toml_is_the_defaults() {
-        let text = include_str!("../../reaper.toml");
+        let text = include_str!("../../../reaper.toml");
         assert_eq!(
             Config::from_toml(text, "reaper.toml").unwrap(),
             Config::default()

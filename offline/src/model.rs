@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use memchr::memmem;
+use reaper_core::text::tail;
 
-use super::corpus::Corpus;
+use crate::corpus::Corpus;
 
 /// Bytes of the prefix used as the query.
 const MAX_QUERY: usize = 256;
@@ -128,15 +129,6 @@ pub fn predict(
     })
 }
 
-/// The last `max` bytes of `s`, cut at a character boundary.
-pub fn tail(s: &str, max: usize) -> &str {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
 /// Length of the longest suffix of `query` that occurs in `haystack`.
 fn longest_local_match(haystack: &[u8], query: &[u8]) -> usize {
     let (mut lo, mut hi) = (0usize, query.len().min(haystack.len()));
@@ -210,19 +202,10 @@ fn trim_against_suffix<'a>(completion: &'a [u8], suffix: &str) -> &'a [u8] {
     completion
 }
 
-/// The first `max` bytes of `s`, cut at a character boundary.
-pub fn head(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offline::corpus::CorpusBuilder;
+    use crate::corpus::CorpusBuilder;
     use std::path::PathBuf;
 
     fn corpus(files: &[&str]) -> Corpus {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use super::corpus::{Corpus, CorpusBuilder};
+use crate::corpus::{Corpus, CorpusBuilder};
 
 /// How long changes settle before the index is rebuilt.
 pub const REBUILD_DEBOUNCE: Duration = Duration::from_millis(300);

@@ -1,59 +1,55 @@
-//! `Completion.complete`: the fast path on the event loop, and everything else on workers.
+//! `Completion.complete`: the fast path on the event loop, and everything else on the
+//! provider runtime.
 //!
 //! On the loop, in the pass that decoded the request: validate it (rkyv in place), answer from
-//! the cache or by typing through the last suggestion — no thread hop. A miss becomes a job for
-//! the worker threads, which ask the provider pool; the answer comes back to the loop over a
-//! channel, is sent, and is cached. The loop keeps every call in flight with its deadline and a
-//! cancel flag: a deadline that passes ends the call with DEADLINE_EXCEEDED, a client's reset
-//! ends it quietly, and a newer completion for the same file on the same connection ends it
-//! with CANCELLED; in each case the flag tells the worker to stop. Each job carries a sequence
-//! number, so a result that arrives for a call that has since ended (and whose stream id a new
-//! call reuses) is recognised and dropped.
+//! the cache or by typing through the last suggestion — no thread hop. A miss becomes a task on
+//! the provider runtime, which asks the provider pool; the answer comes back to the loop over
+//! the services' one channel, is sent, and is cached. The loop keeps every call in flight with
+//! its deadline and its task: a deadline that passes ends the call with DEADLINE_EXCEEDED, a
+//! client's reset ends it quietly, and a newer completion for the same file on the same
+//! connection ends it with CANCELLED; in each case the task is aborted, which drops its HTTP
+//! requests, which closes their connections, which stops the model generating. Each task
+//! carries a sequence number, so a result that arrives for a call that has since ended (and
+//! whose stream id a new call reuses) is recognised and dropped.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use reaper_core::config::Config;
 use reaper_core::encoding::access_archived;
 use reaper_core::rpc::{CallId, ConnId, IncomingCall, RpcServer};
 use reaper_core::schema::{CompletionRequest, CompletionResponse};
 use reaper_core::{Code, Encoding, Status, WireMessage};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use reaper_providers::{Answer, Pool};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
 
 use super::cache::{
     CacheCounters, Cached, CompletionCache, KeyParts, OwnedKey, TypingContext, TypingRef,
     TypingThrough,
 };
-use super::pool::{Answer, ProviderError, ProviderPool};
+use crate::services::errors::pool_status;
+use crate::services::Finished;
 
-/// A miss handed to a worker.
-struct Job {
-    id: CallId,
-    seq: u64,
-    request: CompletionRequest,
-    deadline: Instant,
-    cancel: Arc<AtomicBool>,
-}
-
-/// A worker's answer, back on the loop.
+/// A miss's answer, back on the loop.
 #[derive(Debug)]
 pub struct JobDone {
     id: CallId,
     seq: u64,
-    result: Result<Answer, ProviderError>,
+    result: Result<Answer, Status>,
 }
 
-/// A call waiting for a worker.
+/// A call waiting for the pool.
 struct Pending {
     seq: u64,
     deadline: Instant,
     received_at: Instant,
-    cancel: Arc<AtomicBool>,
+    task: AbortHandle,
     file: Option<Box<str>>,
     key: Option<OwnedKey>,
     typing: Option<TypingContext>,
@@ -98,7 +94,9 @@ pub struct CompletionService {
     by_file: HashMap<(ConnId, u64), (Box<str>, CallId)>,
     /// Calls ended as a side effect (superseded), waiting to be counted.
     side_endings: Vec<Ended>,
-    jobs: mpsc::Sender<Job>,
+    pool: Arc<Pool>,
+    runtime: tokio::runtime::Handle,
+    done: UnboundedSender<Finished>,
     next_seq: u64,
     key_prefix: usize,
     key_suffix: usize,
@@ -116,21 +114,13 @@ impl std::fmt::Debug for CompletionService {
 }
 
 impl CompletionService {
-    /// The service, its `workers` threads, and the channel their answers come back on.
-    pub fn start(
+    /// The service: misses go to `pool` on `runtime`, and their answers come back on `done`.
+    pub fn new(
         config: &Config,
-        pool: Arc<ProviderPool>,
-        workers: usize,
-    ) -> std::io::Result<(CompletionService, UnboundedReceiver<JobDone>)> {
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        for n in 0..workers.max(1) {
-            let (job_rx, done_tx, pool) = (job_rx.clone(), done_tx.clone(), pool.clone());
-            std::thread::Builder::new()
-                .name(format!("completion-worker-{n}"))
-                .spawn(move || work(&job_rx, &done_tx, &pool))?;
-        }
+        pool: Arc<Pool>,
+        runtime: tokio::runtime::Handle,
+        done: UnboundedSender<Finished>,
+    ) -> CompletionService {
         let cache = config.cache.enabled.then(|| {
             CompletionCache::new(
                 NonZeroUsize::new(config.cache.max_size.get() as usize)
@@ -138,21 +128,22 @@ impl CompletionService {
                 Duration::from_secs(config.cache.ttl.get()),
             )
         });
-        let service = CompletionService {
+        CompletionService {
             cache,
             typing: TypingThrough::default(),
             pending: HashMap::new(),
             by_file: HashMap::new(),
             side_endings: Vec::new(),
-            jobs,
+            pool,
+            runtime,
+            done,
             next_seq: 0,
             key_prefix: config.cache.key_prefix_bytes.get() as usize,
             key_suffix: config.cache.key_suffix_bytes as usize,
             max_prefix: config.completion.max_prefix_bytes.get() as usize,
             max_suffix: config.completion.max_suffix_bytes.get() as usize,
             timeout: Duration::from_millis(config.rpc.completion_timeout.get()),
-        };
-        Ok((service, done_rx))
+        }
     }
 
     /// Cache counters and size, for `Health.check`.
@@ -198,7 +189,7 @@ impl CompletionService {
                     FastPath::Miss(plan) => plan,
                 };
                 match rkyv::deserialize::<CompletionRequest, rkyv::rancor::Error>(r) {
-                    Ok(owned) => self.dispatch(server, call, plan, owned),
+                    Ok(owned) => self.dispatch(call, plan, owned),
                     Err(e) => fail(server, call.id, bad(&e)),
                 }
             }
@@ -215,7 +206,7 @@ impl CompletionService {
                 };
                 match self.fast_path(server, call, now, &view) {
                     FastPath::Done(outcome) => outcome,
-                    FastPath::Miss(plan) => self.dispatch(server, call, plan, r),
+                    FastPath::Miss(plan) => self.dispatch(call, plan, r),
                 }
             }
         }
@@ -274,30 +265,39 @@ impl CompletionService {
         }
     }
 
-    /// Queues a miss for the workers.
+    /// Hands a miss to the pool, on the provider runtime.
     fn dispatch(
         &mut self,
-        server: &mut RpcServer,
         call: &IncomingCall,
         plan: MissPlan,
         request: CompletionRequest,
     ) -> Outcome {
         let limit = call.received_at + self.timeout;
         let deadline = call.deadline.map_or(limit, |d| d.min(limit));
-        let cancel = Arc::new(AtomicBool::new(false));
         let seq = self.next_seq;
         self.next_seq += 1;
-        let job = Job {
-            id: call.id,
-            seq,
-            request,
-            deadline,
-            cancel: cancel.clone(),
-        };
-        if self.jobs.send(job).is_err() {
-            let status = Status::new(Code::Unavailable, "no completion worker is running");
-            return fail(server, call.id, status);
-        }
+        let (id, pool, done) = (call.id, self.pool.clone(), self.done.clone());
+        let task = self.runtime.spawn(async move {
+            // A bug in a provider must cost one call, not the answer to it.
+            let result = match AssertUnwindSafe(pool.complete(&request, deadline))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => Err(pool_status(&error)),
+                Err(_) => {
+                    tracing::error!(
+                        "a completion provider panicked; the call fails, the daemon goes on"
+                    );
+                    Err(Status::new(
+                        Code::Internal,
+                        "a provider panicked (a bug; see the daemon log)",
+                    ))
+                }
+            };
+            // The loop is gone only at shutdown, when nobody waits for this answer.
+            let _ = done.send(Finished::Completion(JobDone { id, seq, result }));
+        });
         if let Some(file) = &plan.file {
             let key = (call.id.connection(), file_hash(file));
             self.by_file.insert(key, (file.clone(), call.id));
@@ -308,7 +308,7 @@ impl CompletionService {
                 seq,
                 deadline,
                 received_at: call.received_at,
-                cancel,
+                task: task.abort_handle(),
                 file: plan.file,
                 key: plan.key,
                 typing: plan.typing,
@@ -357,7 +357,7 @@ impl CompletionService {
         let old = *old;
         self.by_file.remove(&key);
         if let Some(pending) = self.pending.remove(&old) {
-            pending.cancel.store(true, Ordering::Relaxed);
+            pending.task.abort();
             let status = Status::new(
                 Code::Cancelled,
                 "superseded by a newer completion for the same file",
@@ -386,16 +386,7 @@ impl CompletionService {
         }
         let answer = match done.result {
             Ok(answer) => answer,
-            Err(error) => {
-                let status = match error {
-                    ProviderError::Cancelled => deadline_status(),
-                    other => Status::new(
-                        Code::Unavailable,
-                        format!("no provider could complete: {other}"),
-                    ),
-                };
-                return self.end(server, done.id, pending.received_at, status);
-            }
+            Err(status) => return self.end(server, done.id, pending.received_at, status),
         };
         let cached = Cached {
             completion: answer.proposal.text,
@@ -443,7 +434,7 @@ impl CompletionService {
     /// The client cancelled a call: stop its work. Returns when it arrived, if it was ours.
     pub fn on_cancelled(&mut self, id: CallId) -> Option<Instant> {
         let pending = self.pending.remove(&id)?;
-        pending.cancel.store(true, Ordering::Relaxed);
+        pending.task.abort();
         self.forget_file(&pending, id);
         Some(pending.received_at)
     }
@@ -471,7 +462,7 @@ impl CompletionService {
         let mut ended = Vec::new();
         for id in due {
             if let Some(pending) = self.pending.remove(&id) {
-                pending.cancel.store(true, Ordering::Relaxed);
+                pending.task.abort();
                 self.forget_file(&pending, id);
                 ended.extend(self.end(server, id, pending.received_at, deadline_status()));
             }
@@ -535,39 +526,5 @@ fn respond(
     }) {
         Some(status) => Outcome::Answered(status),
         None => Outcome::Gone,
-    }
-}
-
-fn work(jobs: &Mutex<mpsc::Receiver<Job>>, done: &UnboundedSender<JobDone>, pool: &ProviderPool) {
-    loop {
-        // Only idle workers wait on this lock; it is released before the work starts.
-        let job = {
-            let Ok(rx) = jobs.lock() else { return };
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
-        if job.cancel.load(Ordering::Relaxed) {
-            continue;
-        }
-        // A bug in a provider must cost one call, not a worker.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            pool.complete(&job.request, job.deadline, &job.cancel)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!("a completion provider panicked; the call fails, the worker goes on");
-            Err(ProviderError::Failed(
-                "the provider panicked (a bug; see the daemon log)".into(),
-            ))
-        });
-        let reply = JobDone {
-            id: job.id,
-            seq: job.seq,
-            result,
-        };
-        if done.send(reply).is_err() {
-            return;
-        }
     }
 }

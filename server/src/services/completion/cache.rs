@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use reaper_core::rpc::ConnId;
 
-use crate::offline::model::{head, tail};
+use reaper_core::text::{head, tail};
 
 /// What a completion request is looked up by.
 #[derive(Debug, Clone, Copy)]

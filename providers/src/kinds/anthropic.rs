@@ -1,0 +1,286 @@
+//! `kind = "anthropic"`: Anthropic's Messages API (and servers that speak it, such as
+//! llama.cpp's `/v1/messages`).
+//!
+//! Claude models are chat models, so a completion is a hole-filling request: the file with a
+//! `<CURSOR>` marker, and an instruction to answer with exactly the code that goes there. The
+//! answer streams as server-sent events: `message_start`, `content_block_start`,
+//! `content_block_delta` (`text_delta`), `content_block_stop`, `message_delta`,
+//! `message_stop`, with `ping`s between and `error` (e.g. `overloaded_error`) in place of
+//! the rest. The probe lists `/v1/models`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{role_name, Remote};
+use crate::error::ProviderError;
+use crate::http::{Body, DEFAULT_RETRY_AFTER};
+use crate::kinds::openai::{proposal, ModelList};
+use crate::prompt::{self, Around};
+use crate::provider::{
+    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Provider,
+};
+use crate::stream::{SseItem, SseReader};
+
+/// The API version this client speaks (sent as `anthropic-version`).
+const API_VERSION: &str = "2023-06-01";
+/// Largest streamed answer accepted, in bytes.
+const MAX_STREAM: usize = 32 * 1024 * 1024;
+
+/// An Anthropic provider.
+#[derive(Debug)]
+pub struct Anthropic {
+    remote: Remote,
+}
+
+impl Anthropic {
+    pub(crate) fn new(remote: Remote) -> Anthropic {
+        Anthropic { remote }
+    }
+
+    fn with_headers(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let request = request.header("anthropic-version", API_VERSION);
+        Ok(match self.remote.key()? {
+            Some(key) => request.header("x-api-key", key.header("")),
+            None => request,
+        })
+    }
+
+    /// Starts a `/v1/messages` stream.
+    async fn messages(&self, body: serde_json::Value) -> Result<Deltas, ProviderError> {
+        let url = self.remote.url("/v1/messages");
+        let request = self.with_headers(self.remote.http.post_json(&url, &body))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        Ok(Deltas {
+            events: SseReader::new(Body::new(&url, response, MAX_STREAM)),
+        })
+    }
+
+    async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
+        let around = Around::of(input.request);
+        let body = json!({
+            "model": self.remote.settings.model,
+            "max_tokens": self.remote.settings.max_tokens.get(),
+            "temperature": 0.0,
+            "system": prompt::HOLE_FILLER_SYSTEM,
+            "messages": [{"role": "user", "content": prompt::hole_filler_user(input.request, around)}],
+            "stream": true,
+        });
+        let mut deltas = self.messages(body).await?;
+        let mut text = String::new();
+        while let Some(delta) = deltas.next().await? {
+            text.push_str(&delta);
+        }
+        Ok(proposal(prompt::strip_fences(&text).to_owned()))
+    }
+
+    async fn chat_inner<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> Result<ChatStream<'a>, ProviderError> {
+        // The Messages API takes the system prompt apart and only user/assistant turns.
+        let mut system: Vec<&str> = input.system.into_iter().collect();
+        let mut messages = Vec::new();
+        for m in input.messages {
+            match role_name(&m.role) {
+                "system" => system.push(&m.content),
+                role => messages.push(json!({"role": role, "content": m.content})),
+            }
+        }
+        let mut body = json!({
+            "model": self.remote.settings.model,
+            "max_tokens": input.max_tokens,
+            "messages": messages,
+            "stream": true,
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        let deltas = self.messages(body).await?;
+        Ok(Box::pin(futures::stream::try_unfold(
+            deltas,
+            |mut deltas| async move { Ok(deltas.next().await?.map(|delta| (delta, deltas))) },
+        )))
+    }
+
+    async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
+        let url = self.remote.url("/v1/models");
+        let request = self.with_headers(self.remote.http.get(&url))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        let models: ModelList = Body::new(&url, response, crate::http::MAX_BODY)
+            .json()
+            .await?;
+        if !self
+            .remote
+            .model_listed(models.data.iter().map(|m| m.id.as_str()))
+        {
+            let served: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).take(10).collect();
+            return Err(ProviderError::ModelNotFound {
+                url,
+                model: self.remote.settings.model.clone(),
+                detail: format!(
+                    "the API lists {served:?}: set model in [providers.{}] to one of them",
+                    self.remote.name
+                ),
+            });
+        }
+        Ok(ProbeReport {
+            note: Some(
+                "a chat model: completions are asked as a fill-in-the-hole instruction".to_owned(),
+            ),
+        })
+    }
+}
+
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        &self.remote.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn model(&self) -> &str {
+        &self.remote.settings.model
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: true,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        input: CompletionInput<'a>,
+    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+        Box::pin(self.complete_inner(input))
+    }
+
+    fn chat<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+        Box::pin(self.chat_inner(input))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+        Box::pin(self.probe_inner())
+    }
+}
+
+/// The text deltas of a Messages stream.
+struct Deltas {
+    events: SseReader,
+}
+
+impl Deltas {
+    /// The next piece of text; `None` after `message_stop`.
+    async fn next(&mut self) -> Result<Option<String>, ProviderError> {
+        loop {
+            let item = self.events.next_json::<serde_json::Value>().await?;
+            let url = self.events.url().to_owned();
+            let (name, value) = match item {
+                None => {
+                    return Err(ProviderError::Dropped {
+                        url,
+                        detail: "no message_stop".to_owned(),
+                    })
+                }
+                Some(SseItem::Done) => return Ok(None),
+                Some(SseItem::Data { event, data }) => (event, data),
+            };
+            // Anthropic sends `{"type": "error", "error": {...}}`; llama.cpp's `/v1/messages`
+            // sends its bare error object under `event: error`.
+            if name == "error" || value.get("type").and_then(|t| t.as_str()) == Some("error") {
+                let body = value.get("error").cloned().unwrap_or(value);
+                let error: ErrorBody = serde_json::from_value(body).unwrap_or_default();
+                return Err(match error.kind.as_str() {
+                    "overloaded_error" | "rate_limit_error" => ProviderError::RateLimited {
+                        url,
+                        status: if error.kind == "overloaded_error" {
+                            529
+                        } else {
+                            429
+                        },
+                        retry_after: DEFAULT_RETRY_AFTER,
+                        message: error.message,
+                    },
+                    _ => ProviderError::Stream {
+                        url,
+                        message: format!("{}: {}", error.kind, error.message),
+                    },
+                });
+            }
+            let event: Event =
+                serde_json::from_value(value).map_err(|e| ProviderError::Malformed {
+                    url: url.clone(),
+                    detail: format!("a {name} event is not what the Messages API sends: {e}"),
+                })?;
+            match event {
+                Event::ContentBlockDelta {
+                    delta: Delta::TextDelta { text },
+                } => {
+                    if !text.is_empty() {
+                        return Ok(Some(text));
+                    }
+                }
+                Event::MessageStop => return Ok(None),
+                // message_start, content_block_start/stop, message_delta, ping, thinking and
+                // tool deltas, and event types added after this was written.
+                Event::ContentBlockDelta {
+                    delta: Delta::Other,
+                }
+                | Event::Other => {}
+            }
+        }
+    }
+}
+
+/// One event of a Messages stream; unknown types are tolerated, as the API asks.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    ContentBlockDelta {
+        delta: Delta,
+    },
+    MessageStop,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta {
+    TextDelta {
+        text: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// `{"type": "overloaded_error", "message": "Overloaded"}`, or llama.cpp's bare
+/// `{"code": 500, "message": ..., "type": "server_error"}`.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}

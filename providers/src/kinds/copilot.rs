@@ -1,0 +1,410 @@
+//! `kind = "copilot"`: GitHub Copilot, through the sign-in the user already has.
+//!
+//! Copilot's editor plugins (copilot.vim, copilot.lua, the VS Code extension's language
+//! server) keep the user's GitHub OAuth token in `$XDG_CONFIG_HOME/github-copilot/apps.json`
+//! (or the older `hosts.json`), under a key that starts with `github.com`. That token is
+//! exchanged at `{base_url}/copilot_internal/v2/token` (base_url: the GitHub API) for a
+//! short-lived Copilot token, which names the hosts to use (`endpoints.proxy` for
+//! completions, `endpoints.api` for chat and models) and is refreshed before it expires.
+//! Completions are `POST {proxy}/v1/engines/{model}/completions` (an OpenAI-style completion
+//! with a `suffix`, streamed as server-sent events), chat is `POST {api}/chat/completions`,
+//! and the probe lists `{api}/models`. Every request carries the headers Copilot's own and
+//! third-party clients send (`Editor-Version`, `Editor-Plugin-Version`, `Openai-Intent`, and
+//! `Copilot-Integration-Id` for chat). `api_key_env`, when set, names a variable holding the
+//! OAuth token instead of the file.
+//!
+//! Not read: `auth.db`, the SQLite file newer Copilot language servers (1.494 and later) keep
+//! the sign-in in instead of the JSON files; with only that, set `api_key_env`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Remote, Secret};
+use crate::error::ProviderError;
+use crate::http::{Body, MAX_BODY};
+use crate::kinds::openai::{chat_body, chat_deltas, proposal, ModelList};
+use crate::prompt::{self, Around};
+use crate::provider::{
+    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Provider,
+};
+use crate::stream::{SseItem, SseReader};
+
+/// Headers that identify the client to Copilot, as its third-party clients send them.
+const EDITOR_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
+const EDITOR_PLUGIN_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
+const INTEGRATION_ID: &str = "vscode-chat";
+/// Refresh the Copilot token this long before it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(120);
+/// Largest streamed completion accepted, in bytes.
+const MAX_COMPLETION_STREAM: usize = 1024 * 1024;
+/// Largest streamed chat answer accepted, in bytes.
+const MAX_CHAT_STREAM: usize = 32 * 1024 * 1024;
+
+/// A Copilot provider.
+#[derive(Debug)]
+pub struct Copilot {
+    remote: Remote,
+    /// Where the editors' sign-in files are (`$XDG_CONFIG_HOME/github-copilot`).
+    sign_in_dir: Option<PathBuf>,
+    /// The current Copilot token; one exchange at a time.
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+/// A Copilot token and what it came with.
+#[derive(Debug, Clone)]
+struct Session {
+    token: Secret,
+    /// Chat and models.
+    api: String,
+    /// Completions (the API host when the exchange names no proxy).
+    proxy: String,
+    refresh_at: Instant,
+}
+
+impl Copilot {
+    pub(crate) fn new(remote: Remote, env: &dyn Fn(&str) -> Option<String>) -> Copilot {
+        let config_home = env("XDG_CONFIG_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".config"))
+            });
+        Copilot {
+            remote,
+            sign_in_dir: config_home.map(|d| d.join("github-copilot")),
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The GitHub OAuth token: from `api_key_env`, else from the editors' sign-in files (read
+    /// each time, so signing in while the daemon runs works).
+    fn oauth_token(&self) -> Result<Secret, ProviderError> {
+        if let Some(key) = self.remote.key()? {
+            return Ok(key.clone());
+        }
+        let Some(dir) = &self.sign_in_dir else {
+            return Err(ProviderError::NotSignedIn {
+                detail:
+                    "neither XDG_CONFIG_HOME nor HOME is set, so the sign-in file cannot be found"
+                        .to_owned(),
+            });
+        };
+        for file in ["apps.json", "hosts.json"] {
+            if let Some(token) = read_sign_in(&dir.join(file)) {
+                return Ok(token);
+            }
+        }
+        Err(ProviderError::NotSignedIn {
+            detail: format!(
+                "no GitHub token in {}/apps.json or hosts.json: sign in once with a Copilot editor plugin (e.g. `:Copilot setup` in copilot.vim), or set api_key_env to a variable holding a GitHub OAuth token",
+                dir.display()
+            ),
+        })
+    }
+
+    /// A valid Copilot session, exchanging the OAuth token when there is none or it is about
+    /// to expire.
+    async fn session(&self) -> Result<Session, ProviderError> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref().filter(|s| Instant::now() < s.refresh_at) {
+            return Ok(session.clone());
+        }
+        let oauth = self.oauth_token()?;
+        let url = self.remote.url("/copilot_internal/v2/token");
+        let request = with_client_headers(self.remote.http.get(&url))
+            .header(reqwest::header::AUTHORIZATION, oauth.header("token "));
+        let hint = "the GitHub sign-in was refused: sign in again with a Copilot editor plugin, and check the account has a Copilot subscription";
+        let response = match self.remote.http.send(&url, request, hint).await {
+            // GitHub's API hides what a token may not see behind a 404.
+            Err(ProviderError::Http { status: 404, message, url }) => {
+                return Err(ProviderError::NotSignedIn {
+                    detail: format!("{url} answered 404 ({message}): this GitHub account seems to have no Copilot access"),
+                })
+            }
+            other => other?,
+        };
+        let exchange: TokenExchange = Body::new(&url, response, MAX_BODY).json().await?;
+        let now = Instant::now();
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expires_in = Duration::from_secs(exchange.expires_at.saturating_sub(unix_now));
+        let mut refresh_in = expires_in.saturating_sub(REFRESH_MARGIN);
+        if let Some(seconds) = exchange.refresh_in {
+            refresh_in = refresh_in.min(Duration::from_secs(seconds));
+        }
+        let endpoints = exchange.endpoints.unwrap_or_default();
+        let is_url = |u: &String| u.starts_with("http://") || u.starts_with("https://");
+        let api = endpoints
+            .api
+            .filter(is_url)
+            .ok_or_else(|| ProviderError::Malformed {
+                url: url.clone(),
+                detail: "the token exchange names no endpoints.api".to_owned(),
+            })?;
+        let api = api.trim_end_matches('/').to_owned();
+        let proxy = endpoints
+            .proxy
+            .filter(is_url)
+            .map_or_else(|| api.clone(), |p| p.trim_end_matches('/').to_owned());
+        let session = Session {
+            token: Secret::new(exchange.token),
+            api,
+            proxy,
+            refresh_at: now + refresh_in,
+        };
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Sends a request to the Copilot API; a 401 drops the session so the next call exchanges
+    /// a fresh token.
+    async fn send(
+        &self,
+        session: &Session,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let request = with_client_headers(request).header(
+            reqwest::header::AUTHORIZATION,
+            session.token.header("Bearer "),
+        );
+        let result = self
+            .remote
+            .http
+            .send(
+                url,
+                request,
+                "the Copilot token was refused: it is exchanged again on the next call",
+            )
+            .await;
+        if let Err(ProviderError::Unauthorized { .. }) = &result {
+            *self.session.lock().await = None;
+        }
+        result
+    }
+
+    async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
+        let session = self.session().await?;
+        let around = Around::of(input.request);
+        let url = format!(
+            "{}/v1/engines/{}/completions",
+            session.proxy, self.remote.settings.model
+        );
+        let body = json!({
+            "prompt": around.prefix,
+            "suffix": around.suffix,
+            "max_tokens": self.remote.settings.max_tokens.get(),
+            "temperature": 0.0,
+            "top_p": 1,
+            "n": 1,
+            "stop": prompt::STOP,
+            "stream": true,
+            "extra": {
+                "language": input.request.language,
+                "next_indent": 0,
+                "trim_by_indentation": true,
+            },
+        });
+        let request = self
+            .remote
+            .http
+            .post_json(&url, &body)
+            .header("Openai-Intent", "copilot-ghost");
+        let response = self.send(&session, &url, request).await?;
+        let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
+        let mut text = String::new();
+        let mut finished = false;
+        loop {
+            match events.next_json::<CompletionChunk>().await? {
+                None if finished => break,
+                None => {
+                    return Err(ProviderError::Dropped {
+                        url,
+                        detail: format!("no [DONE] after {} bytes of text", text.len()),
+                    })
+                }
+                Some(SseItem::Done) => break,
+                Some(SseItem::Data { data, .. }) => {
+                    for choice in data.choices.into_iter().filter(|c| c.index == 0) {
+                        text.push_str(&choice.text);
+                        finished |= choice.finish_reason.is_some();
+                    }
+                }
+            }
+        }
+        Ok(proposal(text))
+    }
+
+    async fn chat_inner<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> Result<ChatStream<'a>, ProviderError> {
+        let session = self.session().await?;
+        let url = format!("{}/chat/completions", session.api);
+        // Copilot's chat models are its own choice; the completion model is not one of them.
+        let body = chat_body("gpt-4o", input);
+        let response = self
+            .send(
+                &session,
+                &url,
+                self.remote
+                    .http
+                    .post_json(&url, &body)
+                    .header("Openai-Intent", "conversation-panel")
+                    .header("Copilot-Integration-Id", INTEGRATION_ID),
+            )
+            .await?;
+        Ok(chat_deltas(SseReader::new(Body::new(
+            &url,
+            response,
+            MAX_CHAT_STREAM,
+        ))))
+    }
+
+    async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
+        let session = self.session().await?;
+        let url = format!("{}/models", session.api);
+        let request = self
+            .remote
+            .http
+            .get(&url)
+            .header("Copilot-Integration-Id", INTEGRATION_ID);
+        let response = self.send(&session, &url, request).await?;
+        let models: ModelList = Body::new(&url, response, MAX_BODY).json().await?;
+        let note = (!self.remote.model_listed(models.data.iter().map(|m| m.id.as_str()))).then(|| {
+            format!(
+                "{} is not in the models Copilot lists; completions ask for it anyway (Copilot's completion models are often unlisted)",
+                self.remote.settings.model
+            )
+        });
+        Ok(ProbeReport { note })
+    }
+}
+
+impl Provider for Copilot {
+    fn name(&self) -> &str {
+        &self.remote.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "copilot"
+    }
+
+    fn model(&self) -> &str {
+        &self.remote.settings.model
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: true,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        input: CompletionInput<'a>,
+    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+        Box::pin(self.complete_inner(input))
+    }
+
+    fn chat<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+        Box::pin(self.chat_inner(input))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+        Box::pin(self.probe_inner())
+    }
+}
+
+fn with_client_headers(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header("Editor-Version", EDITOR_VERSION)
+        .header("Editor-Plugin-Version", EDITOR_PLUGIN_VERSION)
+}
+
+/// The OAuth token of the `github.com` entry of a sign-in file, if the file has one. Keys are
+/// `github.com` (hosts.json) or `github.com:<app id>` (apps.json).
+fn read_sign_in(path: &Path) -> Option<Secret> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).ok()?;
+    entries
+        .iter()
+        .filter(|(host, _)| *host == "github.com" || host.starts_with("github.com:"))
+        .find_map(|(_, entry)| entry.get("oauth_token")?.as_str().filter(|t| !t.is_empty()))
+        .map(|token| Secret::new(token.to_owned()))
+}
+
+/// The answer of `/copilot_internal/v2/token`.
+#[derive(Debug, Deserialize)]
+struct TokenExchange {
+    token: String,
+    /// Unix seconds.
+    expires_at: u64,
+    /// Seconds until the token should be refreshed.
+    refresh_in: Option<u64>,
+    endpoints: Option<Endpoints>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Endpoints {
+    api: Option<String>,
+    proxy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionChunk {
+    #[serde(default)]
+    choices: Vec<CompletionChoice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    text: String,
+    finish_reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_files_of_either_shape_give_the_github_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps.json");
+        std::fs::write(
+            &apps,
+            r#"{"github.com:Iv1.b507a08c87ecfe98":{"user":"octo","oauth_token":"gho_apps","githubAppId":"Iv1.b507a08c87ecfe98"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read_sign_in(&apps).unwrap().expose(), "gho_apps");
+        let hosts = dir.path().join("hosts.json");
+        std::fs::write(
+            &hosts,
+            r#"{"github.com":{"user":"octo","oauth_token":"ghu_hosts"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read_sign_in(&hosts).unwrap().expose(), "ghu_hosts");
+        std::fs::write(&hosts, r#"{"ghe.example":{"oauth_token":"x"}}"#).unwrap();
+        assert!(read_sign_in(&hosts).is_none());
+        std::fs::write(&hosts, "not json").unwrap();
+        assert!(read_sign_in(&hosts).is_none());
+    }
+}

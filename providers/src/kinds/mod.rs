@@ -1,0 +1,144 @@
+//! One module per API a remote provider may speak, and what they share: the configured
+//! settings, one HTTP client, and the API key read once from the environment.
+
+pub mod anthropic;
+pub mod copilot;
+pub mod ollama;
+pub mod openai;
+
+use std::fmt;
+use std::time::Instant;
+
+use reaper_core::config::RemoteSettings;
+use reaper_core::schema::Role;
+
+use crate::error::ProviderError;
+use crate::http::Http;
+
+/// An API key or token. Its `Debug` never shows it, so it cannot reach a log by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value (tests compare it; requests use [`Secret::header`]).
+    #[cfg(test)]
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The value as a header, marked sensitive (so HTTP libraries leave it out of their
+    /// debug output too).
+    pub(crate) fn header(&self, prefix: &str) -> reqwest::header::HeaderValue {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("{prefix}{}", self.0))
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What every remote provider holds: its name, settings, client and key.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    pub(crate) name: String,
+    pub(crate) settings: RemoteSettings,
+    pub(crate) http: Http,
+    /// The key from `api_key_env`; `Err` when the variable is named but not set (every call
+    /// then fails with that, and the provider shows `needs_auth`).
+    key: Result<Option<Secret>, ProviderError>,
+}
+
+impl Remote {
+    /// `settings` for provider `name`, its key looked up with `env`.
+    pub(crate) fn new(
+        name: &str,
+        settings: RemoteSettings,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Remote, reqwest::Error> {
+        let key = match &settings.api_key_env {
+            None => Ok(None),
+            Some(var) => match env(var).filter(|v| !v.trim().is_empty()) {
+                Some(value) => Ok(Some(Secret::new(value.trim().to_owned()))),
+                None => Err(ProviderError::MissingKey { var: var.clone() }),
+            },
+        };
+        Ok(Remote {
+            name: name.to_owned(),
+            settings,
+            http: Http::new()?,
+            key,
+        })
+    }
+
+    /// The API key, if one is configured; the missing-variable error if it is not set.
+    pub(crate) fn key(&self) -> Result<Option<&Secret>, ProviderError> {
+        self.key.as_ref().map(Option::as_ref).map_err(Clone::clone)
+    }
+
+    /// `path` under the configured base URL.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url)
+    }
+
+    /// What to do about a 401/403.
+    pub(crate) fn auth_hint(&self) -> String {
+        match &self.settings.api_key_env {
+            Some(var) => format!(
+                "check the key in ${var} (api_key_env of [providers.{}])",
+                self.name
+            ),
+            None => format!(
+                "this server wants a key: set api_key_env in [providers.{}] to the name of a variable holding it",
+                self.name
+            ),
+        }
+    }
+
+    /// Whether the configured model is one of `served` (ids as the server lists them). A
+    /// listed path or file name matches its base name with or without `.gguf` (llama.cpp lists
+    /// the model file), and a listed id matches a configured prefix of it (APIs accept aliases
+    /// such as `claude-haiku-4-5` for dated ids).
+    pub(crate) fn model_listed<'a>(&self, mut served: impl Iterator<Item = &'a str>) -> bool {
+        let wanted = self.settings.model.as_str();
+        served.any(|id| {
+            let base = id.rsplit('/').next().unwrap_or(id);
+            id == wanted
+                || base == wanted
+                || base.strip_suffix(".gguf") == Some(wanted)
+                || id.starts_with(wanted)
+        })
+    }
+}
+
+/// A chat role as the OpenAI-style APIs spell it.
+pub(crate) fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::System => "system",
+    }
+}
+
+/// Milliseconds left until `deadline`, at least 1 (for servers that take a time limit).
+pub(crate) fn millis_until(deadline: Instant) -> u64 {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .clamp(1, u64::MAX as u128) as u64
+}
+
+/// The confidence given to a model's non-empty answer. Models here return no calibrated
+/// score yet (the model-completion issue brings one); 0.5 is the threshold the editor shows
+/// answers at, so a model's answer is shown, and the offline model's more confident ones rank
+/// with it honestly.
+pub(crate) const MODEL_CONFIDENCE: f32 = 0.5;

@@ -1,0 +1,350 @@
+//! `kind = "ollama"`: Ollama's native API.
+//!
+//! Completions are `POST /api/generate`, streamed as newline-delimited JSON. A model whose
+//! template uses `.Suffix` (Ollama reports the `insert` capability) gets the text after the
+//! cursor as `suffix` and Ollama applies the model's FIM template; any other model is given
+//! the text before the cursor as a raw prompt (no chat template), and `Provider.list` says so.
+//! A `fim_template` of the user's own is sent raw. `keep_alive` keeps the model loaded between
+//! bursts of typing. Chat is `/api/chat`; the probe reads `/api/tags` (is the model pulled?)
+//! and `/api/show` (can it fill in the middle?).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{role_name, Remote};
+use crate::error::ProviderError;
+use crate::http::Body;
+use crate::kinds::openai::proposal;
+use crate::prompt::{self, Around};
+use crate::provider::{
+    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Provider,
+};
+use crate::stream::NdjsonReader;
+
+/// Largest streamed completion accepted, in bytes (Ollama repeats the model name and a
+/// timestamp on every token's line).
+const MAX_COMPLETION_STREAM: usize = 4 * 1024 * 1024;
+/// Largest streamed chat answer accepted, in bytes.
+const MAX_CHAT_STREAM: usize = 64 * 1024 * 1024;
+
+/// An Ollama provider.
+#[derive(Debug)]
+pub struct Ollama {
+    remote: Remote,
+    /// Whether the model fills in the middle (`insert`); assumed until `/api/show` or a
+    /// refused `suffix` says otherwise.
+    fim: AtomicBool,
+}
+
+impl Ollama {
+    pub(crate) fn new(remote: Remote) -> Ollama {
+        Ollama {
+            remote,
+            fim: AtomicBool::new(true),
+        }
+    }
+
+    fn authorised(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        // Ollama itself takes no key; a proxy in front of it may.
+        Ok(match self.remote.key()? {
+            Some(key) => request.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")),
+            None => request,
+        })
+    }
+
+    async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
+        let around = Around::of(input.request);
+        match self
+            .generate(around, self.fim.load(Ordering::Relaxed))
+            .await
+        {
+            // The model has no FIM template after all: remember, and ask with the prefix only.
+            Err(ProviderError::Http {
+                status: 400,
+                ref message,
+                ..
+            }) if message.contains("does not support insert") => {
+                tracing::info!(
+                    provider = self.remote.name,
+                    "the model does not support insert: completing from the text before the cursor"
+                );
+                self.fim.store(false, Ordering::Relaxed);
+                self.generate(around, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn generate(&self, around: Around<'_>, fim: bool) -> Result<Proposal, ProviderError> {
+        let settings = &self.remote.settings;
+        let url = self.remote.url("/api/generate");
+        let mut body = json!({
+            "model": settings.model,
+            "stream": true,
+            "options": {
+                "num_predict": settings.max_tokens.get(),
+                "temperature": 0.1,
+                "stop": prompt::STOP,
+            },
+        });
+        if let Some(keep_alive) = &settings.keep_alive {
+            body["keep_alive"] = json!(keep_alive);
+        }
+        match &settings.fim_template {
+            Some(template) => {
+                body["prompt"] = json!(around.fill(template));
+                body["raw"] = json!(true);
+            }
+            None if fim => {
+                body["prompt"] = json!(around.prefix);
+                body["suffix"] = json!(around.suffix);
+            }
+            None => {
+                body["prompt"] = json!(around.prefix);
+                body["raw"] = json!(true);
+            }
+        }
+        let response = self.send(&url, &body).await?;
+        let mut lines = NdjsonReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
+        let mut text = String::new();
+        loop {
+            let Some(line) = lines.next::<GenerateLine>().await? else {
+                return Err(ProviderError::Dropped {
+                    url,
+                    detail: format!(
+                        "no line with \"done\": true after {} bytes of text",
+                        text.len()
+                    ),
+                });
+            };
+            if let Some(message) = line.error {
+                return Err(ProviderError::Stream { url, message });
+            }
+            text.push_str(&line.response);
+            if line.done {
+                return Ok(proposal(text));
+            }
+        }
+    }
+
+    /// POSTs `body`; a 404 is the model not being pulled.
+    async fn send(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let request = self.authorised(self.remote.http.post_json(url, body))?;
+        match self
+            .remote
+            .http
+            .send(url, request, &self.remote.auth_hint())
+            .await
+        {
+            Err(ProviderError::Http {
+                status: 404,
+                message,
+                ..
+            }) => Err(self.not_pulled(url, message)),
+            other => other,
+        }
+    }
+
+    fn not_pulled(&self, url: &str, detail: String) -> ProviderError {
+        ProviderError::ModelNotFound {
+            url: url.to_owned(),
+            model: self.remote.settings.model.clone(),
+            detail: format!(
+                "{detail}; run `ollama pull {}` on that machine",
+                self.remote.settings.model
+            ),
+        }
+    }
+
+    async fn chat_inner<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> Result<ChatStream<'a>, ProviderError> {
+        let url = self.remote.url("/api/chat");
+        let mut messages = Vec::with_capacity(input.messages.len() + 1);
+        if let Some(system) = input.system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        for m in input.messages {
+            messages.push(json!({"role": role_name(&m.role), "content": m.content}));
+        }
+        let mut body = json!({
+            "model": self.remote.settings.model,
+            "messages": messages,
+            "stream": true,
+            "options": {"num_predict": input.max_tokens},
+        });
+        if let Some(keep_alive) = &self.remote.settings.keep_alive {
+            body["keep_alive"] = json!(keep_alive);
+        }
+        let response = self.send(&url, &body).await?;
+        let lines = NdjsonReader::new(Body::new(&url, response, MAX_CHAT_STREAM));
+        Ok(Box::pin(futures::stream::try_unfold(
+            (lines, url),
+            |(mut lines, url)| async move {
+                loop {
+                    let Some(line) = lines.next::<ChatLine>().await? else {
+                        return Err(ProviderError::Dropped {
+                            url,
+                            detail: "no line with \"done\": true".to_owned(),
+                        });
+                    };
+                    if let Some(message) = line.error {
+                        return Err(ProviderError::Stream { url, message });
+                    }
+                    let delta = line.message.map(|m| m.content).unwrap_or_default();
+                    if !delta.is_empty() {
+                        return Ok(Some((delta, (lines, url))));
+                    }
+                    if line.done {
+                        return Ok(None);
+                    }
+                }
+            },
+        )))
+    }
+
+    async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
+        let url = self.remote.url("/api/tags");
+        let request = self.authorised(self.remote.http.get(&url))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        let tags: Tags = Body::new(&url, response, crate::http::MAX_BODY)
+            .json()
+            .await?;
+        let wanted = &self.remote.settings.model;
+        // `ollama pull x` lists `x:latest`.
+        let pulled = tags.models.iter().any(|m| {
+            let name = m.name.as_deref().or(m.model.as_deref()).unwrap_or("");
+            name == wanted || name.strip_suffix(":latest") == Some(wanted)
+        });
+        if !pulled {
+            let names: Vec<&str> = tags
+                .models
+                .iter()
+                .filter_map(|m| m.name.as_deref())
+                .take(10)
+                .collect();
+            return Err(self.not_pulled(&url, format!("pulled models: {names:?}")));
+        }
+        let url = self.remote.url("/api/show");
+        let response = self.send(&url, &json!({"model": wanted})).await?;
+        let show: Show = Body::new(&url, response, crate::http::MAX_BODY)
+            .json()
+            .await?;
+        // Newer Ollama lists capabilities; older ones only the template, whose `.Suffix` is
+        // what makes a model FIM-capable.
+        let fim = match &show.capabilities {
+            Some(capabilities) => capabilities.iter().any(|c| c == "insert"),
+            None => show
+                .template
+                .as_deref()
+                .is_some_and(|t| t.contains(".Suffix")),
+        };
+        self.fim.store(fim, Ordering::Relaxed);
+        let note = (!fim && self.remote.settings.fim_template.is_none()).then(|| {
+            "the model's template has no .Suffix (no FIM): completions see only the text before the cursor".to_owned()
+        });
+        Ok(ProbeReport { note })
+    }
+}
+
+impl Provider for Ollama {
+    fn name(&self) -> &str {
+        &self.remote.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "ollama"
+    }
+
+    fn model(&self) -> &str {
+        &self.remote.settings.model
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        input: CompletionInput<'a>,
+    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+        Box::pin(self.complete_inner(input))
+    }
+
+    fn chat<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+        Box::pin(self.chat_inner(input))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+        Box::pin(self.probe_inner())
+    }
+}
+
+/// A line of `/api/generate`'s stream.
+#[derive(Debug, Deserialize)]
+struct GenerateLine {
+    #[serde(default)]
+    response: String,
+    #[serde(default)]
+    done: bool,
+    error: Option<String>,
+}
+
+/// A line of `/api/chat`'s stream.
+#[derive(Debug, Deserialize)]
+struct ChatLine {
+    message: Option<ChatMessageLine>,
+    #[serde(default)]
+    done: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessageLine {
+    #[serde(default)]
+    content: String,
+}
+
+/// `GET /api/tags`.
+#[derive(Debug, Deserialize)]
+struct Tags {
+    #[serde(default)]
+    models: Vec<Tag>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tag {
+    name: Option<String>,
+    model: Option<String>,
+}
+
+/// The parts of `POST /api/show` read here.
+#[derive(Debug, Deserialize)]
+struct Show {
+    template: Option<String>,
+    capabilities: Option<Vec<String>>,
+}

@@ -1,0 +1,434 @@
+//! `kind = "openai"`: any OpenAI-compatible server (llama.cpp, vLLM, LM Studio, OpenAI).
+//!
+//! Completions go to `/v1/completions` with the text before the cursor as the prompt (or a
+//! `fim_template` filled in). When the server is llama.cpp and its model has FIM tokens, its
+//! own `/infill` endpoint is used instead, which sees the text after the cursor too; the
+//! first `/infill` that answers 404 or 501 ("not supported by this model") switches the
+//! provider to `/v1/completions` for good. Chat is `/v1/chat/completions`; the probe lists
+//! `/v1/models`. Every answer is streamed, so dropping the request stops the server.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{millis_until, role_name, Remote, MODEL_CONFIDENCE};
+use crate::error::ProviderError;
+use crate::http::Body;
+use crate::prompt::{self, Around};
+use crate::provider::{
+    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Provider,
+};
+use crate::stream::{SseItem, SseReader};
+
+/// Whether `/infill` works, learnt from the server.
+const INFILL_UNKNOWN: u8 = 0;
+const INFILL_YES: u8 = 1;
+const INFILL_NO: u8 = 2;
+
+/// Largest streamed completion accepted, in bytes.
+const MAX_COMPLETION_STREAM: usize = 1024 * 1024;
+/// Largest streamed chat answer accepted, in bytes.
+const MAX_CHAT_STREAM: usize = 32 * 1024 * 1024;
+
+/// An OpenAI-compatible provider.
+#[derive(Debug)]
+pub struct OpenAi {
+    remote: Remote,
+    infill: AtomicU8,
+}
+
+impl OpenAi {
+    pub(crate) fn new(remote: Remote) -> OpenAi {
+        // A template of the user's own replaces the server's FIM altogether.
+        let infill = if remote.settings.fim_template.is_some() {
+            INFILL_NO
+        } else {
+            INFILL_UNKNOWN
+        };
+        OpenAi {
+            remote,
+            infill: AtomicU8::new(infill),
+        }
+    }
+
+    /// The server's root, where llama.cpp's own endpoints live (`/infill`): the base URL
+    /// without its `/v1`.
+    fn root_url(&self, path: &str) -> String {
+        let base = &self.remote.settings.base_url;
+        format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
+    }
+
+    fn authorised(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(match self.remote.key()? {
+            Some(key) => request.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")),
+            None => request,
+        })
+    }
+
+    async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
+        let around = Around::of(input.request);
+        if self.infill.load(Ordering::Relaxed) != INFILL_NO {
+            match self.infill(input, around).await {
+                Err(ProviderError::Http {
+                    status: 404 | 405 | 501,
+                    ref message,
+                    ..
+                }) => {
+                    tracing::info!(
+                        provider = self.remote.name,
+                        reason = %message,
+                        "/infill is not available: completing from the text before the cursor with /v1/completions"
+                    );
+                    self.infill.store(INFILL_NO, Ordering::Relaxed);
+                }
+                other => {
+                    if other.is_ok() {
+                        self.infill.store(INFILL_YES, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        let prompt = match &self.remote.settings.fim_template {
+            Some(template) => around.fill(template),
+            None => around.prefix.to_owned(),
+        };
+        let url = self.remote.url("/completions");
+        let body = json!({
+            "model": self.remote.settings.model,
+            "prompt": prompt,
+            "max_tokens": self.remote.settings.max_tokens.get(),
+            "temperature": 0.1,
+            "stream": true,
+            "stop": prompt::STOP,
+        });
+        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
+        let mut text = String::new();
+        let mut finished = false;
+        loop {
+            match events.next_json::<Chunk>().await? {
+                None if finished => break,
+                None => {
+                    return Err(ProviderError::Dropped {
+                        url,
+                        detail: format!("no [DONE] after {} bytes of text", text.len()),
+                    })
+                }
+                Some(SseItem::Done) => break,
+                Some(SseItem::Data { data, .. }) => {
+                    if let Some(error) = data.error {
+                        return Err(ProviderError::Stream {
+                            url,
+                            message: error.message(),
+                        });
+                    }
+                    for choice in data.choices {
+                        text.push_str(choice.text.as_deref().unwrap_or(""));
+                        finished |= choice.finish_reason.is_some();
+                    }
+                }
+            }
+        }
+        Ok(proposal(text))
+    }
+
+    /// llama.cpp's `/infill`: prefix and suffix go separately, and the server applies the
+    /// model's own FIM tokens.
+    async fn infill(
+        &self,
+        input: CompletionInput<'_>,
+        around: Around<'_>,
+    ) -> Result<Proposal, ProviderError> {
+        let url = self.root_url("/infill");
+        let body = json!({
+            "input_prefix": around.prefix,
+            "input_suffix": around.suffix,
+            "input_extra": [],
+            "n_predict": self.remote.settings.max_tokens.get(),
+            "t_max_predict_ms": millis_until(input.deadline),
+            "cache_prompt": true,
+            "temperature": 0.1,
+            "stream": true,
+            "stop": prompt::STOP,
+        });
+        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
+        let mut text = String::new();
+        // `/infill` streams llama.cpp's native chunks and ends with `"stop": true`, no [DONE].
+        loop {
+            match events.next_json::<InfillChunk>().await? {
+                None => {
+                    return Err(ProviderError::Dropped {
+                        url,
+                        detail: format!("no final chunk after {} bytes of text", text.len()),
+                    })
+                }
+                Some(SseItem::Done) => break,
+                Some(SseItem::Data { data, .. }) => {
+                    if let Some(error) = data.error {
+                        return Err(ProviderError::Stream {
+                            url,
+                            message: error.message(),
+                        });
+                    }
+                    text.push_str(&data.content);
+                    if data.stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(proposal(text))
+    }
+
+    async fn chat_inner<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> Result<ChatStream<'a>, ProviderError> {
+        let url = self.remote.url("/chat/completions");
+        let body = chat_body(&self.remote.settings.model, input);
+        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        Ok(chat_deltas(SseReader::new(Body::new(
+            &url,
+            response,
+            MAX_CHAT_STREAM,
+        ))))
+    }
+
+    async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
+        let url = self.remote.url("/models");
+        let request = self.authorised(self.remote.http.get(&url))?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await?;
+        let models: ModelList = Body::new(&url, response, crate::http::MAX_BODY)
+            .json()
+            .await?;
+        if !self
+            .remote
+            .model_listed(models.data.iter().map(|m| m.id.as_str()))
+        {
+            let served: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).take(10).collect();
+            return Err(ProviderError::ModelNotFound {
+                url,
+                model: self.remote.settings.model.clone(),
+                detail: format!(
+                    "the server lists {served:?}: set model in [providers.{}] to one of them",
+                    self.remote.name
+                ),
+            });
+        }
+        let note = (self.infill.load(Ordering::Relaxed) == INFILL_NO
+            && self.remote.settings.fim_template.is_none())
+        .then(|| "no FIM on this server (/infill unavailable): completions see only the text before the cursor; set fim_template if the model was trained with FIM tokens".to_owned());
+        Ok(ProbeReport { note })
+    }
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.remote.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.remote.settings.model
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: self.remote.settings.fim_template.is_some()
+                || self.infill.load(Ordering::Relaxed) != INFILL_NO,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        input: CompletionInput<'a>,
+    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+        Box::pin(self.complete_inner(input))
+    }
+
+    fn chat<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+        Box::pin(self.chat_inner(input))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+        Box::pin(self.probe_inner())
+    }
+}
+
+/// A model's answer as a proposal.
+pub(crate) fn proposal(text: String) -> Proposal {
+    let text = prompt::nothing_if_blank(text);
+    let confidence = if text.is_empty() {
+        0.0
+    } else {
+        MODEL_CONFIDENCE
+    };
+    Proposal { text, confidence }
+}
+
+/// The body of an OpenAI-style streamed chat request (Copilot's chat speaks it too).
+pub(crate) fn chat_body(model: &str, input: ChatInput<'_>) -> serde_json::Value {
+    let mut messages = Vec::with_capacity(input.messages.len() + 1);
+    if let Some(system) = input.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for m in input.messages {
+        messages.push(json!({"role": role_name(&m.role), "content": m.content}));
+    }
+    json!({
+        "model": model,
+        "messages": messages,
+        "max_tokens": input.max_tokens,
+        "stream": true,
+    })
+}
+
+/// The text deltas of an OpenAI-style chat stream, ending at `[DONE]`.
+pub(crate) fn chat_deltas(events: SseReader) -> ChatStream<'static> {
+    Box::pin(futures::stream::try_unfold(
+        (events, false),
+        |(mut events, mut finished)| async move {
+            loop {
+                match events.next_json::<ChatChunk>().await? {
+                    // Some servers end the stream after the last choice without [DONE].
+                    None if finished => return Ok(None),
+                    None => {
+                        return Err(ProviderError::Dropped {
+                            url: events.url().to_owned(),
+                            detail: "no [DONE] and no finish_reason".to_owned(),
+                        })
+                    }
+                    Some(SseItem::Done) => return Ok(None),
+                    Some(SseItem::Data { data, .. }) => {
+                        if let Some(error) = data.error {
+                            return Err(ProviderError::Stream {
+                                url: events.url().to_owned(),
+                                message: error.message(),
+                            });
+                        }
+                        let mut delta = String::new();
+                        for choice in data.choices {
+                            if let Some(text) = choice.delta.and_then(|d| d.content) {
+                                delta.push_str(&text);
+                            }
+                            finished |= choice.finish_reason.is_some();
+                        }
+                        if !delta.is_empty() {
+                            return Ok(Some((delta, (events, finished))));
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// A streamed `/v1/completions` chunk.
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<CompletionChoice>,
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionChoice {
+    text: Option<String>,
+    finish_reason: Option<String>,
+}
+
+/// A streamed `/infill` chunk (llama.cpp's native format).
+#[derive(Debug, Deserialize)]
+struct InfillChunk {
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    stop: bool,
+    error: Option<ApiError>,
+}
+
+/// A streamed `/v1/chat/completions` chunk.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatChunk {
+    #[serde(default)]
+    choices: Vec<ChatChoice>,
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatChoice {
+    delta: Option<ChatDelta>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatDelta {
+    content: Option<String>,
+}
+
+/// An error object inside a stream: `{"message": ...}` (OpenAI, llama.cpp) or a bare string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ApiError {
+    Object {
+        #[serde(default)]
+        message: String,
+    },
+    Text(String),
+}
+
+impl ApiError {
+    pub(crate) fn message(self) -> String {
+        match self {
+            ApiError::Object { message } | ApiError::Text(message) => message,
+        }
+    }
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ModelList {
+    #[serde(default)]
+    pub(crate) data: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ModelEntry {
+    pub(crate) id: String,
+}

@@ -1,0 +1,886 @@
+//! The pool: which provider answers a completion.
+//!
+//! Providers are asked in order of configured priority, then of measured latency (a moving
+//! average), skipping those that are unavailable, rate-limited or without credentials until
+//! their wait is over. One that fails is passed over for the next at once. One that has not
+//! answered by its own observed p95 is *hedged*: the next remote provider is asked too, the
+//! first answer wins, and the loser's request is dropped, which closes its connection and stops
+//! its generation. Each provider gets at most `timeout_ms`, and at most `max_in_flight` of
+//! its requests run at once. The embedded `offline` provider, which needs nothing, is the last
+//! resort: it is asked when every other provider failed or gave nothing, or when the call's
+//! deadline is [`OFFLINE_RESERVE`] away, so the editor gets something in time.
+//!
+//! The whole completion is one future: dropping it (the call was cancelled, superseded by a
+//! newer one for the same file, or ran out of time) drops every request in it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use reaper_core::config::{ProviderKind, ProvidersConfig};
+use reaper_core::schema::{CompletionRequest, ProviderInfo, ProviderStats};
+use tokio::sync::Semaphore;
+
+use crate::error::ProviderError;
+use crate::kinds::{
+    anthropic::Anthropic, copilot::Copilot, ollama::Ollama, openai::OpenAi, Remote,
+};
+use crate::offline::OfflineProvider;
+use crate::provider::{CompletionInput, Proposal, Provider};
+use crate::state::{Availability, ProviderState, MAX_BACKOFF};
+
+/// Time before the call's deadline at which the offline provider is asked if nothing has
+/// answered: it answers in about a millisecond even on a large workspace (`docs/offline.md`),
+/// and the answer still has to travel back.
+pub const OFFLINE_RESERVE: Duration = Duration::from_millis(15);
+/// Answers a provider must have given before its p95 is trusted for hedging.
+pub const HEDGE_MIN_SAMPLES: usize = 20;
+/// Never hedge sooner than this: below it the second request costs more than it saves.
+const HEDGE_FLOOR: Duration = Duration::from_millis(10);
+/// How often an available provider is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the pool treats one provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// Lower is asked first.
+    pub priority: u32,
+    /// Longest one completion may take from it.
+    pub timeout: Duration,
+    /// Its requests in flight at most.
+    pub max_in_flight: usize,
+    /// Whether it is asked at all.
+    pub enabled: bool,
+}
+
+/// A provider in the pool.
+struct Entry {
+    provider: Arc<dyn Provider>,
+    placement: Placement,
+    /// The offline model: asked last, never hedged to, never probed.
+    last_resort: bool,
+    slots: Semaphore,
+    state: Mutex<ProviderState>,
+}
+
+impl Entry {
+    fn state(&self) -> MutexGuard<'_, ProviderState> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The answer and who gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The proposal.
+    pub proposal: Proposal,
+    /// The provider's name.
+    pub provider: String,
+}
+
+/// Why no provider answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no provider could complete: {}", describe(.failures, .skipped))]
+pub struct PoolError {
+    /// Each provider that was asked and failed, in the order asked, with why.
+    pub failures: Vec<(String, ProviderError)>,
+    /// Each provider that was not asked, with why (disabled, needs auth, backing off).
+    pub skipped: Vec<(String, String)>,
+}
+
+fn describe(failures: &[(String, ProviderError)], skipped: &[(String, String)]) -> String {
+    let mut parts: Vec<String> = failures
+        .iter()
+        .map(|(name, e)| format!("{name}: {e}"))
+        .collect();
+    parts.extend(
+        skipped
+            .iter()
+            .map(|(name, why)| format!("{name}: not asked ({why})")),
+    );
+    if parts.is_empty() {
+        "none is configured and enabled".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Why the pool could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The HTTP client could not be set up (TLS roots, resolver).
+    #[error("cannot set up the HTTP client of [providers.{name}]: {source}")]
+    Http {
+        /// The provider.
+        name: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Picks and calls providers; shared by every completion in flight.
+pub struct Pool {
+    entries: Vec<Arc<Entry>>,
+    injected_delay: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|e| e.provider.name()).collect();
+        f.debug_struct("Pool")
+            .field("providers", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Environment variable that delays every completion by this many milliseconds before any
+/// provider is asked: a fault-injection aid to see how an editor (or a test) copes with a slow
+/// model. The daemon warns at start when it is set.
+pub const DELAY_ENV: &str = "REAPER_DEBUG_PROVIDER_DELAY_MS";
+
+impl Pool {
+    /// An empty pool; add providers with [`Pool::add`].
+    pub fn new() -> Pool {
+        Pool {
+            entries: Vec::new(),
+            injected_delay: Duration::ZERO,
+        }
+    }
+
+    /// The pool `config` describes, API keys looked up with `env`.
+    pub fn from_config(
+        config: &ProvidersConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Pool, BuildError> {
+        let mut pool = Pool::new();
+        for remote in &config.remote {
+            let s = &remote.settings;
+            let placement = Placement {
+                priority: s.priority,
+                timeout: Duration::from_millis(s.timeout_ms.get()),
+                max_in_flight: s.max_in_flight.get() as usize,
+                enabled: s.enabled,
+            };
+            let base =
+                Remote::new(&remote.name, s.clone(), env).map_err(|source| BuildError::Http {
+                    name: remote.name.clone(),
+                    source,
+                })?;
+            let needs_key = s.api_key_env.is_some() || s.kind == ProviderKind::Copilot;
+            let provider: Arc<dyn Provider> = match s.kind {
+                ProviderKind::Ollama => Arc::new(Ollama::new(base)),
+                ProviderKind::Openai => Arc::new(OpenAi::new(base)),
+                ProviderKind::Anthropic => Arc::new(Anthropic::new(base)),
+                ProviderKind::Copilot => Arc::new(Copilot::new(base, env)),
+                // The config refuses it for a remote table.
+                ProviderKind::Offline => continue,
+            };
+            pool.push(provider, placement, false, needs_key);
+        }
+        let offline = &config.offline;
+        pool.add_offline(
+            Arc::new(OfflineProvider::new(offline)),
+            offline.priority,
+            offline.enabled,
+        );
+        Ok(pool)
+    }
+
+    /// Adds a remote provider.
+    pub fn add(&mut self, provider: Arc<dyn Provider>, placement: Placement, needs_key: bool) {
+        self.push(provider, placement, false, needs_key);
+    }
+
+    /// Adds the last-resort provider: after every other unless `priority` says otherwise.
+    pub fn add_offline(
+        &mut self,
+        provider: Arc<dyn Provider>,
+        priority: Option<u32>,
+        enabled: bool,
+    ) {
+        let placement = Placement {
+            priority: priority.unwrap_or(u32::MAX),
+            timeout: Duration::MAX,
+            max_in_flight: Semaphore::MAX_PERMITS,
+            enabled,
+        };
+        self.push(provider, placement, true, false);
+        // It needs nothing to work: available from the start.
+        if let Some(entry) = self.entries.last().filter(|_| enabled) {
+            entry.state().succeeded();
+        }
+    }
+
+    fn push(
+        &mut self,
+        provider: Arc<dyn Provider>,
+        placement: Placement,
+        last_resort: bool,
+        needs_key: bool,
+    ) {
+        self.entries.push(Arc::new(Entry {
+            provider,
+            placement,
+            last_resort,
+            slots: Semaphore::new(placement.max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
+            state: Mutex::new(ProviderState::new(placement.enabled, needs_key)),
+        }));
+    }
+
+    /// Delays every completion by `delay` (see [`DELAY_ENV`]).
+    pub fn with_injected_delay(mut self, delay: Duration) -> Pool {
+        self.injected_delay = delay;
+        self
+    }
+
+    /// Completes `request` by `deadline`: see the module documentation for the order, the
+    /// hedge and the fallback. An empty proposal is an answer only when nobody has better.
+    pub async fn complete(
+        &self,
+        request: &CompletionRequest,
+        deadline: Instant,
+    ) -> Result<Answer, PoolError> {
+        if !self.injected_delay.is_zero() {
+            tokio::time::sleep_until(deadline.min(Instant::now() + self.injected_delay).into())
+                .await;
+        }
+        let (order, skipped) = self.candidates(Instant::now());
+        let last_resort = self
+            .entries
+            .iter()
+            .find(|e| e.last_resort && e.placement.enabled)
+            .cloned();
+        let mut race = Race {
+            request,
+            deadline,
+            order,
+            next: 0,
+            running: FuturesUnordered::new(),
+            last_started: None,
+            last_resort_started: false,
+        };
+        let mut failures = Vec::new();
+        let mut blank: Option<Answer> = None;
+        race.start_next();
+        loop {
+            if race.running.is_empty() {
+                if race.start_next() {
+                    continue;
+                }
+                match &last_resort {
+                    Some(entry) if !race.last_resort_started => {
+                        race.start(entry.clone());
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let hedge_at = race.hedge_at();
+            let fallback_at = last_resort
+                .as_ref()
+                .filter(|_| !race.last_resort_started)
+                .map(|_| deadline.checked_sub(OFFLINE_RESERVE).unwrap_or(deadline));
+            tokio::select! {
+                biased;
+                Some(done) = race.running.next() => {
+                    let Done { entry, result, took, .. } = done;
+                    match result {
+                        Ok(proposal) => {
+                            entry.state().succeeded();
+                            entry.state().stats.answered(took);
+                            let answer = Answer { proposal, provider: entry.provider.name().to_owned() };
+                            if !answer.proposal.text.is_empty() {
+                                // Dropping `race` drops the others' requests (counted as
+                                // cancelled by their guards).
+                                return Ok(answer);
+                            }
+                            blank.get_or_insert(answer);
+                        }
+                        Err(error) => {
+                            tracing::debug!(provider = entry.provider.name(), %error, "provider failed; asking the next");
+                            let mut state = entry.state();
+                            state.failed(&error, Instant::now());
+                            state.stats.errors += 1;
+                            drop(state);
+                            failures.push((entry.provider.name().to_owned(), error));
+                        }
+                    }
+                    race.start_next();
+                }
+                () = sleep_until(hedge_at), if hedge_at.is_some() => {
+                    if let Some((entry, _)) = &race.last_started {
+                        entry.state().stats.hedged += 1;
+                        tracing::debug!(provider = entry.provider.name(), "slower than its p95: asking the next provider too");
+                    }
+                    race.start_next();
+                }
+                () = sleep_until(fallback_at), if fallback_at.is_some() => {
+                    if let Some(entry) = &last_resort {
+                        race.start(entry.clone());
+                    }
+                }
+            }
+        }
+        blank.ok_or(PoolError { failures, skipped })
+    }
+
+    /// Providers to ask now, best first, and those passed over with why.
+    fn candidates(&self, now: Instant) -> (Vec<Arc<Entry>>, Vec<(String, String)>) {
+        let mut ready = Vec::new();
+        let mut skipped = Vec::new();
+        for entry in &self.entries {
+            let state = entry.state();
+            if state.eligible(now) {
+                ready.push((entry.clone(), state.stats.latency_ms().unwrap_or(0.0)));
+            } else {
+                let why = state.message().unwrap_or("unavailable").to_owned();
+                skipped.push((entry.provider.name().to_owned(), why));
+            }
+        }
+        // Stable: equal priorities and latencies keep the order of the config file.
+        ready.sort_by(|(a, la), (b, lb)| {
+            a.placement
+                .priority
+                .cmp(&b.placement.priority)
+                .then(la.total_cmp(lb))
+        });
+        (ready.into_iter().map(|(e, _)| e).collect(), skipped)
+    }
+
+    /// Every provider, for `Provider.list`.
+    pub fn list(&self) -> Vec<ProviderInfo> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .map(|e| {
+                let state = e.state();
+                ProviderInfo {
+                    name: e.provider.name().to_owned(),
+                    kind: e.provider.kind().to_owned(),
+                    model: e.provider.model().to_owned(),
+                    status: state.status(now),
+                    latency_ms: state.stats.latency_ms().map_or(0, |ms| ms.ceil() as u32),
+                    auth_status: state.auth(),
+                    message: state.message().map(str::to_owned),
+                }
+            })
+            .collect()
+    }
+
+    /// Every provider's record, for `Health.check`.
+    pub fn stats(&self) -> Vec<ProviderStats> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let state = e.state();
+                let us = |q| {
+                    state
+                        .stats
+                        .quantile(q, 1)
+                        .map_or(0, |d| d.as_micros() as u64)
+                };
+                ProviderStats {
+                    name: e.provider.name().to_owned(),
+                    answered: state.stats.answered,
+                    errors: state.stats.errors,
+                    cancelled: state.stats.cancelled,
+                    hedged: state.stats.hedged,
+                    p50_us: us(0.5),
+                    p95_us: us(0.95),
+                }
+            })
+            .collect()
+    }
+
+    /// Probes every enabled remote provider now and then for as long as it runs: at once, then
+    /// every [`PROBE_INTERVAL`] while it is available, sooner while it is not (its back-off,
+    /// or the server's `Retry-After`). Spawn it on the runtime the providers run on.
+    pub async fn watch(self: Arc<Self>) {
+        let watchers = self
+            .entries
+            .iter()
+            .filter(|e| !e.last_resort && e.placement.enabled)
+            .map(|e| watch_one(e.clone()));
+        futures::future::join_all(watchers).await;
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool::new()
+    }
+}
+
+async fn watch_one(entry: Arc<Entry>) {
+    loop {
+        let started = Instant::now();
+        let result = tokio::time::timeout(PROBE_TIMEOUT, entry.provider.probe())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::TimedOut {
+                    url: format!("[providers.{}] probe", entry.provider.name()),
+                    after: PROBE_TIMEOUT,
+                })
+            });
+        let now = Instant::now();
+        let wait = {
+            let mut state = entry.state();
+            match result {
+                Ok(report) => {
+                    if state.availability != Availability::Available {
+                        tracing::info!(
+                            provider = entry.provider.name(),
+                            took_ms = (now - started).as_millis() as u64,
+                            "provider available"
+                        );
+                    }
+                    state.probed(report.note);
+                    PROBE_INTERVAL
+                }
+                Err(error) => {
+                    let was = state.availability;
+                    state.failed(&error, now);
+                    if was != state.availability {
+                        tracing::warn!(provider = entry.provider.name(), %error, "provider not available");
+                    }
+                    match state.availability {
+                        Availability::Unavailable { until }
+                        | Availability::RateLimited { until } => until
+                            .saturating_duration_since(now)
+                            .max(Duration::from_millis(100)),
+                        // A timed-out probe, or one that errors without setting the provider
+                        // aside yet: look again soon.
+                        Availability::Checking | Availability::Available => {
+                            MAX_BACKOFF.min(Duration::from_secs(5))
+                        }
+                        Availability::NeedsAuth | Availability::Disabled => PROBE_INTERVAL,
+                    }
+                }
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Sleeps until `at`; forever when `None` (the branch is disabled then anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The providers working on one completion.
+struct Race<'a> {
+    request: &'a CompletionRequest,
+    deadline: Instant,
+    order: Vec<Arc<Entry>>,
+    next: usize,
+    running: FuturesUnordered<futures::future::BoxFuture<'a, Done>>,
+    /// The provider started last and when: the one a hedge is timed from.
+    last_started: Option<(Arc<Entry>, Instant)>,
+    last_resort_started: bool,
+}
+
+/// One provider's attempt, finished.
+struct Done {
+    entry: Arc<Entry>,
+    result: Result<Proposal, ProviderError>,
+    took: Duration,
+}
+
+impl<'a> Race<'a> {
+    /// Starts the next provider in order (skipping the last resort if it already runs);
+    /// false when there is none.
+    fn start_next(&mut self) -> bool {
+        while let Some(entry) = self.order.get(self.next).cloned() {
+            self.next += 1;
+            if entry.last_resort && self.last_resort_started {
+                continue;
+            }
+            self.start(entry);
+            return true;
+        }
+        false
+    }
+
+    fn start(&mut self, entry: Arc<Entry>) {
+        let now = Instant::now();
+        self.last_resort_started |= entry.last_resort;
+        self.last_started = Some((entry.clone(), now));
+        self.running
+            .push(Box::pin(attempt(entry, self.request, self.deadline)));
+    }
+
+    /// When to ask the next provider too: the last one started has not answered by its p95.
+    /// Only between remote providers (the last resort is asked by its own rule), and only once
+    /// its p95 rests on enough answers.
+    fn hedge_at(&self) -> Option<Instant> {
+        let (entry, started) = self.last_started.as_ref()?;
+        let next = self.order[self.next..].iter().find(|e| !e.last_resort)?;
+        if entry.last_resort || next.last_resort {
+            return None;
+        }
+        let p95 = entry.state().stats.quantile(0.95, HEDGE_MIN_SAMPLES)?;
+        Some(*started + p95.max(HEDGE_FLOOR))
+    }
+}
+
+/// Counts an attempt as cancelled if it is dropped before it finishes.
+struct CancelGuard {
+    entry: Arc<Entry>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.entry.state().stats.cancelled += 1;
+        }
+    }
+}
+
+/// One provider's attempt at `request`, bounded by its timeout and the call's deadline, after
+/// waiting for one of its slots.
+async fn attempt(entry: Arc<Entry>, request: &CompletionRequest, deadline: Instant) -> Done {
+    let started = Instant::now();
+    let limit = started
+        .checked_add(entry.placement.timeout)
+        .map_or(deadline, |t| t.min(deadline));
+    let mut guard = CancelGuard {
+        entry: entry.clone(),
+        finished: false,
+    };
+    let work = async {
+        // Waiting for a slot counts against the budget: a provider whose slots are all busy
+        // is, for this call, a slow provider.
+        let _slot = entry.slots.acquire().await;
+        entry
+            .provider
+            .complete(CompletionInput {
+                request,
+                deadline: limit,
+            })
+            .await
+    };
+    let result = match tokio::time::timeout_at(limit.into(), work).await {
+        Ok(result) => result,
+        Err(_) => Err(ProviderError::TimedOut {
+            url: format!("[providers.{}]", entry.provider.name()),
+            after: limit - started,
+        }),
+    };
+    guard.finished = true;
+    Done {
+        entry,
+        result,
+        took: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use reaper_core::schema::ProviderStatus;
+
+    use super::*;
+    use crate::provider::{BoxFuture, Capabilities, ChatInput, ChatStream, ProbeReport};
+
+    /// A provider whose answer and pace the test sets.
+    struct Scripted {
+        name: &'static str,
+        delay: Duration,
+        result: Result<Proposal, ProviderError>,
+        calls: AtomicU32,
+    }
+
+    impl Scripted {
+        fn new(
+            name: &'static str,
+            delay_ms: u64,
+            result: Result<&str, ProviderError>,
+        ) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                name,
+                delay: Duration::from_millis(delay_ms),
+                result: result.map(|text| Proposal {
+                    text: text.to_owned(),
+                    confidence: 0.9,
+                }),
+                calls: AtomicU32::new(0),
+            })
+        }
+        fn calls(&self) -> u32 {
+            self.calls.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Provider for Scripted {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn model(&self) -> &str {
+            "m"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        fn complete<'a>(
+            &'a self,
+            _: CompletionInput<'a>,
+        ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(self.delay).await;
+                self.result.clone()
+            })
+        }
+        fn chat<'a>(
+            &'a self,
+            _: ChatInput<'a>,
+        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+            Box::pin(async { Err(ProviderError::Unsupported { what: "chat" }) })
+        }
+        fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+            Box::pin(async { Ok(ProbeReport::default()) })
+        }
+    }
+
+    fn placement(priority: u32) -> Placement {
+        Placement {
+            priority,
+            timeout: Duration::from_secs(2),
+            max_in_flight: 4,
+            enabled: true,
+        }
+    }
+
+    fn request() -> CompletionRequest {
+        CompletionRequest {
+            prefix: "fn ".into(),
+            suffix: String::new(),
+            language: "rust".into(),
+            file_path: None,
+            context: None,
+        }
+    }
+
+    async fn ask(pool: &Pool, within_ms: u64) -> Result<Answer, PoolError> {
+        pool.complete(
+            &request(),
+            Instant::now() + Duration::from_millis(within_ms),
+        )
+        .await
+    }
+
+    fn server_error() -> ProviderError {
+        ProviderError::Http {
+            url: "http://x".into(),
+            status: 500,
+            message: "boom".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn priority_decides_and_failures_fall_through_to_the_next() {
+        let mut pool = Pool::new();
+        let first = Scripted::new("first", 0, Err(server_error()));
+        let second = Scripted::new("second", 0, Ok("from second"));
+        let offline = Scripted::new("offline", 0, Ok("from offline"));
+        pool.add(second.clone(), placement(2), false);
+        pool.add(first.clone(), placement(1), false);
+        pool.add_offline(offline.clone(), None, true);
+        let answer = ask(&pool, 1000).await.unwrap();
+        assert_eq!(answer.provider, "second");
+        assert_eq!((first.calls(), second.calls(), offline.calls()), (1, 1, 0));
+        let stats = pool.stats();
+        assert_eq!((stats[1].name.as_str(), stats[1].errors), ("first", 1));
+        assert_eq!(stats[0].answered, 1);
+    }
+
+    #[tokio::test]
+    async fn the_offline_model_answers_when_every_other_fails_or_is_too_slow() {
+        let mut pool = Pool::new();
+        let down = Scripted::new("down", 0, Err(server_error()));
+        let slow = Scripted::new("slow", 5_000, Ok("late"));
+        pool.add(down, placement(1), false);
+        pool.add(slow.clone(), placement(2), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("fallback")), None, true);
+        let started = Instant::now();
+        let answer = ask(&pool, 200).await.unwrap();
+        assert_eq!(answer.provider, "offline");
+        // Asked OFFLINE_RESERVE before the 200 ms deadline, not after it.
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            pool.stats()[1].cancelled,
+            1,
+            "the slow provider's request was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_offline_model_disabled_every_reason_reaches_the_caller() {
+        let mut pool = Pool::new();
+        pool.add(
+            Scripted::new("a", 0, Err(server_error())),
+            placement(1),
+            false,
+        );
+        pool.add_offline(Scripted::new("offline", 0, Ok("x")), None, false);
+        let error = ask(&pool, 500).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("a: http://x answered HTTP 500: boom"),
+            "{text}"
+        );
+        assert!(
+            text.contains("offline: not asked (enabled = false"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_provider_slower_than_its_p95_is_hedged_and_the_loser_cancelled() {
+        let mut pool = Pool::new();
+        let tail = Arc::new(Scripted {
+            name: "tail",
+            delay: Duration::from_millis(20),
+            result: Ok(Proposal {
+                text: "t".into(),
+                confidence: 0.5,
+            }),
+            calls: AtomicU32::new(0),
+        });
+        let backup = Scripted::new("backup", 30, Ok("b"));
+        pool.add(tail.clone(), placement(1), false);
+        pool.add(backup.clone(), placement(2), false);
+        let pool = pool;
+        // Teach the pool tail's usual latency (20 ms)...
+        for _ in 0..HEDGE_MIN_SAMPLES {
+            assert_eq!(ask(&pool, 1000).await.unwrap().provider, "tail");
+        }
+        assert_eq!(backup.calls(), 0, "no hedge while tail keeps to its p95");
+        // ...then make it slow: past its p95 the backup is asked too, and wins.
+        let slow_tail = Scripted::new("tail", 400, Ok("late"));
+        let entry = &pool.entries[0];
+        let hedging_pool = Pool {
+            entries: vec![
+                Arc::new(Entry {
+                    provider: slow_tail,
+                    placement: entry.placement,
+                    last_resort: false,
+                    slots: Semaphore::new(4),
+                    state: Mutex::new(std::mem::replace(
+                        &mut *entry.state(),
+                        ProviderState::new(true, false),
+                    )),
+                }),
+                pool.entries[1].clone(),
+            ],
+            injected_delay: Duration::ZERO,
+        };
+        let started = Instant::now();
+        let answer = ask(&hedging_pool, 1000).await.unwrap();
+        assert_eq!(answer.provider, "backup");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        let stats = hedging_pool.stats();
+        assert_eq!((stats[0].hedged, stats[0].cancelled), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn rate_limited_providers_are_skipped_until_retry_after() {
+        let mut pool = Pool::new();
+        let limited = Scripted::new(
+            "limited",
+            0,
+            Err(ProviderError::RateLimited {
+                url: "u".into(),
+                status: 429,
+                retry_after: Duration::from_millis(150),
+                message: String::new(),
+            }),
+        );
+        pool.add(limited.clone(), placement(1), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("o")), None, true);
+        assert_eq!(ask(&pool, 500).await.unwrap().provider, "offline");
+        assert_eq!(ask(&pool, 500).await.unwrap().provider, "offline");
+        assert_eq!(limited.calls(), 1, "skipped while it waits");
+        assert_eq!(pool.list()[0].status, ProviderStatus::RateLimited);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ask(&pool, 500).await.unwrap();
+        assert_eq!(limited.calls(), 2, "asked again after Retry-After");
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_gives_way_to_a_provider_with_something() {
+        let mut pool = Pool::new();
+        pool.add(Scripted::new("quiet", 0, Ok("")), placement(1), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("something")), None, true);
+        assert_eq!(ask(&pool, 500).await.unwrap().provider, "offline");
+        let mut pool = Pool::new();
+        pool.add(Scripted::new("quiet", 0, Ok("")), placement(1), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("")), None, true);
+        let answer = ask(&pool, 500).await.unwrap();
+        assert_eq!(
+            (answer.provider.as_str(), answer.proposal.text.as_str()),
+            ("quiet", "")
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_a_completion_cancels_the_providers_working_on_it() {
+        let mut pool = Pool::new();
+        let slow = Scripted::new("slow", 5_000, Ok("late"));
+        pool.add(slow, placement(1), false);
+        let pool = Arc::new(pool);
+        let task = tokio::spawn({
+            let pool = pool.clone();
+            async move { ask(&pool, 10_000).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        task.abort();
+        let _ = task.await;
+        assert_eq!(pool.stats()[0].cancelled, 1);
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_makes_later_requests_wait_for_a_slot() {
+        let mut pool = Pool::new();
+        let one = Scripted::new("one", 100, Ok("x"));
+        pool.add(
+            one,
+            Placement {
+                max_in_flight: 1,
+                ..placement(1)
+            },
+            false,
+        );
+        let pool = Arc::new(pool);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(ask(&pool, 2000), ask(&pool, 2000));
+        assert!(a.is_ok() && b.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

