@@ -42,7 +42,8 @@ struct Args {
 enum Command {
     /// Show whether the daemon is serving, its version, uptime, call counts and latency.
     Health,
-    /// List the configured AI providers with their status, latency and auth.
+    /// List the providers: name, kind, model, status (available, unavailable, rate_limited,
+    /// checking, disabled), measured latency, credentials, and why when not plainly available.
     Providers,
     /// Complete the text at a cursor: the prefix is what comes before it, the suffix what comes
     /// after. Prints the completion (and, with --json, its confidence, provider, latency and
@@ -162,6 +163,18 @@ fn print_health(health: &HealthResponse, json: bool) {
             calls.method, calls.served, calls.failed
         );
     }
+    for p in &health.providers {
+        println!(
+            "  provider {:<19} answered {:>6}  errors {:>4}  cancelled {:>4}  hedged {:>4}  p50 {:.1} ms  p95 {:.1} ms",
+            p.name,
+            p.answered,
+            p.errors,
+            p.cancelled,
+            p.hedged,
+            p.p50_us as f64 / 1000.0,
+            p.p95_us as f64 / 1000.0
+        );
+    }
 }
 
 /// Text given inline or in a file; empty when neither.
@@ -211,12 +224,22 @@ fn print_providers(list: &ProviderListResponse, json: bool) {
         return;
     }
     for p in &list.providers {
+        let model = if p.model.is_empty() {
+            "-"
+        } else {
+            p.model.as_str()
+        };
         println!(
-            "{:<12} {:<12} {:>6} ms  {}",
+            "{:<12} {:<10} {:<24} {:<12} {:>6} ms  {:<14}{}",
             p.name,
+            p.kind,
+            model,
             wire_name(&p.status),
             p.latency_ms,
             wire_name(&p.auth_status),
+            p.message
+                .as_deref()
+                .map_or(String::new(), |m| format!("  {m}")),
         );
     }
 }

@@ -122,6 +122,12 @@ pub enum BuildError {
         #[source]
         source: reqwest::Error,
     },
+    /// A table that is not a remote provider was given as one.
+    #[error("[providers.{name}] is not a remote provider")]
+    NotRemote {
+        /// The provider.
+        name: String,
+    },
 }
 
 /// Picks and calls providers; shared by every completion in flight.

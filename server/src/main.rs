@@ -85,6 +85,47 @@ fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// Prints each provider `--check-config` sees, and each `api_key_env` variable that is not set
+/// (`is_set` looks one up); returns how many are missing.
+fn check_providers(config: &Config, is_set: impl Fn(&str) -> bool) -> usize {
+    let mut problems = 0;
+    for p in &config.providers.remote {
+        let s = &p.settings;
+        println!(
+            "provider {}: kind {}, model {}, base_url {}, priority {}{}",
+            p.name,
+            s.kind,
+            s.model,
+            s.base_url,
+            s.priority,
+            if s.enabled { "" } else { " (disabled)" }
+        );
+        if let Some(var) = s.api_key_env.as_deref().filter(|_| s.enabled) {
+            if !is_set(var) {
+                problems += 1;
+                println!(
+                    "problem: providers.{}: api_key_env names {var}, which is not set in this environment: export {var}=... before starting reaperd",
+                    p.name
+                );
+            }
+        }
+    }
+    let offline = &config.providers.offline;
+    println!(
+        "provider offline: {}{}",
+        if offline.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        offline.priority.map_or_else(
+            || ", after every other provider".to_owned(),
+            |p| format!(", priority {p}")
+        )
+    );
+    problems
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let (config, origin) = Config::locate(
         args.config,
@@ -101,6 +142,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("state_dir: {}", state_path.display());
         for (key, why) in config.not_yet_in_effect() {
             println!("not yet in effect: {key}: {why}");
+        }
+        let problems = check_providers(&config, |k| {
+            std::env::var_os(k).is_some_and(|v| !v.is_empty())
+        });
+        if problems > 0 {
+            bail!("{problems} provider problem(s) above: those providers will answer needs_auth");
         }
         return Ok(());
     }

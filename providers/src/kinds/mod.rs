@@ -7,13 +7,40 @@ pub mod ollama;
 pub mod openai;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
-use reaper_core::config::RemoteSettings;
+use reaper_core::config::{ProviderKind, RemoteSettings};
 use reaper_core::schema::Role;
 
 use crate::error::ProviderError;
 use crate::http::Http;
+use crate::pool::BuildError;
+use crate::provider::Provider;
+
+/// The provider `[providers.name]` describes, its key (if any) looked up with `env`.
+pub fn build(
+    name: &str,
+    settings: &RemoteSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Provider>, BuildError> {
+    let remote = Remote::new(name, settings.clone(), env).map_err(|source| BuildError::Http {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(match settings.kind {
+        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(remote)),
+        ProviderKind::Openai => Arc::new(openai::OpenAi::new(remote)),
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(remote)),
+        ProviderKind::Copilot => Arc::new(copilot::Copilot::new(remote, env)),
+        // The config refuses `offline` for a remote table; should one get here, say so.
+        ProviderKind::Offline => {
+            return Err(BuildError::NotRemote {
+                name: name.to_owned(),
+            })
+        }
+    })
+}
 
 /// An API key or token. Its `Debug` never shows it, so it cannot reach a log by accident.
 #[derive(Clone)]
