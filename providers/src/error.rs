@@ -111,6 +111,12 @@ pub enum ProviderError {
         /// What was seen last.
         detail: String,
     },
+    /// The provider panicked inside reaperd: a bug, contained to this one call.
+    #[error("the provider failed inside reaperd (a bug; the daemon log has the panic): {what}")]
+    Panicked {
+        /// What it was doing.
+        what: &'static str,
+    },
     /// The provider has no such capability (e.g. chat on a completion-only API).
     #[error("{what} is not supported by this provider")]
     Unsupported {

@@ -47,6 +47,10 @@ impl Http {
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
+            // A redirect would carry the prompt (and headers such as Anthropic's `x-api-key`,
+            // which reqwest does not strip across hosts) wherever it points: refused, and
+            // reported so the user fixes base_url instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("reaperd/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Http { client })
@@ -91,6 +95,21 @@ impl Http {
 async fn error_from(url: &str, response: Response, auth_hint: &str) -> ProviderError {
     let status = response.status();
     let retry_after = retry_after(response.headers());
+    if status.is_redirection() {
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("elsewhere");
+        return ProviderError::Http {
+            url: url.to_owned(),
+            status: status.as_u16(),
+            message: format!(
+                "redirected to {}: redirects are not followed (they would carry the request elsewhere); set base_url to the final address",
+                shorten(to, 200)
+            ),
+        };
+    }
     let body = read_at_most(response, MAX_ERROR_BODY)
         .await
         .unwrap_or_default();
@@ -129,8 +148,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (seconds.is_finite() && seconds >= 0.0)
-        .then(|| Duration::from_secs_f64(seconds).min(MAX_RETRY_AFTER))
+    // Capped before converting: `Retry-After: 1e20` must not overflow a Duration.
+    Duration::try_from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
 }
 
 /// The human part of an error body, whichever API sent it: Ollama's `{"error": "..."}`,
@@ -222,18 +241,39 @@ impl Body {
         Ok(chunk)
     }
 
-    /// The whole body as JSON of type `T`.
-    pub(crate) async fn json<T: DeserializeOwned>(mut self) -> Result<T, ProviderError> {
+    /// The whole body's bytes.
+    pub(crate) async fn bytes(mut self) -> Result<Vec<u8>, ProviderError> {
         let mut bytes = Vec::new();
         while let Some(chunk) = self.chunk().await? {
             bytes.extend_from_slice(&chunk);
         }
+        Ok(bytes)
+    }
+
+    /// The whole body as JSON of type `T`; an error quotes the start of the body.
+    pub(crate) async fn json<T: DeserializeOwned>(self) -> Result<T, ProviderError> {
+        self.decode(true).await
+    }
+
+    /// The same, for a body that may hold a secret (a token exchange): an error never quotes
+    /// it.
+    pub(crate) async fn json_secret<T: DeserializeOwned>(self) -> Result<T, ProviderError> {
+        self.decode(false).await
+    }
+
+    async fn decode<T: DeserializeOwned>(self, quote: bool) -> Result<T, ProviderError> {
+        let url = self.url.clone();
+        let bytes = self.bytes().await?;
         serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed {
-            url: self.url.clone(),
-            detail: format!(
-                "{e} in {:?}",
-                shorten(&String::from_utf8_lossy(&bytes), 200)
-            ),
+            url,
+            detail: if quote {
+                format!(
+                    "{e} in {:?}",
+                    shorten(&String::from_utf8_lossy(&bytes), 200)
+                )
+            } else {
+                format!("{e} (the body is not shown: it may hold a secret)")
+            },
         })
     }
 }
@@ -274,6 +314,11 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
         headers.insert("retry-after", "99999".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        // Past what a Duration holds: capped, not a panic.
+        headers.insert("retry-after", "1e20".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert("retry-after", "-5".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
         headers.insert(
             "retry-after",
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),

@@ -13,19 +13,17 @@
 //! The whole completion is one future: dropping it (the call was cancelled, superseded by a
 //! newer one for the same file, or ran out of time) drops every request in it.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use reaper_core::config::{ProviderKind, ProvidersConfig};
 use reaper_core::schema::{CompletionRequest, ProviderInfo, ProviderStats};
 use tokio::sync::Semaphore;
 
 use crate::error::ProviderError;
-use crate::kinds::{
-    anthropic::Anthropic, copilot::Copilot, ollama::Ollama, openai::OpenAi, Remote,
-};
 use crate::offline::OfflineProvider;
 use crate::provider::{CompletionInput, Proposal, Provider};
 use crate::state::{Availability, ProviderState, MAX_BACKOFF};
@@ -88,11 +86,22 @@ pub struct Answer {
 pub struct PoolError {
     /// Each provider that was asked and failed, in the order asked, with why.
     pub failures: Vec<(String, ProviderError)>,
-    /// Each provider that was not asked, with why (disabled, needs auth, backing off).
-    pub skipped: Vec<(String, String)>,
+    /// Each provider that was not asked, in the order configured.
+    pub skipped: Vec<Skipped>,
 }
 
-fn describe(failures: &[(String, ProviderError)], skipped: &[(String, String)]) -> String {
+/// A provider the pool did not ask.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// Its name.
+    pub name: String,
+    /// Why, for people (disabled, waiting out a back-off or a rate limit, needs auth).
+    pub why: String,
+    /// The failure that set it aside, if one did.
+    pub error: Option<ProviderError>,
+}
+
+fn describe(failures: &[(String, ProviderError)], skipped: &[Skipped]) -> String {
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(name, e)| format!("{name}: {e}"))
@@ -100,7 +109,7 @@ fn describe(failures: &[(String, ProviderError)], skipped: &[(String, String)]) 
     parts.extend(
         skipped
             .iter()
-            .map(|(name, why)| format!("{name}: not asked ({why})")),
+            .map(|s| format!("{}: not asked ({})", s.name, s.why)),
     );
     if parts.is_empty() {
         "none is configured and enabled".to_owned()
@@ -173,20 +182,8 @@ impl Pool {
                 max_in_flight: s.max_in_flight.get() as usize,
                 enabled: s.enabled,
             };
-            let base =
-                Remote::new(&remote.name, s.clone(), env).map_err(|source| BuildError::Http {
-                    name: remote.name.clone(),
-                    source,
-                })?;
             let needs_key = s.api_key_env.is_some() || s.kind == ProviderKind::Copilot;
-            let provider: Arc<dyn Provider> = match s.kind {
-                ProviderKind::Ollama => Arc::new(Ollama::new(base)),
-                ProviderKind::Openai => Arc::new(OpenAi::new(base)),
-                ProviderKind::Anthropic => Arc::new(Anthropic::new(base)),
-                ProviderKind::Copilot => Arc::new(Copilot::new(base, env)),
-                // The config refuses it for a remote table.
-                ProviderKind::Offline => continue,
-            };
+            let provider = crate::kinds::build(&remote.name, s, env)?;
             pool.push(provider, placement, false, needs_key);
         }
         let offline = &config.offline;
@@ -270,8 +267,9 @@ impl Pool {
             running: FuturesUnordered::new(),
             last_started: None,
             last_resort_started: false,
+            started: 0,
         };
-        let mut failures = Vec::new();
+        let mut failures: Vec<(usize, String, ProviderError)> = Vec::new();
         let mut blank: Option<Answer> = None;
         race.start_next();
         loop {
@@ -295,7 +293,7 @@ impl Pool {
             tokio::select! {
                 biased;
                 Some(done) = race.running.next() => {
-                    let Done { entry, result, took, .. } = done;
+                    let Done { entry, result, took, asked } = done;
                     match result {
                         Ok(proposal) => {
                             entry.state().succeeded();
@@ -313,8 +311,11 @@ impl Pool {
                             let mut state = entry.state();
                             state.failed(&error, Instant::now());
                             state.stats.errors += 1;
+                            if matches!(error, ProviderError::TimedOut { .. }) {
+                                state.stats.timed_out(took);
+                            }
                             drop(state);
-                            failures.push((entry.provider.name().to_owned(), error));
+                            failures.push((asked, entry.provider.name().to_owned(), error));
                         }
                     }
                     race.start_next();
@@ -324,6 +325,8 @@ impl Pool {
                         entry.state().stats.hedged += 1;
                         tracing::debug!(provider = entry.provider.name(), "slower than its p95: asking the next provider too");
                     }
+                    // Something runs, so this starts the next remote provider, never the
+                    // last resort.
                     race.start_next();
                 }
                 () = sleep_until(fallback_at), if fallback_at.is_some() => {
@@ -333,11 +336,15 @@ impl Pool {
                 }
             }
         }
+        // Attempts finish in any order; the error that decides the call's status is that of
+        // the provider the user ranked first.
+        failures.sort_by_key(|(asked, ..)| *asked);
+        let failures = failures.into_iter().map(|(_, name, e)| (name, e)).collect();
         blank.ok_or(PoolError { failures, skipped })
     }
 
     /// Providers to ask now, best first, and those passed over with why.
-    fn candidates(&self, now: Instant) -> (Vec<Arc<Entry>>, Vec<(String, String)>) {
+    fn candidates(&self, now: Instant) -> (Vec<Arc<Entry>>, Vec<Skipped>) {
         let mut ready = Vec::new();
         let mut skipped = Vec::new();
         for entry in &self.entries {
@@ -345,8 +352,11 @@ impl Pool {
             if state.eligible(now) {
                 ready.push((entry.clone(), state.stats.latency_ms().unwrap_or(0.0)));
             } else {
-                let why = state.message().unwrap_or("unavailable").to_owned();
-                skipped.push((entry.provider.name().to_owned(), why));
+                skipped.push(Skipped {
+                    name: entry.provider.name().to_owned(),
+                    why: state.message().unwrap_or("unavailable").to_owned(),
+                    error: state.last_error().cloned(),
+                });
             }
         }
         // Stable: equal priorities and latencies keep the order of the config file.
@@ -426,14 +436,21 @@ impl Default for Pool {
 async fn watch_one(entry: Arc<Entry>) {
     loop {
         let started = Instant::now();
-        let result = tokio::time::timeout(PROBE_TIMEOUT, entry.provider.probe())
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProviderError::TimedOut {
-                    url: format!("[providers.{}] probe", entry.provider.name()),
-                    after: PROBE_TIMEOUT,
-                })
-            });
+        let probe = AssertUnwindSafe(entry.provider.probe()).catch_unwind();
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                tracing::error!(
+                    provider = entry.provider.name(),
+                    "a provider's probe panicked (a bug); probing goes on"
+                );
+                Err(ProviderError::Panicked { what: "probing" })
+            }
+            Err(_) => Err(ProviderError::TimedOut {
+                url: format!("[providers.{}] probe", entry.provider.name()),
+                after: PROBE_TIMEOUT,
+            }),
+        };
         let now = Instant::now();
         let wait = {
             let mut state = entry.state();
@@ -492,6 +509,8 @@ struct Race<'a> {
     /// The provider started last and when: the one a hedge is timed from.
     last_started: Option<(Arc<Entry>, Instant)>,
     last_resort_started: bool,
+    /// Attempts started so far (each attempt's rank in asking order).
+    started: usize,
 }
 
 /// One provider's attempt, finished.
@@ -499,15 +518,18 @@ struct Done {
     entry: Arc<Entry>,
     result: Result<Proposal, ProviderError>,
     took: Duration,
+    /// Its rank in asking order.
+    asked: usize,
 }
 
 impl<'a> Race<'a> {
-    /// Starts the next provider in order (skipping the last resort if it already runs);
-    /// false when there is none.
+    /// Starts the next provider in order; false when there is none. The last resort is
+    /// started in its turn only when nothing else runs (while a provider works, the offline
+    /// model waits for the reserve before the deadline, or for everything else to end).
     fn start_next(&mut self) -> bool {
         while let Some(entry) = self.order.get(self.next).cloned() {
             self.next += 1;
-            if entry.last_resort && self.last_resort_started {
+            if entry.last_resort && (self.last_resort_started || !self.running.is_empty()) {
                 continue;
             }
             self.start(entry);
@@ -520,8 +542,10 @@ impl<'a> Race<'a> {
         let now = Instant::now();
         self.last_resort_started |= entry.last_resort;
         self.last_started = Some((entry.clone(), now));
-        self.running
-            .push(Box::pin(attempt(entry, self.request, self.deadline)));
+        let asked = self.started;
+        self.started += 1;
+        let attempt = attempt(entry, self.request, self.deadline, asked);
+        self.running.push(Box::pin(attempt));
     }
 
     /// When to ask the next provider too: the last one started has not answered by its p95.
@@ -554,7 +578,12 @@ impl Drop for CancelGuard {
 
 /// One provider's attempt at `request`, bounded by its timeout and the call's deadline, after
 /// waiting for one of its slots.
-async fn attempt(entry: Arc<Entry>, request: &CompletionRequest, deadline: Instant) -> Done {
+async fn attempt(
+    entry: Arc<Entry>,
+    request: &CompletionRequest,
+    deadline: Instant,
+    asked: usize,
+) -> Done {
     let started = Instant::now();
     let limit = started
         .checked_add(entry.placement.timeout)
@@ -575,8 +604,18 @@ async fn attempt(entry: Arc<Entry>, request: &CompletionRequest, deadline: Insta
             })
             .await
     };
+    // A panic in one provider costs that provider this call, not the whole race (the others
+    // and the offline fallback go on).
+    let work = AssertUnwindSafe(work).catch_unwind();
     let result = match tokio::time::timeout_at(limit.into(), work).await {
-        Ok(result) => result,
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            tracing::error!(
+                provider = entry.provider.name(),
+                "a provider panicked (a bug); the call goes on without it"
+            );
+            Err(ProviderError::Panicked { what: "completing" })
+        }
         Err(_) => Err(ProviderError::TimedOut {
             url: format!("[providers.{}]", entry.provider.name()),
             after: limit - started,
@@ -587,6 +626,7 @@ async fn attempt(entry: Arc<Entry>, request: &CompletionRequest, deadline: Insta
         entry,
         result,
         took: started.elapsed(),
+        asked,
     }
 }
 
@@ -865,6 +905,105 @@ mod tests {
         task.abort();
         let _ = task.await;
         assert_eq!(pool.stats()[0].cancelled, 1);
+    }
+
+    /// A provider with a bug.
+    struct Panicking;
+
+    impl Provider for Panicking {
+        fn name(&self) -> &str {
+            "buggy"
+        }
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn model(&self) -> &str {
+            "m"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        fn complete<'a>(
+            &'a self,
+            _: CompletionInput<'a>,
+        ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+            Box::pin(async { panic!("a bug in a provider") })
+        }
+        fn chat<'a>(
+            &'a self,
+            _: ChatInput<'a>,
+        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+            Box::pin(async { Err(ProviderError::Unsupported { what: "chat" }) })
+        }
+        fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+            Box::pin(async { panic!("a bug in a probe") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_provider_costs_itself_the_call_not_the_others() {
+        let mut pool = Pool::new();
+        pool.add(Arc::new(Panicking), placement(1), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("still here")), None, true);
+        let answer = ask(&pool, 500).await.unwrap();
+        assert_eq!(answer.provider, "offline");
+        assert_eq!(pool.stats()[0].errors, 1);
+        let pool = Arc::new(pool);
+        let watch = tokio::spawn(pool.clone().watch());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !watch.is_finished(),
+            "probing goes on after a probe panicked"
+        );
+        watch.abort();
+        assert!(pool.list()[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("a bug"));
+    }
+
+    #[tokio::test]
+    async fn the_offline_model_does_not_jump_ahead_of_a_hedged_provider_still_working() {
+        let mut pool = Pool::new();
+        let fails = Arc::new(Scripted {
+            name: "fails",
+            delay: Duration::from_millis(5),
+            result: Ok(Proposal {
+                text: "x".into(),
+                confidence: 0.5,
+            }),
+            calls: AtomicU32::new(0),
+        });
+        let backup = Scripted::new("backup", 80, Ok("from backup"));
+        pool.add(fails.clone(), placement(1), false);
+        pool.add(backup.clone(), placement(2), false);
+        pool.add_offline(Scripted::new("offline", 0, Ok("from offline")), None, true);
+        for _ in 0..HEDGE_MIN_SAMPLES {
+            ask(&pool, 1000).await.unwrap();
+        }
+        // Now the first one is slow and then fails: by then the backup runs (hedged), and it,
+        // not the offline model, answers.
+        let slow_failure = Scripted::new("fails", 40, Err(server_error()));
+        let entry = &pool.entries[0];
+        let pool = Pool {
+            entries: vec![
+                Arc::new(Entry {
+                    provider: slow_failure,
+                    placement: entry.placement,
+                    last_resort: false,
+                    slots: Semaphore::new(4),
+                    state: Mutex::new(std::mem::replace(
+                        &mut *entry.state(),
+                        ProviderState::new(true, false),
+                    )),
+                }),
+                pool.entries[1].clone(),
+                pool.entries[2].clone(),
+            ],
+            injected_delay: Duration::ZERO,
+        };
+        assert_eq!(ask(&pool, 1000).await.unwrap().provider, "backup");
     }
 
     #[tokio::test]

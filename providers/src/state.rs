@@ -13,8 +13,8 @@ use crate::error::ProviderError;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait before an unavailable provider is tried again.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Errors in a row (answers that were not refusals: 5xx, malformed or dropped streams) after
-/// which a provider is set aside like an unreachable one.
+/// Failures in a row that were not refusals (5xx, malformed or dropped streams, timeouts)
+/// after which a provider is set aside like an unreachable one.
 const ERRORS_BEFORE_ASIDE: u32 = 3;
 /// Completion latencies kept for the percentiles (the most recent ones: a provider's speed
 /// changes with its load and the model it has loaded).
@@ -48,6 +48,8 @@ pub(crate) struct ProviderState {
     message: Option<String>,
     /// What the last successful probe said (kept as the message while available).
     note: Option<String>,
+    /// Why it last failed, while it has not worked since.
+    last_error: Option<ProviderError>,
     backoff: Duration,
     errors_in_a_row: u32,
     authorised_once: bool,
@@ -70,6 +72,7 @@ impl ProviderState {
             },
             message: (!enabled).then(|| "enabled = false in reaper.toml".to_owned()),
             note: None,
+            last_error: None,
             backoff: FIRST_BACKOFF,
             errors_in_a_row: 0,
             authorised_once: false,
@@ -101,6 +104,7 @@ impl ProviderState {
         }
         self.availability = Availability::Available;
         self.message = self.note.clone();
+        self.last_error = None;
         self.backoff = FIRST_BACKOFF;
         self.errors_in_a_row = 0;
         if self.auth != AuthStatus::NotRequired {
@@ -115,6 +119,7 @@ impl ProviderState {
             return;
         }
         self.message = Some(error.to_string());
+        self.last_error = Some(error.clone());
         match error {
             ProviderError::Unauthorized { .. }
             | ProviderError::MissingKey { .. }
@@ -137,17 +142,20 @@ impl ProviderState {
             ProviderError::Unreachable { .. } | ProviderError::ModelNotFound { .. } => {
                 self.set_aside(now);
             }
+            // A timeout counts too: a server that accepts connections and never answers must
+            // not stay first in line, costing every call its whole budget.
             ProviderError::Http { .. }
             | ProviderError::Stream { .. }
             | ProviderError::Malformed { .. }
-            | ProviderError::Dropped { .. } => {
+            | ProviderError::Dropped { .. }
+            | ProviderError::TimedOut { .. }
+            | ProviderError::Panicked { .. } => {
                 self.errors_in_a_row += 1;
                 if self.errors_in_a_row >= ERRORS_BEFORE_ASIDE {
                     self.set_aside(now);
                 }
             }
-            // Slow is not down: the hedge and the budget deal with it.
-            ProviderError::TimedOut { .. } | ProviderError::Unsupported { .. } => {}
+            ProviderError::Unsupported { .. } => {}
         }
     }
 
@@ -180,6 +188,11 @@ impl ProviderState {
     pub(crate) fn message(&self) -> Option<&str> {
         self.message.as_deref()
     }
+
+    /// Why it last failed, if it has not worked since.
+    pub(crate) fn last_error(&self) -> Option<&ProviderError> {
+        self.last_error.as_ref()
+    }
 }
 
 /// A provider's record since the daemon started.
@@ -204,6 +217,10 @@ impl Stats {
     /// An answer that took `took`.
     pub(crate) fn answered(&mut self, took: Duration) {
         self.answered += 1;
+        self.sample(took);
+    }
+
+    fn sample(&mut self, took: Duration) {
         let us = took.as_micros().min(u32::MAX as u128) as u32;
         if self.window.len() < WINDOW {
             self.window.push(us);
@@ -213,6 +230,12 @@ impl Stats {
         self.next = (self.next + 1) % WINDOW;
         let ms = took.as_secs_f64() * 1000.0;
         self.ewma_ms = Some(self.ewma_ms.map_or(ms, |avg| avg + EWMA_ALPHA * (ms - avg)));
+    }
+
+    /// A completion that ran out of time after `took`: a latency sample (so the provider
+    /// ranks as slow as it is), not an answer.
+    pub(crate) fn timed_out(&mut self, took: Duration) {
+        self.sample(took);
     }
 
     /// The moving average of answer latency, in milliseconds.

@@ -10,7 +10,7 @@ use reaper_core::config::Config;
 use reaper_core::schema::{ChatMessage, CompletionRequest, Role};
 use reaper_providers::{ChatInput, CompletionInput, Provider, ProviderError};
 use reaper_testkit::ollama::{self, OllamaServer, Trouble};
-use reaper_testkit::{copilot, CopilotServer, LlamaOptions, LlamaServer, WireServer};
+use reaper_testkit::{copilot, CopilotServer, LlamaOptions, LlamaServer, Reply, WireServer};
 
 /// The provider a `[providers.test]` table describes, with `env` as its environment.
 fn provider(table: &str, env: &[(&str, &str)]) -> Arc<dyn Provider> {
@@ -90,11 +90,12 @@ async fn ollama_fills_in_the_middle_with_the_suffix_and_keeps_the_model_loaded()
         .await
         .unwrap();
     assert_eq!(text, "settings.apply();");
-    let seen = server.wire().seen();
-    let generate = seen
-        .iter()
-        .find(|s| s.request.path == "/api/generate")
-        .unwrap();
+    let generate = server
+        .wire()
+        .wait_for(Duration::from_secs(2), |s| {
+            s.request.path == "/api/generate" && s.finished
+        })
+        .expect("the whole answer went out");
     let body = generate.request.json();
     assert_eq!(body["suffix"], "\n}\n");
     assert_eq!(body["prompt"], "fn main() {\n    ");
@@ -102,7 +103,6 @@ async fn ollama_fills_in_the_middle_with_the_suffix_and_keeps_the_model_loaded()
     assert_eq!(body["stream"], true);
     assert_eq!(body["options"]["num_predict"], 64);
     assert!(body.get("raw").is_none());
-    assert!(generate.finished);
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn dropping_a_completion_closes_the_connection_before_the_stream_ends() {
     task.abort();
     let seen = tokio::task::spawn_blocking(move || {
         let seen = server.wire().wait_for(Duration::from_secs(2), |s| {
-            s.request.path == "/api/generate"
+            s.request.path == "/api/generate" && (s.closed_early || s.finished)
         });
         (seen, server)
     })
@@ -310,6 +310,25 @@ async fn copilot_refreshes_its_token_after_refresh_in() {
 }
 
 #[tokio::test]
+async fn a_copilot_token_refused_early_is_exchanged_again_within_the_call() {
+    let server = CopilotServer::start(copilot_script());
+    let p = provider(
+        &format!(
+            "kind = \"copilot\"\nbase_url = \"{}\"\napi_key_env = \"GH_OAUTH\"\n",
+            server.url()
+        ),
+        &[("GH_OAUTH", "gho_test_oauth")],
+    );
+    complete(&*p, &request("a", "")).await.unwrap();
+    server.revoke_tokens();
+    assert_eq!(
+        complete(&*p, &request("a", "")).await.unwrap(),
+        "vec![1, 2, 3]"
+    );
+    assert_eq!(server.exchanges(), 2);
+}
+
+#[tokio::test]
 async fn copilot_without_a_sign_in_says_how_to_sign_in() {
     let server = CopilotServer::start(copilot_script());
     let home = tempfile::tempdir().unwrap();
@@ -330,6 +349,78 @@ async fn copilot_without_a_sign_in_says_how_to_sign_in() {
     );
     assert!(error.to_string().contains("Bad credentials"), "{error}");
     assert_eq!(server.exchanges(), 1);
+}
+
+// ---- OpenAI-compatible servers that are not llama.cpp ----
+
+/// An OpenAI-compatible server that, like LM Studio, answers a route it does not have with
+/// 200 and a JSON error, and completes with SSE.
+fn lm_studio_like() -> WireServer {
+    WireServer::start(|request| {
+        match request.path.as_str() {
+        "/v1/models" => Reply::json(200, &serde_json::json!({"object": "list", "data": [{"id": "qwen2.5-coder-7b", "object": "model", "owned_by": "organization_owner"}]})),
+        "/v1/completions" => Reply::Stream {
+            status: 200,
+            content_type: "text/event-stream".into(),
+            pieces: vec![
+                (Duration::ZERO, b"data: {\"choices\":[{\"index\":0,\"text\":\"42\",\"finish_reason\":null}]}\n\n".to_vec()),
+                (Duration::ZERO, b"data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n".to_vec()),
+                (Duration::ZERO, b"data: [DONE]\n\n".to_vec()),
+            ],
+            fault: None,
+        },
+        "/moved/v1/models" => Reply::Body {
+            status: 307,
+            headers: vec![("Location".into(), "http://elsewhere.example/v1/models".into())],
+            body: Vec::new(),
+        },
+        _ => Reply::json(200, &serde_json::json!({"error": format!("Unexpected endpoint or method. ({} {})", request.method, request.path)})),
+    }
+    })
+}
+
+#[tokio::test]
+async fn a_server_without_infill_that_answers_200_still_gets_completions() {
+    let server = lm_studio_like();
+    // Without a probe first: /infill answers 200 with a JSON error, which is not an answer.
+    let p = provider(&openai_table(&server.url(), "qwen2.5-coder-7b"), &[]);
+    assert_eq!(
+        complete(&*p, &request("let x = ", ";")).await.unwrap(),
+        "42"
+    );
+    assert_eq!(
+        complete(&*p, &request("let x = ", ";")).await.unwrap(),
+        "42"
+    );
+    let infills = server
+        .seen()
+        .iter()
+        .filter(|s| s.request.path == "/infill")
+        .count();
+    assert_eq!(infills, 1, "tried once, then never again");
+    // With a probe first: not llama.cpp, so /infill is never tried.
+    let p = provider(&openai_table(&server.url(), "qwen2.5-coder-7b"), &[]);
+    p.probe().await.unwrap();
+    complete(&*p, &request("let x = ", ";")).await.unwrap();
+    let infills = server
+        .seen()
+        .iter()
+        .filter(|s| s.request.path == "/infill")
+        .count();
+    assert_eq!(infills, 1);
+}
+
+#[tokio::test]
+async fn redirects_are_refused_not_followed() {
+    let server = lm_studio_like();
+    let p = provider(&openai_table(&format!("{}/moved", server.url()), "m"), &[]);
+    let error = p.probe().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("redirected to http://elsewhere.example/v1/models"),
+        "{error}"
+    );
 }
 
 // ---- llama.cpp, for real: the OpenAI and Anthropic formats ----

@@ -33,6 +33,7 @@ pub struct Script {
 #[derive(Debug)]
 pub struct CopilotServer {
     server: WireServer,
+    issued: Issued,
 }
 
 /// Copilot tokens issued, with when they stop being accepted.
@@ -42,8 +43,18 @@ impl CopilotServer {
     /// Starts it with `script`.
     pub fn start(script: Script) -> CopilotServer {
         let issued: Issued = Arc::default();
-        let server = WireServer::start(move |request| route(&script, &issued, request));
-        CopilotServer { server }
+        let tokens = issued.clone();
+        let server = WireServer::start(move |request| route(&script, &tokens, request));
+        CopilotServer { server, issued }
+    }
+
+    /// Revokes every Copilot token issued so far (as an expiry the client did not see coming
+    /// would): the next API call with one gets 401.
+    pub fn revoke_tokens(&self) {
+        self.issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The GitHub API base URL to configure (the exchange lives there; the token names this

@@ -121,13 +121,13 @@ impl Reply {
 pub struct Seen {
     /// The request.
     pub request: Request,
-    /// Whether the whole answer went out.
+    /// Whether the whole answer went out (false while it is going out).
     pub finished: bool,
     /// Whether the client closed the connection before the answer was complete.
     pub closed_early: bool,
-    /// When the request arrived and when its handling ended.
+    /// When the request arrived.
     pub arrived: Instant,
-    /// When its handling ended.
+    /// When its handling ended (`arrived` while it goes on).
     pub ended: Instant,
 }
 
@@ -244,14 +244,25 @@ async fn serve(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Seen>>>) 
     while let Some(request) = read_request(&mut read, &mut buffer).await {
         let arrived = Instant::now();
         let reply = handler(&request);
+        // Noted on arrival, so a test sees every request its client has sent; how it ended is
+        // filled in when the answer is done.
+        let at = {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push(Seen {
+                request,
+                finished: false,
+                closed_early: false,
+                arrived,
+                ended: arrived,
+            });
+            log.len() - 1
+        };
         let (finished, closed_early, keep) = answer(&mut read, &mut write, reply).await;
-        log.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
-            request,
-            finished,
-            closed_early,
-            arrived,
-            ended: Instant::now(),
-        });
+        if let Some(seen) = log.lock().unwrap_or_else(|e| e.into_inner()).get_mut(at) {
+            seen.finished = finished;
+            seen.closed_early = closed_early;
+            seen.ended = Instant::now();
+        }
         if !keep {
             return;
         }

@@ -326,6 +326,15 @@ fn check_url(url: String) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
+    let authority = rest.map(|r| r.split('/').next().unwrap_or(r));
+    // Credentials or a query in the URL would be shown wherever the URL is (errors, logs,
+    // `reaper providers`): keys belong in api_key_env.
+    if authority.is_some_and(|a| a.contains('@')) || url.contains(['?', '#']) {
+        return Err(
+            "`base_url` must not carry credentials or a query (they would appear in logs and errors): put the key in an environment variable named by api_key_env"
+                .to_owned(),
+        );
+    }
     match rest {
         Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace) => {
             Ok(url.trim_end_matches('/').to_owned())
@@ -409,6 +418,10 @@ priority = 1
             (
                 "[providers.gpt]\nkind = \"openai\"\nmodel = \"x\"\nbase_url = \"127.0.0.1:8080\"\n",
                 &["[providers.gpt]", "base_url"],
+            ),
+            (
+                "[providers.gpt]\nkind = \"openai\"\nmodel = \"x\"\nbase_url = \"https://me:sk-1@h/v1\"\n",
+                &["[providers.gpt]", "must not carry credentials"],
             ),
             (
                 "[providers.x]\nkind = \"offline\"\n",

@@ -14,11 +14,10 @@ use serde_json::json;
 use super::{role_name, Remote};
 use crate::error::ProviderError;
 use crate::http::{Body, DEFAULT_RETRY_AFTER};
-use crate::kinds::openai::{proposal, ModelList};
+use crate::kinds::openai::proposal;
 use crate::prompt::{self, Around};
 use crate::provider::{
-    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
-    Provider,
+    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
 use crate::stream::{SseItem, SseReader};
 
@@ -61,6 +60,17 @@ impl Anthropic {
         Ok(Deltas {
             events: SseReader::new(Body::new(&url, response, MAX_STREAM)),
         })
+    }
+
+    /// What it can do now.
+    fn capabilities_now(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: true,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
@@ -111,30 +121,11 @@ impl Anthropic {
     }
 
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
-        let url = self.remote.url("/v1/models");
-        let request = self.with_headers(self.remote.http.get(&url))?;
-        let response = self
-            .remote
-            .http
-            .send(&url, request, &self.remote.auth_hint())
+        // The list is paginated (20 by default); one page of 1,000 holds every model.
+        let url = self.remote.url("/v1/models?limit=1000");
+        self.remote
+            .list_models(&url, |r| self.with_headers(r))
             .await?;
-        let models: ModelList = Body::new(&url, response, crate::http::MAX_BODY)
-            .json()
-            .await?;
-        if !self
-            .remote
-            .model_listed(models.data.iter().map(|m| m.id.as_str()))
-        {
-            let served: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).take(10).collect();
-            return Err(ProviderError::ModelNotFound {
-                url,
-                model: self.remote.settings.model.clone(),
-                detail: format!(
-                    "the API lists {served:?}: set model in [providers.{}] to one of them",
-                    self.remote.name
-                ),
-            });
-        }
         Ok(ProbeReport {
             note: Some(
                 "a chat model: completions are asked as a fill-in-the-hole instruction".to_owned(),
@@ -143,47 +134,7 @@ impl Anthropic {
     }
 }
 
-impl Provider for Anthropic {
-    fn name(&self) -> &str {
-        &self.remote.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "anthropic"
-    }
-
-    fn model(&self) -> &str {
-        &self.remote.settings.model
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: true,
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
-    }
-
-    fn complete<'a>(
-        &'a self,
-        input: CompletionInput<'a>,
-    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
-        Box::pin(self.complete_inner(input))
-    }
-
-    fn chat<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
-        Box::pin(self.chat_inner(input))
-    }
-
-    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-        Box::pin(self.probe_inner())
-    }
-}
+remote_provider!(Anthropic, "anthropic");
 
 /// The text deltas of a Messages stream.
 struct Deltas {

@@ -25,13 +25,12 @@ use serde_json::json;
 use super::{Remote, Secret};
 use crate::error::ProviderError;
 use crate::http::{Body, MAX_BODY};
-use crate::kinds::openai::{chat_body, chat_deltas, proposal, ModelList};
+use crate::kinds::openai::{chat_body, chat_deltas, completion_text, proposal, ModelList};
 use crate::prompt::{self, Around};
 use crate::provider::{
-    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
-    Provider,
+    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
-use crate::stream::{SseItem, SseReader};
+use crate::stream::SseReader;
 
 /// Headers that identify the client to Copilot, as its third-party clients send them.
 const EDITOR_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
@@ -39,6 +38,9 @@ const EDITOR_PLUGIN_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION")
 const INTEGRATION_ID: &str = "vscode-chat";
 /// Refresh the Copilot token this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(120);
+/// Bounds on how long a Copilot token is used before it is exchanged again.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// Largest streamed completion accepted, in bytes.
 const MAX_COMPLETION_STREAM: usize = 1024 * 1024;
 /// Largest streamed chat answer accepted, in bytes.
@@ -129,7 +131,7 @@ impl Copilot {
             }
             other => other?,
         };
-        let exchange: TokenExchange = Body::new(&url, response, MAX_BODY).json().await?;
+        let exchange: TokenExchange = Body::new(&url, response, MAX_BODY).json_secret().await?;
         let now = Instant::now();
         let unix_now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -139,8 +141,20 @@ impl Copilot {
         if let Some(seconds) = exchange.refresh_in {
             refresh_in = refresh_in.min(Duration::from_secs(seconds));
         }
+        // Whatever the server says (or however the clocks disagree): not an exchange per call,
+        // and not a token kept for hours.
+        let refresh_in = refresh_in.clamp(MIN_REFRESH, MAX_REFRESH);
         let endpoints = exchange.endpoints.unwrap_or_default();
-        let is_url = |u: &String| u.starts_with("http://") || u.starts_with("https://");
+        // The token travels to these hosts: TLS, except to this machine (tests, a local proxy).
+        let is_url = |u: &String| {
+            u.starts_with("https://")
+                || ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|local| {
+                        u.strip_prefix(local)
+                            .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+                    })
+        };
         let api = endpoints
             .api
             .filter(is_url)
@@ -154,7 +168,7 @@ impl Copilot {
             .filter(is_url)
             .map_or_else(|| api.clone(), |p| p.trim_end_matches('/').to_owned());
         let session = Session {
-            token: Secret::new(exchange.token),
+            token: exchange.token,
             api,
             proxy,
             refresh_at: now + refresh_in,
@@ -163,40 +177,46 @@ impl Copilot {
         Ok(session)
     }
 
-    /// Sends a request to the Copilot API; a 401 drops the session so the next call exchanges
-    /// a fresh token.
-    async fn send(
+    /// Sends the request `build` makes from a valid session (its hosts) to the Copilot API,
+    /// with the session's token. A 401 there means the short-lived token was refused
+    /// (expired early, revoked, clocks apart): the sign-in is exchanged again and the request
+    /// sent once more, so only a refused sign-in reaches the caller as `Unauthorized`.
+    async fn call(
         &self,
-        session: &Session,
-        url: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ProviderError> {
-        let request = with_client_headers(request).header(
-            reqwest::header::AUTHORIZATION,
-            session.token.header("Bearer "),
-        );
-        let result = self
-            .remote
-            .http
-            .send(
-                url,
-                request,
-                "the Copilot token was refused: it is exchanged again on the next call",
-            )
-            .await;
-        if let Err(ProviderError::Unauthorized { .. }) = &result {
-            *self.session.lock().await = None;
+        build: impl Fn(&Session) -> (String, reqwest::RequestBuilder),
+    ) -> Result<(String, reqwest::Response), ProviderError> {
+        let hint = "the Copilot token was refused even just after an exchange: check the account's Copilot access";
+        let mut retried = false;
+        loop {
+            let session = self.session().await?;
+            let (url, request) = build(&session);
+            let request = with_client_headers(request).header(
+                reqwest::header::AUTHORIZATION,
+                session.token.header("Bearer "),
+            );
+            match self.remote.http.send(&url, request, hint).await {
+                Err(ProviderError::Unauthorized { .. }) if !retried => {
+                    *self.session.lock().await = None;
+                    retried = true;
+                }
+                other => return other.map(|response| (url, response)),
+            }
         }
-        result
+    }
+
+    /// What it can do now.
+    fn capabilities_now(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: true,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let session = self.session().await?;
         let around = Around::of(input.request);
-        let url = format!(
-            "{}/v1/engines/{}/completions",
-            session.proxy, self.remote.settings.model
-        );
         let body = json!({
             "prompt": around.prefix,
             "suffix": around.suffix,
@@ -212,54 +232,41 @@ impl Copilot {
                 "trim_by_indentation": true,
             },
         });
-        let request = self
-            .remote
-            .http
-            .post_json(&url, &body)
-            .header("Openai-Intent", "copilot-ghost");
-        let response = self.send(&session, &url, request).await?;
+        let (url, response) = self
+            .call(|session| {
+                let url = format!(
+                    "{}/v1/engines/{}/completions",
+                    session.proxy, self.remote.settings.model
+                );
+                let request = self
+                    .remote
+                    .http
+                    .post_json(&url, &body)
+                    .header("Openai-Intent", "copilot-ghost");
+                (url, request)
+            })
+            .await?;
         let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
-        let mut text = String::new();
-        let mut finished = false;
-        loop {
-            match events.next_json::<CompletionChunk>().await? {
-                None if finished => break,
-                None => {
-                    return Err(ProviderError::Dropped {
-                        url,
-                        detail: format!("no [DONE] after {} bytes of text", text.len()),
-                    })
-                }
-                Some(SseItem::Done) => break,
-                Some(SseItem::Data { data, .. }) => {
-                    for choice in data.choices.into_iter().filter(|c| c.index == 0) {
-                        text.push_str(&choice.text);
-                        finished |= choice.finish_reason.is_some();
-                    }
-                }
-            }
-        }
-        Ok(proposal(text))
+        Ok(proposal(completion_text(&mut events).await?))
     }
 
     async fn chat_inner<'a>(
         &'a self,
         input: ChatInput<'a>,
     ) -> Result<ChatStream<'a>, ProviderError> {
-        let session = self.session().await?;
-        let url = format!("{}/chat/completions", session.api);
         // Copilot's chat models are its own choice; the completion model is not one of them.
         let body = chat_body("gpt-4o", input);
-        let response = self
-            .send(
-                &session,
-                &url,
-                self.remote
+        let (url, response) = self
+            .call(|session| {
+                let url = format!("{}/chat/completions", session.api);
+                let request = self
+                    .remote
                     .http
                     .post_json(&url, &body)
                     .header("Openai-Intent", "conversation-panel")
-                    .header("Copilot-Integration-Id", INTEGRATION_ID),
-            )
+                    .header("Copilot-Integration-Id", INTEGRATION_ID);
+                (url, request)
+            })
             .await?;
         Ok(chat_deltas(SseReader::new(Body::new(
             &url,
@@ -269,14 +276,17 @@ impl Copilot {
     }
 
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
-        let session = self.session().await?;
-        let url = format!("{}/models", session.api);
-        let request = self
-            .remote
-            .http
-            .get(&url)
-            .header("Copilot-Integration-Id", INTEGRATION_ID);
-        let response = self.send(&session, &url, request).await?;
+        let (url, response) = self
+            .call(|session| {
+                let url = format!("{}/models", session.api);
+                let request = self
+                    .remote
+                    .http
+                    .get(&url)
+                    .header("Copilot-Integration-Id", INTEGRATION_ID);
+                (url, request)
+            })
+            .await?;
         let models: ModelList = Body::new(&url, response, MAX_BODY).json().await?;
         let note = (!self.remote.model_listed(models.data.iter().map(|m| m.id.as_str()))).then(|| {
             format!(
@@ -288,47 +298,7 @@ impl Copilot {
     }
 }
 
-impl Provider for Copilot {
-    fn name(&self) -> &str {
-        &self.remote.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "copilot"
-    }
-
-    fn model(&self) -> &str {
-        &self.remote.settings.model
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: true,
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
-    }
-
-    fn complete<'a>(
-        &'a self,
-        input: CompletionInput<'a>,
-    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
-        Box::pin(self.complete_inner(input))
-    }
-
-    fn chat<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
-        Box::pin(self.chat_inner(input))
-    }
-
-    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-        Box::pin(self.probe_inner())
-    }
-}
+remote_provider!(Copilot, "copilot");
 
 fn with_client_headers(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     request
@@ -352,7 +322,7 @@ fn read_sign_in(path: &Path) -> Option<Secret> {
 /// The answer of `/copilot_internal/v2/token`.
 #[derive(Debug, Deserialize)]
 struct TokenExchange {
-    token: String,
+    token: Secret,
     /// Unix seconds.
     expires_at: u64,
     /// Seconds until the token should be refreshed.
@@ -364,21 +334,6 @@ struct TokenExchange {
 struct Endpoints {
     api: Option<String>,
     proxy: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CompletionChunk {
-    #[serde(default)]
-    choices: Vec<CompletionChoice>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CompletionChoice {
-    #[serde(default)]
-    index: u32,
-    #[serde(default)]
-    text: String,
-    finish_reason: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,55 @@
 //! One module per API a remote provider may speak, and what they share: the configured
 //! settings, one HTTP client, and the API key read once from the environment.
 
+/// The `Provider` impl every remote kind shares: its identity from its `Remote`, its work
+/// from its own `capabilities_now`, `complete_inner`, `chat_inner` and `probe_inner`.
+macro_rules! remote_provider {
+    ($type:ty, $kind:literal) => {
+        impl crate::provider::Provider for $type {
+            fn name(&self) -> &str {
+                &self.remote.name
+            }
+
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            fn model(&self) -> &str {
+                &self.remote.settings.model
+            }
+
+            fn capabilities(&self) -> crate::provider::Capabilities {
+                self.capabilities_now()
+            }
+
+            fn complete<'a>(
+                &'a self,
+                input: crate::provider::CompletionInput<'a>,
+            ) -> crate::provider::BoxFuture<'a, Result<crate::provider::Proposal, ProviderError>>
+            {
+                Box::pin(self.complete_inner(input))
+            }
+
+            fn chat<'a>(
+                &'a self,
+                input: crate::provider::ChatInput<'a>,
+            ) -> crate::provider::BoxFuture<
+                'a,
+                Result<crate::provider::ChatStream<'a>, ProviderError>,
+            > {
+                Box::pin(self.chat_inner(input))
+            }
+
+            fn probe(
+                &self,
+            ) -> crate::provider::BoxFuture<'_, Result<crate::provider::ProbeReport, ProviderError>>
+            {
+                Box::pin(self.probe_inner())
+            }
+        }
+    };
+}
+
 pub mod anthropic;
 pub mod copilot;
 pub mod ollama;
@@ -68,6 +117,12 @@ impl Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -110,6 +165,46 @@ impl Remote {
     /// The API key, if one is configured; the missing-variable error if it is not set.
     pub(crate) fn key(&self) -> Result<Option<&Secret>, ProviderError> {
         self.key.as_ref().map(Option::as_ref).map_err(Clone::clone)
+    }
+
+    /// `request` with the API key as a bearer token, if one is configured (OpenAI-compatible
+    /// servers; Ollama takes none itself, a proxy in front of it may).
+    pub(crate) fn with_bearer(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(match self.key()? {
+            Some(key) => request.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")),
+            None => request,
+        })
+    }
+
+    /// Lists the models at `url` (OpenAI's shape, which Anthropic's shares), the request made
+    /// ready by `prepare`; `ModelNotFound`, with what is served, when the configured model is
+    /// not among them.
+    pub(crate) async fn list_models(
+        &self,
+        url: &str,
+        prepare: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, ProviderError>,
+    ) -> Result<openai::ModelList, ProviderError> {
+        let request = prepare(self.http.get(url))?;
+        let response = self.http.send(url, request, &self.auth_hint()).await?;
+        let models: openai::ModelList =
+            crate::http::Body::new(url, response, crate::http::MAX_BODY)
+                .json()
+                .await?;
+        if !self.model_listed(models.data.iter().map(|m| m.id.as_str())) {
+            let served: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).take(10).collect();
+            return Err(ProviderError::ModelNotFound {
+                url: url.to_owned(),
+                model: self.settings.model.clone(),
+                detail: format!(
+                    "the server lists {served:?}: set model in [providers.{}] to one of them",
+                    self.name
+                ),
+            });
+        }
+        Ok(models)
     }
 
     /// `path` under the configured base URL.

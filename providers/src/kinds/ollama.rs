@@ -19,8 +19,7 @@ use crate::http::Body;
 use crate::kinds::openai::proposal;
 use crate::prompt::{self, Around};
 use crate::provider::{
-    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
-    Provider,
+    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
 use crate::stream::NdjsonReader;
 
@@ -47,15 +46,15 @@ impl Ollama {
         }
     }
 
-    fn authorised(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        // Ollama itself takes no key; a proxy in front of it may.
-        Ok(match self.remote.key()? {
-            Some(key) => request.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")),
-            None => request,
-        })
+    /// What it can do now.
+    fn capabilities_now(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
@@ -139,7 +138,9 @@ impl Ollama {
         url: &str,
         body: &serde_json::Value,
     ) -> Result<reqwest::Response, ProviderError> {
-        let request = self.authorised(self.remote.http.post_json(url, body))?;
+        let request = self
+            .remote
+            .with_bearer(self.remote.http.post_json(url, body))?;
         match self
             .remote
             .http
@@ -216,7 +217,7 @@ impl Ollama {
 
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
         let url = self.remote.url("/api/tags");
-        let request = self.authorised(self.remote.http.get(&url))?;
+        let request = self.remote.with_bearer(self.remote.http.get(&url))?;
         let response = self
             .remote
             .http
@@ -262,47 +263,7 @@ impl Ollama {
     }
 }
 
-impl Provider for Ollama {
-    fn name(&self) -> &str {
-        &self.remote.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "ollama"
-    }
-
-    fn model(&self) -> &str {
-        &self.remote.settings.model
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
-    }
-
-    fn complete<'a>(
-        &'a self,
-        input: CompletionInput<'a>,
-    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
-        Box::pin(self.complete_inner(input))
-    }
-
-    fn chat<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
-        Box::pin(self.chat_inner(input))
-    }
-
-    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-        Box::pin(self.probe_inner())
-    }
-}
+remote_provider!(Ollama, "ollama");
 
 /// A line of `/api/generate`'s stream.
 #[derive(Debug, Deserialize)]

@@ -17,8 +17,7 @@ use crate::error::ProviderError;
 use crate::http::Body;
 use crate::prompt::{self, Around};
 use crate::provider::{
-    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
-    Provider,
+    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
 use crate::stream::{SseItem, SseReader};
 
@@ -60,28 +59,74 @@ impl OpenAi {
         format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
     }
 
-    fn authorised(
+    /// What it can do now.
+    fn capabilities_now(&self) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim: self.remote.settings.fim_template.is_some()
+                || self.infill.load(Ordering::Relaxed) != INFILL_NO,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+
+    /// POSTs `body` to `url` and reads the answer as server-sent events, at most `limit`
+    /// bytes. An answer that is not an event stream (LM Studio answers an unknown route with
+    /// 200 and a JSON error) is `Malformed`, with the server's words.
+    async fn stream(
         &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(match self.remote.key()? {
-            Some(key) => request.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")),
-            None => request,
-        })
+        url: &str,
+        body: &serde_json::Value,
+        limit: usize,
+    ) -> Result<SseReader, ProviderError> {
+        let request = self
+            .remote
+            .with_bearer(self.remote.http.post_json(url, body))?;
+        let response = self
+            .remote
+            .http
+            .send(url, request, &self.remote.auth_hint())
+            .await?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if !content_type.starts_with("text/event-stream") {
+            let bytes = Body::new(url, response, 64 * 1024)
+                .bytes()
+                .await
+                .unwrap_or_default();
+            return Err(ProviderError::Malformed {
+                url: url.to_owned(),
+                detail: format!(
+                    "expected an event stream, got {content_type:?}: {}",
+                    crate::http::error_message(&bytes)
+                ),
+            });
+        }
+        Ok(SseReader::new(Body::new(url, response, limit)))
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
         let around = Around::of(input.request);
         if self.infill.load(Ordering::Relaxed) != INFILL_NO {
+            let unknown = self.infill.load(Ordering::Relaxed) == INFILL_UNKNOWN;
             match self.infill(input, around).await {
-                Err(ProviderError::Http {
-                    status: 404 | 405 | 501,
-                    ref message,
-                    ..
-                }) => {
+                // No such endpoint (404/405), no FIM tokens (llama.cpp's 501), or, the first
+                // time, something that is not an /infill answer at all.
+                Err(
+                    ref error @ (ProviderError::Http {
+                        status: 404 | 405 | 501,
+                        ..
+                    }
+                    | ProviderError::Malformed { .. }),
+                ) if unknown || !matches!(error, ProviderError::Malformed { .. }) => {
                     tracing::info!(
                         provider = self.remote.name,
-                        reason = %message,
+                        reason = %error,
                         "/infill is not available: completing from the text before the cursor with /v1/completions"
                     );
                     self.infill.store(INFILL_NO, Ordering::Relaxed);
@@ -107,39 +152,8 @@ impl OpenAi {
             "stream": true,
             "stop": prompt::STOP,
         });
-        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
-        let response = self
-            .remote
-            .http
-            .send(&url, request, &self.remote.auth_hint())
-            .await?;
-        let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
-        let mut text = String::new();
-        let mut finished = false;
-        loop {
-            match events.next_json::<Chunk>().await? {
-                None if finished => break,
-                None => {
-                    return Err(ProviderError::Dropped {
-                        url,
-                        detail: format!("no [DONE] after {} bytes of text", text.len()),
-                    })
-                }
-                Some(SseItem::Done) => break,
-                Some(SseItem::Data { data, .. }) => {
-                    if let Some(error) = data.error {
-                        return Err(ProviderError::Stream {
-                            url,
-                            message: error.message(),
-                        });
-                    }
-                    for choice in data.choices {
-                        text.push_str(choice.text.as_deref().unwrap_or(""));
-                        finished |= choice.finish_reason.is_some();
-                    }
-                }
-            }
-        }
+        let mut events = self.stream(&url, &body, MAX_COMPLETION_STREAM).await?;
+        let text = completion_text(&mut events).await?;
         Ok(proposal(text))
     }
 
@@ -162,13 +176,7 @@ impl OpenAi {
             "stream": true,
             "stop": prompt::STOP,
         });
-        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
-        let response = self
-            .remote
-            .http
-            .send(&url, request, &self.remote.auth_hint())
-            .await?;
-        let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
+        let mut events = self.stream(&url, &body, MAX_COMPLETION_STREAM).await?;
         let mut text = String::new();
         // `/infill` streams llama.cpp's native chunks and ends with `"stop": true`, no [DONE].
         loop {
@@ -203,43 +211,28 @@ impl OpenAi {
     ) -> Result<ChatStream<'a>, ProviderError> {
         let url = self.remote.url("/chat/completions");
         let body = chat_body(&self.remote.settings.model, input);
-        let request = self.authorised(self.remote.http.post_json(&url, &body))?;
-        let response = self
-            .remote
-            .http
-            .send(&url, request, &self.remote.auth_hint())
-            .await?;
-        Ok(chat_deltas(SseReader::new(Body::new(
-            &url,
-            response,
-            MAX_CHAT_STREAM,
-        ))))
+        Ok(chat_deltas(
+            self.stream(&url, &body, MAX_CHAT_STREAM).await?,
+        ))
     }
 
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
-        let url = self.remote.url("/models");
-        let request = self.authorised(self.remote.http.get(&url))?;
-        let response = self
+        let models = self
             .remote
-            .http
-            .send(&url, request, &self.remote.auth_hint())
+            .list_models(&self.remote.url("/models"), |r| self.remote.with_bearer(r))
             .await?;
-        let models: ModelList = Body::new(&url, response, crate::http::MAX_BODY)
-            .json()
-            .await?;
-        if !self
-            .remote
-            .model_listed(models.data.iter().map(|m| m.id.as_str()))
+        // Only llama.cpp has /infill; on any other server the first completion need not try.
+        if !models
+            .data
+            .iter()
+            .any(|m| m.owned_by.as_deref() == Some("llamacpp"))
         {
-            let served: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).take(10).collect();
-            return Err(ProviderError::ModelNotFound {
-                url,
-                model: self.remote.settings.model.clone(),
-                detail: format!(
-                    "the server lists {served:?}: set model in [providers.{}] to one of them",
-                    self.remote.name
-                ),
-            });
+            let _ = self.infill.compare_exchange(
+                INFILL_UNKNOWN,
+                INFILL_NO,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         let note = (self.infill.load(Ordering::Relaxed) == INFILL_NO
             && self.remote.settings.fim_template.is_none())
@@ -248,46 +241,38 @@ impl OpenAi {
     }
 }
 
-impl Provider for OpenAi {
-    fn name(&self) -> &str {
-        &self.remote.name
-    }
+remote_provider!(OpenAi, "openai");
 
-    fn kind(&self) -> &'static str {
-        "openai"
-    }
-
-    fn model(&self) -> &str {
-        &self.remote.settings.model
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: self.remote.settings.fim_template.is_some()
-                || self.infill.load(Ordering::Relaxed) != INFILL_NO,
-            chat: true,
-            tools: false,
-            list_models: true,
+/// The text of an OpenAI-style streamed completion (`choices[].text`, first choice), to
+/// `[DONE]`; an `error` object mid-stream ends it with the server's message. Copilot's
+/// completions stream the same way.
+pub(crate) async fn completion_text(events: &mut SseReader) -> Result<String, ProviderError> {
+    let mut text = String::new();
+    let mut finished = false;
+    loop {
+        match events.next_json::<Chunk>().await? {
+            // Some servers end the stream after the last choice without [DONE].
+            None if finished => return Ok(text),
+            None => {
+                return Err(ProviderError::Dropped {
+                    url: events.url().to_owned(),
+                    detail: format!("no [DONE] after {} bytes of text", text.len()),
+                })
+            }
+            Some(SseItem::Done) => return Ok(text),
+            Some(SseItem::Data { data, .. }) => {
+                if let Some(error) = data.error {
+                    return Err(ProviderError::Stream {
+                        url: events.url().to_owned(),
+                        message: error.message(),
+                    });
+                }
+                for choice in data.choices.into_iter().filter(|c| c.index == 0) {
+                    text.push_str(choice.text.as_deref().unwrap_or(""));
+                    finished |= choice.finish_reason.is_some();
+                }
+            }
         }
-    }
-
-    fn complete<'a>(
-        &'a self,
-        input: CompletionInput<'a>,
-    ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
-        Box::pin(self.complete_inner(input))
-    }
-
-    fn chat<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
-        Box::pin(self.chat_inner(input))
-    }
-
-    fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-        Box::pin(self.probe_inner())
     }
 }
 
@@ -369,6 +354,8 @@ struct Chunk {
 
 #[derive(Debug, Deserialize)]
 struct CompletionChoice {
+    #[serde(default)]
+    index: u32,
     text: Option<String>,
     finish_reason: Option<String>,
 }
@@ -431,4 +418,6 @@ pub(crate) struct ModelList {
 #[derive(Debug, Deserialize)]
 pub(crate) struct ModelEntry {
     pub(crate) id: String,
+    /// `llamacpp` on llama.cpp's server.
+    pub(crate) owned_by: Option<String>,
 }

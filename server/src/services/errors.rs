@@ -6,12 +6,15 @@ use reaper_core::{Code, Status};
 use reaper_providers::{PoolError, ProviderError};
 
 /// The status a client gets when no provider answered. The code is that of the first
-/// provider asked (the one the user ranked first); the message lists every provider's reason.
+/// provider asked (the one the user ranked first), else of the first one set aside by a
+/// failure (a missing key, say); the message lists every provider's reason.
 pub fn pool_status(error: &PoolError) -> Status {
-    let code = error
+    let decisive = error
         .failures
         .first()
-        .map_or(Code::Unavailable, |(_, e)| code_for(e));
+        .map(|(_, e)| e)
+        .or_else(|| error.skipped.iter().find_map(|s| s.error.as_ref()));
+    let code = decisive.map_or(Code::Unavailable, code_for);
     Status::new(code, error.to_string())
 }
 
