@@ -62,9 +62,18 @@ fn start_reaperd(
     };
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
+    // An empty config of its own: the daemon measured runs on its built-in defaults, whatever
+    // reaper.toml sits in the current directory or $XDG_CONFIG_HOME (a bench run from the
+    // repository root otherwise picks up the repository's file, which an older build may not
+    // even parse).
+    let config = dir.path().join("reaper.toml");
+    std::fs::write(&config, "")?;
     let child = Command::new(&binary)
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(&state)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("REAPER_CONFIG")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
