@@ -410,3 +410,42 @@ fn check_config_names_each_missing_key_variable() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
+    let mut script = ollama::Script::answering(CODER, &"word ".repeat(200));
+    script.pace = Duration::from_millis(20);
+    let server = Arc::new(OllamaServer::start(script));
+    let config = format!(
+        "[providers.model]\nkind = \"ollama\"\nbase_url = \"{}\"\nmodel = \"{CODER}\"\ntimeout_ms = 20000\n",
+        server.url()
+    );
+    let daemon = Daemon::start_with(&config, &[]);
+    let client = Arc::new(connect(&daemon).await);
+    wait_status(&client, "model", ProviderStatus::Available).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { complete_within(&client, &request("/w/d.rs", "fn d() { x"), 20_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The editor goes away (closed, crashed, restarted) with the completion in flight.
+    client.close().await;
+    let closed_at = Instant::now();
+    let _ = call.await;
+    let watcher = server.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        watcher.wire().wait_for(Duration::from_secs(3), |s| {
+            s.request.path == "/api/generate" && s.closed_early
+        })
+    })
+    .await
+    .unwrap()
+    .expect("the model server saw the orphaned request's connection close");
+    assert!(seen.ended.saturating_duration_since(closed_at) < Duration::from_secs(1));
+    // 200 tokens at 20 ms: the stream would have run 4 s.
+    assert!(
+        seen.ended - seen.arrived < Duration::from_secs(2),
+        "{:?}",
+        seen.ended - seen.arrived
+    );
+}

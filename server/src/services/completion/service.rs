@@ -66,7 +66,7 @@ struct MissPlan {
 enum FastPath {
     /// The call is answered (a hit or an error).
     Done(Outcome),
-    /// A miss: it goes to the workers.
+    /// A miss: it goes to the provider pool.
     Miss(MissPlan),
 }
 
@@ -75,7 +75,7 @@ enum FastPath {
 pub enum Outcome {
     /// Answered now (a hit, or an error) with this status.
     Answered(Status),
-    /// Handed to a worker; the answer comes later through [`CompletionService::on_done`].
+    /// Handed to the pool; the answer comes later through [`CompletionService::on_done`].
     Pending,
     /// The call was no longer open.
     Gone,
@@ -153,7 +153,7 @@ impl CompletionService {
             .map_or((CacheCounters::default(), 0), |c| (c.counters(), c.len()))
     }
 
-    /// Calls waiting for a worker.
+    /// Calls waiting for the pool.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -368,7 +368,7 @@ impl CompletionService {
         }
     }
 
-    /// A worker's answer. Returns how the call ended, if this answer ended it.
+    /// The pool's answer. Returns how the call ended, if this answer ended it.
     pub fn on_done(
         &mut self,
         server: &mut RpcServer,
@@ -439,7 +439,8 @@ impl CompletionService {
         Some(pending.received_at)
     }
 
-    /// A connection closed: forget what was suggested on it.
+    /// A connection closed: forget what was suggested on it. (Its calls still running were
+    /// cancelled just before, one `Cancelled` event each, which aborted their work.)
     pub fn on_disconnected(&mut self, conn: ConnId) {
         self.typing.forget_connection(conn);
     }
