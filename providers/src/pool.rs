@@ -296,8 +296,10 @@ impl Pool {
                     let Done { entry, result, took, asked } = done;
                     match result {
                         Ok(proposal) => {
-                            entry.state().succeeded();
-                            entry.state().stats.answered(took);
+                            let mut state = entry.state();
+                            state.succeeded();
+                            state.stats.answered(took);
+                            drop(state);
                             let answer = Answer { proposal, provider: entry.provider.name().to_owned() };
                             if !answer.proposal.text.is_empty() {
                                 // Dropping `race` drops the others' requests (counted as

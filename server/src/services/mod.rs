@@ -109,6 +109,9 @@ impl Services {
             pool = pool.with_injected_delay(Duration::from_millis(ms));
         }
         let pool = Arc::new(pool);
+        for p in pool.list() {
+            tracing::info!(provider = p.name, kind = p.kind, model = p.model, status = ?p.status, "provider configured");
+        }
         runtime.spawn(pool.clone().watch());
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let completion =
