@@ -704,6 +704,33 @@ mod tests {
         }
     }
 
+    /// `pool` with provider `index` replaced by `provider`, keeping what the pool has learnt
+    /// about it (its latency window among the rest).
+    fn swap(pool: &Pool, index: usize, provider: Arc<dyn Provider>) -> Pool {
+        let entries = pool
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if i != index {
+                    return e.clone();
+                }
+                let learnt = std::mem::replace(&mut *e.state(), ProviderState::new(true, false));
+                Arc::new(Entry {
+                    provider: provider.clone(),
+                    placement: e.placement,
+                    last_resort: e.last_resort,
+                    slots: Semaphore::new(e.placement.max_in_flight),
+                    state: Mutex::new(learnt),
+                })
+            })
+            .collect();
+        Pool {
+            entries,
+            injected_delay: Duration::ZERO,
+        }
+    }
+
     fn placement(priority: u32) -> Placement {
         Placement {
             priority,
@@ -805,15 +832,7 @@ mod tests {
     #[tokio::test]
     async fn a_provider_slower_than_its_p95_is_hedged_and_the_loser_cancelled() {
         let mut pool = Pool::new();
-        let tail = Arc::new(Scripted {
-            name: "tail",
-            delay: Duration::from_millis(20),
-            result: Ok(Proposal {
-                text: "t".into(),
-                confidence: 0.5,
-            }),
-            calls: AtomicU32::new(0),
-        });
+        let tail = Scripted::new("tail", 20, Ok("t"));
         let backup = Scripted::new("backup", 30, Ok("b"));
         pool.add(tail.clone(), placement(1), false);
         pool.add(backup.clone(), placement(2), false);
@@ -825,23 +844,7 @@ mod tests {
         assert_eq!(backup.calls(), 0, "no hedge while tail keeps to its p95");
         // ...then make it slow: past its p95 the backup is asked too, and wins.
         let slow_tail = Scripted::new("tail", 400, Ok("late"));
-        let entry = &pool.entries[0];
-        let hedging_pool = Pool {
-            entries: vec![
-                Arc::new(Entry {
-                    provider: slow_tail,
-                    placement: entry.placement,
-                    last_resort: false,
-                    slots: Semaphore::new(4),
-                    state: Mutex::new(std::mem::replace(
-                        &mut *entry.state(),
-                        ProviderState::new(true, false),
-                    )),
-                }),
-                pool.entries[1].clone(),
-            ],
-            injected_delay: Duration::ZERO,
-        };
+        let hedging_pool = swap(&pool, 0, slow_tail);
         let started = Instant::now();
         let answer = ask(&hedging_pool, 1000).await.unwrap();
         assert_eq!(answer.provider, "backup");
@@ -969,15 +972,7 @@ mod tests {
     #[tokio::test]
     async fn the_offline_model_does_not_jump_ahead_of_a_hedged_provider_still_working() {
         let mut pool = Pool::new();
-        let fails = Arc::new(Scripted {
-            name: "fails",
-            delay: Duration::from_millis(5),
-            result: Ok(Proposal {
-                text: "x".into(),
-                confidence: 0.5,
-            }),
-            calls: AtomicU32::new(0),
-        });
+        let fails = Scripted::new("fails", 5, Ok("x"));
         let backup = Scripted::new("backup", 80, Ok("from backup"));
         pool.add(fails.clone(), placement(1), false);
         pool.add(backup.clone(), placement(2), false);
@@ -988,24 +983,7 @@ mod tests {
         // Now the first one is slow and then fails: by then the backup runs (hedged), and it,
         // not the offline model, answers.
         let slow_failure = Scripted::new("fails", 40, Err(server_error()));
-        let entry = &pool.entries[0];
-        let pool = Pool {
-            entries: vec![
-                Arc::new(Entry {
-                    provider: slow_failure,
-                    placement: entry.placement,
-                    last_resort: false,
-                    slots: Semaphore::new(4),
-                    state: Mutex::new(std::mem::replace(
-                        &mut *entry.state(),
-                        ProviderState::new(true, false),
-                    )),
-                }),
-                pool.entries[1].clone(),
-                pool.entries[2].clone(),
-            ],
-            injected_delay: Duration::ZERO,
-        };
+        let pool = swap(&pool, 0, slow_failure);
         assert_eq!(ask(&pool, 1000).await.unwrap().provider, "backup");
     }
 

@@ -38,6 +38,20 @@ pub struct Capabilities {
     pub list_models: bool,
 }
 
+impl Capabilities {
+    /// A remote model's: completion, chat and a models listing, with or without FIM (no tool
+    /// calls yet).
+    pub const fn remote(fim: bool) -> Capabilities {
+        Capabilities {
+            completion: true,
+            fim,
+            chat: true,
+            tools: false,
+            list_models: true,
+        }
+    }
+}
+
 /// A completion to make.
 #[derive(Debug, Clone, Copy)]
 pub struct CompletionInput<'a> {

@@ -319,8 +319,8 @@ async fn every_provider_fault_gets_a_status_and_a_message_and_the_daemon_keeps_s
     );
 }
 
-#[tokio::test]
-async fn a_superseded_completion_closes_its_request_to_the_model() {
+/// A daemon whose one provider streams 200 tokens at 20 ms each (4 s), with a client on it.
+async fn slow_model() -> (Arc<OllamaServer>, Daemon, Arc<Client>) {
     let mut script = ollama::Script::answering(CODER, &"word ".repeat(200));
     script.pace = Duration::from_millis(20);
     let server = Arc::new(OllamaServer::start(script));
@@ -331,6 +331,12 @@ async fn a_superseded_completion_closes_its_request_to_the_model() {
     let daemon = Daemon::start_with(&config, &[]);
     let client = Arc::new(connect(&daemon).await);
     wait_status(&client, "model", ProviderStatus::Available).await;
+    (server, daemon, client)
+}
+
+#[tokio::test]
+async fn a_superseded_completion_closes_its_request_to_the_model() {
+    let (server, _daemon, client) = slow_model().await;
     let older = tokio::spawn({
         let client = client.clone();
         async move { complete_within(&client, &request("/w/s.rs", "fn s() { x"), 20_000).await }
@@ -413,16 +419,7 @@ fn check_config_names_each_missing_key_variable() {
 
 #[tokio::test]
 async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
-    let mut script = ollama::Script::answering(CODER, &"word ".repeat(200));
-    script.pace = Duration::from_millis(20);
-    let server = Arc::new(OllamaServer::start(script));
-    let config = format!(
-        "[providers.model]\nkind = \"ollama\"\nbase_url = \"{}\"\nmodel = \"{CODER}\"\ntimeout_ms = 20000\n",
-        server.url()
-    );
-    let daemon = Daemon::start_with(&config, &[]);
-    let client = Arc::new(connect(&daemon).await);
-    wait_status(&client, "model", ProviderStatus::Available).await;
+    let (server, _daemon, client) = slow_model().await;
     let call = tokio::spawn({
         let client = client.clone();
         async move { complete_within(&client, &request("/w/d.rs", "fn d() { x"), 20_000).await }

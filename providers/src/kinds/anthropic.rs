@@ -64,13 +64,7 @@ impl Anthropic {
 
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: true,
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
+        Capabilities::remote(true)
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {

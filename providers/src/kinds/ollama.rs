@@ -48,13 +48,9 @@ impl Ollama {
 
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
+        Capabilities::remote(
+            self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
+        )
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {

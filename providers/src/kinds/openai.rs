@@ -61,14 +61,10 @@ impl OpenAi {
 
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
-        Capabilities {
-            completion: true,
-            fim: self.remote.settings.fim_template.is_some()
+        Capabilities::remote(
+            self.remote.settings.fim_template.is_some()
                 || self.infill.load(Ordering::Relaxed) != INFILL_NO,
-            chat: true,
-            tools: false,
-            list_models: true,
-        }
+        )
     }
 
     /// POSTs `body` to `url` and reads the answer as server-sent events, at most `limit`
