@@ -397,20 +397,18 @@ impl Pool {
             .iter()
             .map(|e| {
                 let state = e.state();
-                let us = |q| {
-                    state
-                        .stats
-                        .quantile(q, 1)
-                        .map_or(0, |d| d.as_micros() as u64)
-                };
+                let [p50, p95] = state
+                    .stats
+                    .quantiles([0.5, 0.95], 1)
+                    .map_or([0, 0], |ds| ds.map(|d| d.as_micros() as u64));
                 ProviderStats {
                     name: e.provider.name().to_owned(),
                     answered: state.stats.answered,
                     errors: state.stats.errors,
                     cancelled: state.stats.cancelled,
                     hedged: state.stats.hedged,
-                    p50_us: us(0.5),
-                    p95_us: us(0.95),
+                    p50_us: p50,
+                    p95_us: p95,
                 }
             })
             .collect()
@@ -647,6 +645,8 @@ mod tests {
         delay: Duration,
         result: Result<Proposal, ProviderError>,
         calls: AtomicU32,
+        /// A provider with a bug: its completions and probes panic.
+        panics: bool,
     }
 
     impl Scripted {
@@ -663,6 +663,14 @@ mod tests {
                     confidence: 0.9,
                 }),
                 calls: AtomicU32::new(0),
+                panics: false,
+            })
+        }
+
+        fn panicking(name: &'static str) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                panics: true,
+                ..Arc::into_inner(Scripted::new(name, 0, Ok(""))).expect("just made")
             })
         }
         fn calls(&self) -> u32 {
@@ -689,6 +697,7 @@ mod tests {
         ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::Relaxed);
+                assert!(!self.panics, "a bug in a provider");
                 tokio::time::sleep(self.delay).await;
                 self.result.clone()
             })
@@ -700,7 +709,10 @@ mod tests {
             Box::pin(async { Err(ProviderError::Unsupported { what: "chat" }) })
         }
         fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-            Box::pin(async { Ok(ProbeReport::default()) })
+            Box::pin(async move {
+                assert!(!self.panics, "a bug in a probe");
+                Ok(ProbeReport::default())
+            })
         }
     }
 
@@ -913,43 +925,10 @@ mod tests {
         assert_eq!(pool.stats()[0].cancelled, 1);
     }
 
-    /// A provider with a bug.
-    struct Panicking;
-
-    impl Provider for Panicking {
-        fn name(&self) -> &str {
-            "buggy"
-        }
-        fn kind(&self) -> &'static str {
-            "scripted"
-        }
-        fn model(&self) -> &str {
-            "m"
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities::default()
-        }
-        fn complete<'a>(
-            &'a self,
-            _: CompletionInput<'a>,
-        ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
-            Box::pin(async { panic!("a bug in a provider") })
-        }
-        fn chat<'a>(
-            &'a self,
-            _: ChatInput<'a>,
-        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
-            Box::pin(async { Err(ProviderError::Unsupported { what: "chat" }) })
-        }
-        fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
-            Box::pin(async { panic!("a bug in a probe") })
-        }
-    }
-
     #[tokio::test]
     async fn a_panicking_provider_costs_itself_the_call_not_the_others() {
         let mut pool = Pool::new();
-        pool.add(Arc::new(Panicking), placement(1), false);
+        pool.add(Scripted::panicking("buggy"), placement(1), false);
         pool.add_offline(Scripted::new("offline", 0, Ok("still here")), None, true);
         let answer = ask(&pool, 500).await.unwrap();
         assert_eq!(answer.provider, "offline");

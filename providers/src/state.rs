@@ -245,13 +245,27 @@ impl Stats {
 
     /// The `q` quantile (0..=1) of recent answer latencies, if there are at least `min`.
     pub(crate) fn quantile(&self, q: f64, min: usize) -> Option<Duration> {
+        self.quantiles([q], min).map(|[d]| d)
+    }
+
+    /// Several quantiles of recent answer latencies from one sorted copy of the window, if
+    /// there are at least `min`.
+    pub(crate) fn quantiles<const N: usize>(
+        &self,
+        qs: [f64; N],
+        min: usize,
+    ) -> Option<[Duration; N]> {
         if self.window.len() < min.max(1) {
             return None;
         }
         let mut sorted = self.window.clone();
-        let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
-        let (_, value, _) = sorted.select_nth_unstable(rank);
-        Some(Duration::from_micros(u64::from(*value)))
+        sorted.sort_unstable();
+        let last = (sorted.len() - 1) as f64;
+        Some(qs.map(|q| {
+            Duration::from_micros(u64::from(
+                sorted[(last * q.clamp(0.0, 1.0)).round() as usize],
+            ))
+        }))
     }
 }
 

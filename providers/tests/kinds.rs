@@ -246,6 +246,15 @@ fn copilot_script() -> copilot::Script {
     }
 }
 
+/// A Copilot provider whose GitHub token comes from `api_key_env` (the one the server takes).
+fn copilot_with_key(server: &CopilotServer) -> Arc<dyn Provider> {
+    let table = format!(
+        "kind = \"copilot\"\nbase_url = \"{}\"\napi_key_env = \"GH_OAUTH\"\n",
+        server.url()
+    );
+    provider(&table, &[("GH_OAUTH", "gho_test_oauth")])
+}
+
 fn sign_in(dir: &std::path::Path, token: &str) {
     let copilot = dir.join("github-copilot");
     std::fs::create_dir_all(&copilot).unwrap();
@@ -296,13 +305,7 @@ async fn copilot_refreshes_its_token_after_refresh_in() {
     let mut script = copilot_script();
     script.refresh_in = 1;
     let server = CopilotServer::start(script);
-    let p = provider(
-        &format!(
-            "kind = \"copilot\"\nbase_url = \"{}\"\napi_key_env = \"GH_OAUTH\"\n",
-            server.url()
-        ),
-        &[("GH_OAUTH", "gho_test_oauth")],
-    );
+    let p = copilot_with_key(&server);
     complete(&*p, &request("a", "")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     complete(&*p, &request("a", "")).await.unwrap();
@@ -312,13 +315,7 @@ async fn copilot_refreshes_its_token_after_refresh_in() {
 #[tokio::test]
 async fn a_copilot_token_refused_early_is_exchanged_again_within_the_call() {
     let server = CopilotServer::start(copilot_script());
-    let p = provider(
-        &format!(
-            "kind = \"copilot\"\nbase_url = \"{}\"\napi_key_env = \"GH_OAUTH\"\n",
-            server.url()
-        ),
-        &[("GH_OAUTH", "gho_test_oauth")],
-    );
+    let p = copilot_with_key(&server);
     complete(&*p, &request("a", "")).await.unwrap();
     server.revoke_tokens();
     assert_eq!(

@@ -319,6 +319,16 @@ async fn every_provider_fault_gets_a_status_and_a_message_and_the_daemon_keeps_s
     );
 }
 
+/// A completion running in a task of its own, with a 20 s deadline.
+fn spawn_completion(
+    client: &Arc<Client>,
+    file: &'static str,
+    prefix: &'static str,
+) -> tokio::task::JoinHandle<Result<CompletionResponse, Error>> {
+    let client = client.clone();
+    tokio::spawn(async move { complete_within(&client, &request(file, prefix), 20_000).await })
+}
+
 /// A daemon whose one provider streams 200 tokens at 20 ms each (4 s), with a client on it.
 async fn slow_model() -> (Arc<OllamaServer>, Daemon, Arc<Client>) {
     let mut script = ollama::Script::answering(CODER, &"word ".repeat(200));
@@ -337,18 +347,12 @@ async fn slow_model() -> (Arc<OllamaServer>, Daemon, Arc<Client>) {
 #[tokio::test]
 async fn a_superseded_completion_closes_its_request_to_the_model() {
     let (server, _daemon, client) = slow_model().await;
-    let older = tokio::spawn({
-        let client = client.clone();
-        async move { complete_within(&client, &request("/w/s.rs", "fn s() { x"), 20_000).await }
-    });
+    let older = spawn_completion(&client, "/w/s.rs", "fn s() { x");
     // Let the older request reach the model and stream a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let superseded_at = Instant::now();
     // The user typed on: a newer completion for the same file.
-    let newer = tokio::spawn({
-        let client = client.clone();
-        async move { complete_within(&client, &request("/w/s.rs", "fn s() { xy"), 20_000).await }
-    });
+    let newer = spawn_completion(&client, "/w/s.rs", "fn s() { xy");
     let err = older.await.unwrap().unwrap_err();
     assert_eq!(err.status().code, Code::Cancelled, "{err}");
     let watcher = server.clone();
@@ -420,10 +424,7 @@ fn check_config_names_each_missing_key_variable() {
 #[tokio::test]
 async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
     let (server, _daemon, client) = slow_model().await;
-    let call = tokio::spawn({
-        let client = client.clone();
-        async move { complete_within(&client, &request("/w/d.rs", "fn d() { x"), 20_000).await }
-    });
+    let call = spawn_completion(&client, "/w/d.rs", "fn d() { x");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The editor goes away (closed, crashed, restarted) with the completion in flight.
     client.close().await;
