@@ -319,6 +319,19 @@ async fn every_provider_fault_gets_a_status_and_a_message_and_the_daemon_keeps_s
     );
 }
 
+/// The model request whose connection the client closed before the stream ended, waiting
+/// (3 s at most) for one.
+async fn closed_early(server: &Arc<OllamaServer>) -> Option<reaper_testkit::Seen> {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || {
+        server.wire().wait_for(Duration::from_secs(3), |s| {
+            s.request.path == "/api/generate" && s.closed_early
+        })
+    })
+    .await
+    .unwrap()
+}
+
 /// A completion running in a task of its own, with a 20 s deadline.
 fn spawn_completion(
     client: &Arc<Client>,
@@ -355,15 +368,9 @@ async fn a_superseded_completion_closes_its_request_to_the_model() {
     let newer = spawn_completion(&client, "/w/s.rs", "fn s() { xy");
     let err = older.await.unwrap().unwrap_err();
     assert_eq!(err.status().code, Code::Cancelled, "{err}");
-    let watcher = server.clone();
-    let seen = tokio::task::spawn_blocking(move || {
-        watcher.wire().wait_for(Duration::from_secs(3), |s| {
-            s.request.path == "/api/generate" && s.closed_early
-        })
-    })
-    .await
-    .unwrap()
-    .expect("the model server saw the superseded request's connection close");
+    let seen = closed_early(&server)
+        .await
+        .expect("the model server saw the superseded request's connection close");
     assert!(!seen.finished);
     let after = seen.ended.saturating_duration_since(superseded_at);
     eprintln!(
@@ -430,15 +437,9 @@ async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
     client.close().await;
     let closed_at = Instant::now();
     let _ = call.await;
-    let watcher = server.clone();
-    let seen = tokio::task::spawn_blocking(move || {
-        watcher.wire().wait_for(Duration::from_secs(3), |s| {
-            s.request.path == "/api/generate" && s.closed_early
-        })
-    })
-    .await
-    .unwrap()
-    .expect("the model server saw the orphaned request's connection close");
+    let seen = closed_early(&server)
+        .await
+        .expect("the model server saw the orphaned request's connection close");
     assert!(seen.ended.saturating_duration_since(closed_at) < Duration::from_secs(1));
     // 200 tokens at 20 ms: the stream would have run 4 s.
     assert!(
