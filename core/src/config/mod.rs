@@ -195,6 +195,10 @@ pub struct CompletionConfig {
     pub max_prefix_bytes: NonZeroU32,
     /// Largest suffix accepted, in bytes.
     pub max_suffix_bytes: NonZeroU32,
+    /// Bytes of repository context a model is shown with each completion: snippets of other
+    /// files related to the cursor's surroundings (from the offline index), the editor's
+    /// `context` and the places recently edited. 0 shows the model only the file itself.
+    pub context_bytes: u32,
 }
 
 impl Default for CompletionConfig {
@@ -202,6 +206,7 @@ impl Default for CompletionConfig {
         CompletionConfig {
             max_prefix_bytes: nonzero32(1024 * 1024),
             max_suffix_bytes: nonzero32(1024 * 1024),
+            context_bytes: 2048,
         }
     }
 }
