@@ -5,11 +5,13 @@
 //! ([`workspace`]); [`Corpus`] is one index (a suffix array over the workspace's text,
 //! [`corpus`]); [`predict`] continues the text before the cursor from it ([`model`]), and
 //! [`symbols`] completes an identifier from the editor's LSP symbols when the text has no
-//! evidence. This crate knows nothing of the daemon or of other providers: `reaper-providers`
+//! evidence; [`related`] finds the snippets of other files a model is shown as repository
+//! context. This crate knows nothing of the daemon or of other providers: `reaper-providers`
 //! wraps it as the `offline` provider, and `reaper-bench` evaluates it directly.
 
 pub mod corpus;
 pub mod model;
+pub mod related;
 pub mod symbols;
 pub mod workspace;
 

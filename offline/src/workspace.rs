@@ -240,7 +240,7 @@ pub fn build_corpus(root: &Path, limits: IndexLimits) -> (Corpus, usize, usize) 
         .build()
         .filter_map(Result::ok)
     {
-        if !entry.file_type().is_some_and(|t| t.is_file()) {
+        if !entry.file_type().is_some_and(|t| t.is_file()) || holds_secrets(entry.path()) {
             continue;
         }
         let too_big = entry
@@ -265,6 +265,39 @@ pub fn build_corpus(root: &Path, limits: IndexLimits) -> (Corpus, usize, usize) 
     }
     let bytes = builder.len();
     (builder.build(), files, bytes)
+}
+
+/// Whether a file is of a kind that holds credentials (`.env`, private keys, token stores).
+/// Such files are never indexed: what is indexed can be proposed as a completion and shown to
+/// a remote model as context, and a secret must reach neither. A `.gitignore` usually covers
+/// them already; this holds when it does not.
+pub fn holds_secrets(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return true;
+    };
+    let name = name.to_ascii_lowercase();
+    let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
+    name == ".env"
+        || name.starts_with(".env.") && !name.ends_with(".example") && !name.ends_with(".sample")
+        || matches!(
+            name.as_str(),
+            ".netrc"
+                | ".npmrc"
+                | ".pypirc"
+                | ".git-credentials"
+                | "credentials"
+                | "credentials.json"
+                | "apps.json"
+                | "hosts.json"
+                | ".htpasswd"
+        )
+        || name.starts_with("id_rsa")
+        || name.starts_with("id_ed25519")
+        || name.starts_with("id_ecdsa")
+        || matches!(
+            extension,
+            "pem" | "key" | "p12" | "pfx" | "keystore" | "jks" | "asc" | "gpg"
+        )
 }
 
 #[cfg(test)]
@@ -319,11 +352,26 @@ mod tests {
         std::fs::write(root.join("target/gen.rs"), "fn ignored_symbol() {}").unwrap();
         std::fs::write(root.join("lib.rs"), "fn visible_symbol() {}").unwrap();
         std::fs::write(root.join("blob.bin"), b"binary\0stuff visible_symbol").unwrap();
+        std::fs::write(root.join(".env"), "OPENAI_API_KEY=sk-secret_in_env").unwrap();
+        std::fs::write(root.join("server.key"), "secret_in_key_file").unwrap();
+        std::fs::write(root.join("id_ed25519"), "secret_in_ssh_key").unwrap();
         let workspaces = Workspaces::new(LIMITS);
         let ws = workspaces.for_file(&root.join("lib.rs")).unwrap();
         wait_for("first build", || ws.corpus().is_some());
         let corpus = ws.corpus().unwrap();
         assert_eq!(corpus.find(b"visible_symbol").len(), 1, "binary skipped");
+        assert!(
+            corpus.find(b"secret_in_env").is_empty(),
+            ".env never indexed"
+        );
+        assert!(
+            corpus.find(b"secret_in_key_file").is_empty(),
+            "key files never indexed"
+        );
+        assert!(
+            corpus.find(b"secret_in_ssh_key").is_empty(),
+            "private keys never indexed"
+        );
         assert_eq!(
             corpus.find(b"ignored_symbol").len(),
             0,
