@@ -15,6 +15,7 @@
 //! event loop; its tests need no daemon.
 
 mod error;
+mod gather;
 mod http;
 pub mod kinds;
 mod offline;

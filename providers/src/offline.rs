@@ -41,6 +41,11 @@ impl OfflineProvider {
         OfflineProvider { workspaces, roots }
     }
 
+    /// The workspace of `file`, its index started if it is new.
+    pub fn workspace_of(&self, file: &Path) -> Option<Arc<Workspace>> {
+        self.workspaces.for_file(file)
+    }
+
     /// The most confident completion of `request` (synchronous: it is CPU work).
     pub fn predict(&self, request: &CompletionRequest) -> Proposal {
         let own_path = request.file_path.as_deref().filter(|p| !p.is_empty());

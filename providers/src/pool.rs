@@ -24,9 +24,14 @@ use reaper_core::schema::{CompletionRequest, ProviderInfo, ProviderStats};
 use tokio::sync::Semaphore;
 
 use crate::error::ProviderError;
+use crate::gather::Gatherer;
 use crate::offline::OfflineProvider;
+use crate::prompt::RepoContext;
 use crate::provider::{CompletionInput, Proposal, Provider};
 use crate::state::{Availability, ProviderState, MAX_BACKOFF};
+
+/// What the offline model is given as context: nothing (it reads its index itself).
+static NO_CONTEXT: RepoContext = RepoContext::EMPTY;
 
 /// Time before the call's deadline at which the offline provider is asked if nothing has
 /// answered: it answers in about a millisecond even on a large workspace (`docs/offline.md`),
@@ -143,6 +148,7 @@ pub enum BuildError {
 pub struct Pool {
     entries: Vec<Arc<Entry>>,
     injected_delay: Duration,
+    context: Gatherer,
 }
 
 impl std::fmt::Debug for Pool {
@@ -165,6 +171,7 @@ impl Pool {
         Pool {
             entries: Vec::new(),
             injected_delay: Duration::ZERO,
+            context: Gatherer::new(None, 0),
         }
     }
 
@@ -187,12 +194,17 @@ impl Pool {
             pool.push(provider, placement, false, needs_key);
         }
         let offline = &config.offline;
-        pool.add_offline(
-            Arc::new(OfflineProvider::new(offline)),
-            offline.priority,
-            offline.enabled,
-        );
+        let provider = Arc::new(OfflineProvider::new(offline));
+        pool.context = Gatherer::new(Some(provider.clone()), 0);
+        pool.add_offline(provider, offline.priority, offline.enabled);
         Ok(pool)
+    }
+
+    /// Shows remote models up to `bytes` of repository context with each completion
+    /// (`[completion] context_bytes`); 0, the default, shows them the file alone.
+    pub fn with_context_budget(mut self, bytes: usize) -> Pool {
+        self.context = Gatherer::new(self.context.offline().cloned(), bytes);
+        self
     }
 
     /// Adds a remote provider.
@@ -253,7 +265,18 @@ impl Pool {
             tokio::time::sleep_until(deadline.min(Instant::now() + self.injected_delay).into())
                 .await;
         }
-        let (order, skipped) = self.candidates(Instant::now());
+        let (mut order, skipped) = self.candidates(Instant::now());
+        self.context.note(request);
+        if Gatherer::is_private(request) {
+            // A buffer of credentials never leaves the machine.
+            order.retain(|e| e.last_resort);
+        }
+        // Gathered before any provider is asked, and only when a remote one will be.
+        let context = if order.iter().any(|e| !e.last_resort) {
+            self.context.gather(request)
+        } else {
+            RepoContext::default()
+        };
         let last_resort = self
             .entries
             .iter()
@@ -261,6 +284,7 @@ impl Pool {
             .cloned();
         let mut race = Race {
             request,
+            context: &context,
             deadline,
             order,
             next: 0,
@@ -502,6 +526,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// The providers working on one completion.
 struct Race<'a> {
     request: &'a CompletionRequest,
+    context: &'a RepoContext,
     deadline: Instant,
     order: Vec<Arc<Entry>>,
     next: usize,
@@ -544,7 +569,7 @@ impl<'a> Race<'a> {
         self.last_started = Some((entry.clone(), now));
         let asked = self.started;
         self.started += 1;
-        let attempt = attempt(entry, self.request, self.deadline, asked);
+        let attempt = attempt(entry, self.request, self.context, self.deadline, asked);
         self.running.push(Box::pin(attempt));
     }
 
@@ -581,6 +606,7 @@ impl Drop for CancelGuard {
 async fn attempt(
     entry: Arc<Entry>,
     request: &CompletionRequest,
+    context: &RepoContext,
     deadline: Instant,
     asked: usize,
 ) -> Done {
@@ -601,6 +627,12 @@ async fn attempt(
             .complete(CompletionInput {
                 request,
                 deadline: limit,
+                // The offline model reads its index itself.
+                context: if entry.last_resort {
+                    &NO_CONTEXT
+                } else {
+                    context
+                },
             })
             .await
     };
@@ -647,6 +679,8 @@ mod tests {
         calls: AtomicU32,
         /// A provider with a bug: its completions and probes panic.
         panics: bool,
+        /// The repository context of each call.
+        contexts: Mutex<Vec<RepoContext>>,
     }
 
     impl Scripted {
@@ -664,6 +698,7 @@ mod tests {
                 }),
                 calls: AtomicU32::new(0),
                 panics: false,
+                contexts: Mutex::default(),
             })
         }
 
@@ -693,10 +728,11 @@ mod tests {
         }
         fn complete<'a>(
             &'a self,
-            _: CompletionInput<'a>,
+            input: CompletionInput<'a>,
         ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::Relaxed);
+                self.contexts.lock().unwrap().push(input.context.clone());
                 assert!(!self.panics, "a bug in a provider");
                 tokio::time::sleep(self.delay).await;
                 self.result.clone()
@@ -740,6 +776,7 @@ mod tests {
         Pool {
             entries,
             injected_delay: Duration::ZERO,
+            context: Gatherer::new(None, 0),
         }
     }
 
@@ -776,6 +813,67 @@ mod tests {
             status: 500,
             message: "boom".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn remote_models_see_related_code_and_secret_buffers_stay_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("shop");
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(
+            root.join("src/retry.rs"),
+            "pub struct RetryPolicy {\n    pub max_attempts: u32,\n}\n\nimpl RetryPolicy {\n    pub fn next_delay(&self, attempt: u32) -> u64 {\n        100 << attempt\n    }\n}\n",
+        )
+        .unwrap();
+        let offline = Arc::new(OfflineProvider::new(&Default::default()));
+        let typed = root.join("src/client.rs");
+        let workspace = offline.workspace_of(&typed).unwrap();
+        let start = Instant::now();
+        while workspace.corpus().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the index is built"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let remote = Scripted::new("model", 0, Ok("policy.max_attempts"));
+        let mut pool = Pool::new();
+        pool.add(remote.clone(), placement(1), false);
+        pool.add_offline(offline.clone(), None, true);
+        let pool = pool.with_context_budget(0);
+        assert!(pool.context.offline().is_none());
+        let mut pool = pool;
+        pool.context = Gatherer::new(Some(offline), 1024);
+
+        let mut asked = request();
+        asked.file_path = Some(typed.display().to_string());
+        asked.prefix = "fn call(policy: &RetryPolicy, attempt: u32) -> u64 {\n    let wait = policy.next_delay(attempt);\n    if attempt < ".into();
+        let answer = pool
+            .complete(&asked, Instant::now() + Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(answer.provider, "model");
+        let context = remote.contexts.lock().unwrap().pop().unwrap();
+        assert_eq!(context.repo_name(), "shop");
+        assert_eq!(context.current_path(), "src/client.rs");
+        let first = &context.snippets()[0];
+        assert_eq!(first.path, "src/retry.rs");
+        assert!(first.text.contains("max_attempts"), "{first:?}");
+        assert!(context.bytes() <= 1024);
+
+        // A .env buffer is completed by the offline model alone.
+        let mut secret = request();
+        secret.file_path = Some(root.join(".env").display().to_string());
+        secret.prefix = "OPENAI_API_KEY=sk-".into();
+        let _ = pool
+            .complete(&secret, Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_eq!(
+            remote.calls(),
+            1,
+            "the remote model never saw the .env buffer"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use futures::Stream;
 use reaper_core::schema::{ChatMessage, CompletionRequest};
 
 use crate::error::ProviderError;
+use crate::prompt::RepoContext;
 
 /// A boxed future, so that providers can sit behind `dyn Provider`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -59,6 +60,9 @@ pub struct CompletionInput<'a> {
     pub request: &'a CompletionRequest,
     /// When the answer stops being useful.
     pub deadline: Instant,
+    /// What else of the repository the model may be shown (empty for the offline model,
+    /// which reads the index itself).
+    pub context: &'a RepoContext,
 }
 
 /// What a provider proposes.

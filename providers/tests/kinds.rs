@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use reaper_core::config::Config;
 use reaper_core::schema::{ChatMessage, CompletionRequest, Role};
+use reaper_providers::prompt::RepoContext;
 use reaper_providers::{ChatInput, CompletionInput, Provider, ProviderError};
 use reaper_testkit::ollama::{self, OllamaServer, Trouble};
 use reaper_testkit::{copilot, CopilotServer, LlamaOptions, LlamaServer, Reply, WireServer};
@@ -40,6 +41,7 @@ async fn complete(
     let input = CompletionInput {
         request,
         deadline: Instant::now() + Duration::from_secs(30),
+        context: &RepoContext::EMPTY,
     };
     tokio::time::timeout(Duration::from_secs(30), provider.complete(input))
         .await
@@ -107,10 +109,10 @@ async fn ollama_fills_in_the_middle_with_the_suffix_and_keeps_the_model_loaded()
 
 #[tokio::test]
 async fn an_ollama_model_without_fim_is_given_the_prefix_raw_and_says_so() {
-    let mut script = ollama::Script::answering("starcoder-chat", "x + 1");
+    let mut script = ollama::Script::answering("mistral-chat", "x + 1");
     script.insert = false;
     let server = OllamaServer::start(script);
-    let p = provider(&ollama_table(&server.url(), "starcoder-chat"), &[]);
+    let p = provider(&ollama_table(&server.url(), "mistral-chat"), &[]);
     // Before any probe, the first `suffix` is refused (400 "does not support insert"): the
     // provider learns, and asks again without it, in the same call.
     let text = complete(&*p, &request("let y = ", ";")).await.unwrap();
@@ -127,6 +129,30 @@ async fn an_ollama_model_without_fim_is_given_the_prefix_raw_and_says_so() {
     assert!(!p.capabilities().fim);
     let note = p.probe().await.unwrap().note.unwrap();
     assert!(note.contains("no FIM"), "{note}");
+}
+
+#[tokio::test]
+async fn an_ollama_model_of_a_known_family_without_insert_gets_its_fim_tokens_raw() {
+    // A model imported without a FIM template, but named for its family: reaper writes the
+    // family's tokens itself.
+    let mut script = ollama::Script::answering("starcoder2-local", "x + 1");
+    script.insert = false;
+    let server = OllamaServer::start(script);
+    let p = provider(&ollama_table(&server.url(), "starcoder2-local"), &[]);
+    let text = complete(&*p, &request("let y = ", ";")).await.unwrap();
+    assert_eq!(text, "x + 1");
+    let seen = server.wire().seen();
+    let last = seen.last().expect("a request").request.json();
+    assert_eq!(
+        last["prompt"],
+        "<fim_prefix>let y = <fim_suffix>;<fim_middle>"
+    );
+    assert_eq!(last["raw"], true);
+    assert_eq!(
+        last["options"]["stop"],
+        serde_json::json!(["\n\n", "<|endoftext|>", "<file_sep>", "<fim_prefix>"])
+    );
+    assert!(p.capabilities().fim);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use serde::Deserialize;
 mod providers;
 pub use providers::{
     OfflineConfig, OfflineKind, ProviderKind, ProvidersConfig, RemoteProvider, RemoteSettings,
-    COPILOT_DEFAULT_MODEL, DEFAULT_OLLAMA_KEEP_ALIVE, OFFLINE,
+    COPILOT_DEFAULT_MODEL, DEFAULT_OLLAMA_KEEP_ALIVE, FIM_FAMILIES, OFFLINE,
 };
 
 /// The whole configuration file.

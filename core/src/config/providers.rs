@@ -208,14 +208,29 @@ pub struct RemoteSettings {
     pub max_in_flight: NonZeroU32,
     /// Longest completion, in tokens.
     pub max_tokens: NonZeroU32,
-    /// A prompt template for fill-in-the-middle with `{prefix}` and `{suffix}` in it, sent as
-    /// the raw prompt instead of the server's own FIM.
+    /// How completion prompts are written instead of the family recognised from the model's
+    /// name: a family's name ([`FIM_FAMILIES`]), or a template with `{prefix}` and `{suffix}`
+    /// in it, sent as the raw prompt instead of the server's own FIM.
     pub fim_template: Option<String>,
     /// How long Ollama keeps the model loaded after a request (`ollama` only).
     pub keep_alive: Option<String>,
     /// Whether the provider is asked at all.
     pub enabled: bool,
 }
+
+/// The model families `fim_template` may name (`reaper-providers` has their tokens): a
+/// family's FIM template, `chat` for a hole-filling instruction, `none` for the text before
+/// the cursor alone.
+pub const FIM_FAMILIES: &[&str] = &[
+    "starcoder",
+    "codellama",
+    "deepseek-coder",
+    "qwen-coder",
+    "codestral",
+    "codegemma",
+    "chat",
+    "none",
+];
 
 /// Defaults of the keys every kind shares.
 const DEFAULT_PRIORITY: u32 = 0;
@@ -286,11 +301,14 @@ impl TryFrom<RemoteTable> for RemoteSettings {
             }
         }
         if let Some(template) = &t.fim_template {
-            if !template.contains("{prefix}") {
-                return Err(
-                    "`fim_template` must contain {prefix} (and usually {suffix}), e.g. \"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>\""
-                        .to_owned(),
-                );
+            let family = FIM_FAMILIES
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(template));
+            if !family && !template.contains("{prefix}") {
+                return Err(format!(
+                    "`fim_template` must name a model family ({}) or be a template with {{prefix}} (and usually {{suffix}}) in it, e.g. \"<fim_prefix>{{prefix}}<fim_suffix>{{suffix}}<fim_middle>\"",
+                    FIM_FAMILIES.join(", ")
+                ));
             }
         }
         if t.keep_alive.is_some() && kind != ProviderKind::Ollama {
@@ -437,7 +455,7 @@ priority = 1
             ),
             (
                 "[providers.gpt]\nkind = \"openai\"\nmodel = \"m\"\nfim_template = \"<pre>\"\n",
-                &["[providers.gpt]", "{prefix}"],
+                &["[providers.gpt]", "{prefix}", "qwen-coder"],
             ),
             (
                 "[providers.gpt]\nkind = \"openai\"\nmodel = \"m\"\ntimeout_ms = 0\n",

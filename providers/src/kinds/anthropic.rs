@@ -68,13 +68,13 @@ impl Anthropic {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request);
+        let around = Around::of(input.request, input.context.bytes());
         let body = json!({
             "model": self.remote.settings.model,
             "max_tokens": self.remote.settings.max_tokens.get(),
             "temperature": 0.0,
             "system": prompt::HOLE_FILLER_SYSTEM,
-            "messages": [{"role": "user", "content": prompt::hole_filler_user(input.request, around)}],
+            "messages": [{"role": "user", "content": prompt::hole_filler_user(input.request, around, input.context)}],
             "stream": true,
         });
         let mut deltas = self.messages(body).await?;
@@ -82,7 +82,7 @@ impl Anthropic {
         while let Some(delta) = deltas.next().await? {
             text.push_str(&delta);
         }
-        Ok(proposal(prompt::strip_fences(&text).to_owned()))
+        Ok(proposal(input.request, prompt::strip_fences(&text)))
     }
 
     async fn chat_inner<'a>(

@@ -210,9 +210,14 @@ impl Copilot {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request);
+        let around = Around::of(input.request, input.context.bytes());
+        let prompt = format!(
+            "{}{}",
+            input.context.as_comments(&input.request.language),
+            around.prefix
+        );
         let body = json!({
-            "prompt": around.prefix,
+            "prompt": prompt,
             "suffix": around.suffix,
             "max_tokens": self.remote.settings.max_tokens.get(),
             "temperature": 0.0,
@@ -241,7 +246,10 @@ impl Copilot {
             })
             .await?;
         let mut events = SseReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
-        Ok(proposal(completion_text(&mut events).await?))
+        Ok(proposal(
+            input.request,
+            &completion_text(&mut events).await?,
+        ))
     }
 
     async fn chat_inner<'a>(

@@ -4,7 +4,9 @@
 //! template uses `.Suffix` (Ollama reports the `insert` capability) gets the text after the
 //! cursor as `suffix` and Ollama applies the model's FIM template; any other model is given
 //! the text before the cursor as a raw prompt (no chat template), and `Provider.list` says so.
-//! A `fim_template` of the user's own is sent raw. `keep_alive` keeps the model loaded between
+//! A model Ollama cannot fill in the middle for but whose family reaper knows (from its name)
+//! gets the family's FIM prompt raw, and so does a `fim_template` of the user's own. The
+//! repository context goes before the text, as comments. `keep_alive` keeps the model loaded between
 //! bursts of typing. Chat is `/api/chat`; the probe reads `/api/tags` (is the model pulled?)
 //! and `/api/show` (can it fill in the middle?).
 
@@ -17,7 +19,7 @@ use super::{role_name, Remote};
 use crate::error::ProviderError;
 use crate::http::Body;
 use crate::kinds::openai::proposal;
-use crate::prompt::{self, Around};
+use crate::prompt::{Around, Family, RepoContext, Template};
 use crate::provider::{
     Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
@@ -33,6 +35,8 @@ const MAX_CHAT_STREAM: usize = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Ollama {
     remote: Remote,
+    /// The user's `fim_template`, or the family recognised from the model's name.
+    template: Template,
     /// Whether the model fills in the middle (`insert`); assumed until `/api/show` or a
     /// refused `suffix` says otherwise.
     fim: AtomicBool,
@@ -40,8 +44,13 @@ pub struct Ollama {
 
 impl Ollama {
     pub(crate) fn new(remote: Remote) -> Ollama {
+        let template = Template::choose(
+            remote.settings.fim_template.as_deref(),
+            &remote.settings.model,
+        );
         Ollama {
             remote,
+            template,
             fim: AtomicBool::new(true),
         }
     }
@@ -49,16 +58,16 @@ impl Ollama {
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
         Capabilities::remote(
-            self.remote.settings.fim_template.is_some() || self.fim.load(Ordering::Relaxed),
+            self.remote.settings.fim_template.is_some()
+                || self.fim.load(Ordering::Relaxed)
+                || self.template.fills_in_the_middle(),
         )
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request);
-        match self
-            .generate(around, self.fim.load(Ordering::Relaxed))
-            .await
-        {
+        let around = Around::of(input.request, input.context.bytes());
+        let fim = self.fim.load(Ordering::Relaxed);
+        match self.generate(input, around, fim).await {
             // The model has no FIM template after all: remember, and ask with the prefix only.
             Err(ProviderError::Http {
                 status: 400,
@@ -70,14 +79,20 @@ impl Ollama {
                     "the model does not support insert: completing from the text before the cursor"
                 );
                 self.fim.store(false, Ordering::Relaxed);
-                self.generate(around, false).await
+                self.generate(input, around, false).await
             }
             other => other,
         }
     }
 
-    async fn generate(&self, around: Around<'_>, fim: bool) -> Result<Proposal, ProviderError> {
+    async fn generate(
+        &self,
+        input: CompletionInput<'_>,
+        around: Around<'_>,
+        fim: bool,
+    ) -> Result<Proposal, ProviderError> {
         let settings = &self.remote.settings;
+        let (context, language): (&RepoContext, &str) = (input.context, &input.request.language);
         let url = self.remote.url("/api/generate");
         let mut body = json!({
             "model": settings.model,
@@ -85,25 +100,29 @@ impl Ollama {
             "options": {
                 "num_predict": settings.max_tokens.get(),
                 "temperature": 0.1,
-                "stop": prompt::STOP,
+                "stop": self.template.stop(),
             },
         });
         if let Some(keep_alive) = &settings.keep_alive {
             body["keep_alive"] = json!(keep_alive);
         }
-        match &settings.fim_template {
-            Some(template) => {
-                body["prompt"] = json!(around.fill(template));
-                body["raw"] = json!(true);
-            }
-            None if fim => {
-                body["prompt"] = json!(around.prefix);
-                body["suffix"] = json!(around.suffix);
-            }
-            None => {
-                body["prompt"] = json!(around.prefix);
-                body["raw"] = json!(true);
-            }
+        let own_fim = fim && settings.fim_template.is_none();
+        if own_fim {
+            // Ollama applies the model's own template to prompt and suffix.
+            body["prompt"] = json!(format!(
+                "{}{}",
+                context.as_comments(language),
+                around.prefix
+            ));
+            body["suffix"] = json!(around.suffix);
+        } else {
+            let raw = self
+                .template
+                .prompt(&around, context, language)
+                .or_else(|| Template::Family(Family::Plain).prompt(&around, context, language))
+                .unwrap_or_default();
+            body["prompt"] = json!(raw);
+            body["raw"] = json!(true);
         }
         let response = self.send(&url, &body).await?;
         let mut lines = NdjsonReader::new(Body::new(&url, response, MAX_COMPLETION_STREAM));
@@ -123,7 +142,7 @@ impl Ollama {
             }
             text.push_str(&line.response);
             if line.done {
-                return Ok(proposal(text));
+                return Ok(proposal(input.request, &text));
             }
         }
     }
@@ -252,7 +271,7 @@ impl Ollama {
                 .is_some_and(|t| t.contains(".Suffix")),
         };
         self.fim.store(fim, Ordering::Relaxed);
-        let note = (!fim && self.remote.settings.fim_template.is_none()).then(|| {
+        let note = (!fim && !self.template.fills_in_the_middle()).then(|| {
             "the model's template has no .Suffix (no FIM): completions see only the text before the cursor".to_owned()
         });
         Ok(ProbeReport { note })

@@ -1,21 +1,24 @@
 //! `kind = "openai"`: any OpenAI-compatible server (llama.cpp, vLLM, LM Studio, OpenAI).
 //!
-//! Completions go to `/v1/completions` with the text before the cursor as the prompt (or a
-//! `fim_template` filled in). When the server is llama.cpp and its model has FIM tokens, its
-//! own `/infill` endpoint is used instead, which sees the text after the cursor too; the
-//! first `/infill` that answers 404 or 501 ("not supported by this model") switches the
-//! provider to `/v1/completions` for good. Chat is `/v1/chat/completions`; the probe lists
+//! When the server is llama.cpp and its model has FIM tokens, completions go to its own
+//! `/infill` endpoint, which applies the model's tokens and takes the repository context as
+//! `input_extra` files; the first `/infill` that answers 404 or 501 ("not supported by this
+//! model") switches the provider to `/v1/completions` for good. There the prompt is the model
+//! family's FIM template (or the user's `fim_template`), or for a model of no known family the
+//! text before the cursor; a chat-only model (`gpt-4o`) is asked to fill the hole through
+//! `/v1/chat/completions` instead. Chat is `/v1/chat/completions`; the probe lists
 //! `/v1/models`. Every answer is streamed, so dropping the request stops the server.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use reaper_core::schema::CompletionRequest;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{millis_until, role_name, Remote, MODEL_CONFIDENCE};
 use crate::error::ProviderError;
 use crate::http::Body;
-use crate::prompt::{self, Around};
+use crate::prompt::{self, Around, Family, Template};
 use crate::provider::{
     Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
@@ -36,6 +39,7 @@ const MAX_CHAT_STREAM: usize = 32 * 1024 * 1024;
 pub struct OpenAi {
     remote: Remote,
     infill: AtomicU8,
+    template: Template,
 }
 
 impl OpenAi {
@@ -46,9 +50,20 @@ impl OpenAi {
         } else {
             INFILL_UNKNOWN
         };
+        let template = Template::choose(
+            remote.settings.fim_template.as_deref(),
+            &remote.settings.model,
+        );
+        // A chat-only model has no /infill either.
+        let infill = if template == Template::Family(Family::Chat) {
+            INFILL_NO
+        } else {
+            infill
+        };
         OpenAi {
             remote,
             infill: AtomicU8::new(infill),
+            template,
         }
     }
 
@@ -62,8 +77,7 @@ impl OpenAi {
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
         Capabilities::remote(
-            self.remote.settings.fim_template.is_some()
-                || self.infill.load(Ordering::Relaxed) != INFILL_NO,
+            self.template.fills_in_the_middle() || self.infill.load(Ordering::Relaxed) != INFILL_NO,
         )
     }
 
@@ -107,7 +121,7 @@ impl OpenAi {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request);
+        let around = Around::of(input.request, input.context.bytes());
         if self.infill.load(Ordering::Relaxed) != INFILL_NO {
             let unknown = self.infill.load(Ordering::Relaxed) == INFILL_UNKNOWN;
             match self.infill(input, around).await {
@@ -135,9 +149,12 @@ impl OpenAi {
                 }
             }
         }
-        let prompt = match &self.remote.settings.fim_template {
-            Some(template) => around.fill(template),
-            None => around.prefix.to_owned(),
+        let request = input.request;
+        let Some(prompt) = self
+            .template
+            .prompt(&around, input.context, &request.language)
+        else {
+            return self.fill_hole_by_chat(input, around).await;
         };
         let url = self.remote.url("/completions");
         let body = json!({
@@ -146,11 +163,37 @@ impl OpenAi {
             "max_tokens": self.remote.settings.max_tokens.get(),
             "temperature": 0.1,
             "stream": true,
-            "stop": prompt::STOP,
+            "stop": self.template.stop(),
         });
         let mut events = self.stream(&url, &body, MAX_COMPLETION_STREAM).await?;
         let text = completion_text(&mut events).await?;
-        Ok(proposal(text))
+        Ok(proposal(request, &text))
+    }
+
+    /// A chat-only model fills the hole when asked in words.
+    async fn fill_hole_by_chat(
+        &self,
+        input: CompletionInput<'_>,
+        around: Around<'_>,
+    ) -> Result<Proposal, ProviderError> {
+        let url = self.remote.url("/chat/completions");
+        let user = prompt::hole_filler_user(input.request, around, input.context);
+        let body = json!({
+            "model": self.remote.settings.model,
+            "messages": [
+                {"role": "system", "content": prompt::HOLE_FILLER_SYSTEM},
+                {"role": "user", "content": user},
+            ],
+            "max_tokens": self.remote.settings.max_tokens.get(),
+            "temperature": 0.0,
+            "stream": true,
+        });
+        let mut deltas = chat_deltas(self.stream(&url, &body, MAX_COMPLETION_STREAM).await?);
+        let mut text = String::new();
+        while let Some(delta) = futures::StreamExt::next(&mut deltas).await {
+            text.push_str(&delta?);
+        }
+        Ok(proposal(input.request, prompt::strip_fences(&text)))
     }
 
     /// llama.cpp's `/infill`: prefix and suffix go separately, and the server applies the
@@ -161,10 +204,15 @@ impl OpenAi {
         around: Around<'_>,
     ) -> Result<Proposal, ProviderError> {
         let url = self.root_url("/infill");
+        let extra: Vec<_> = input
+            .context
+            .snippets_far_to_near()
+            .map(|s| json!({"filename": s.path, "text": s.text}))
+            .collect();
         let body = json!({
             "input_prefix": around.prefix,
             "input_suffix": around.suffix,
-            "input_extra": [],
+            "input_extra": extra,
             "n_predict": self.remote.settings.max_tokens.get(),
             "t_max_predict_ms": millis_until(input.deadline),
             "cache_prompt": true,
@@ -198,7 +246,7 @@ impl OpenAi {
                 }
             }
         }
-        Ok(proposal(text))
+        Ok(proposal(input.request, &text))
     }
 
     async fn chat_inner<'a>(
@@ -231,8 +279,8 @@ impl OpenAi {
             );
         }
         let note = (self.infill.load(Ordering::Relaxed) == INFILL_NO
-            && self.remote.settings.fim_template.is_none())
-        .then(|| "no FIM on this server (/infill unavailable): completions see only the text before the cursor; set fim_template if the model was trained with FIM tokens".to_owned());
+            && !self.template.fills_in_the_middle())
+        .then(|| format!("no FIM for model {:?} (no /infill, no known family): completions see only the text before the cursor; set fim_template to a family ({}) or a template if the model was trained with FIM tokens", self.remote.settings.model, Family::names().collect::<Vec<_>>().join(", ")));
         Ok(ProbeReport { note })
     }
 }
@@ -272,9 +320,9 @@ pub(crate) async fn completion_text(events: &mut SseReader) -> Result<String, Pr
     }
 }
 
-/// A model's answer as a proposal.
-pub(crate) fn proposal(text: String) -> Proposal {
-    let text = prompt::nothing_if_blank(text);
+/// A model's answer to `request`, tidied ([`prompt::tidy`]), as a proposal.
+pub(crate) fn proposal(request: &CompletionRequest, answer: &str) -> Proposal {
+    let text = prompt::tidy::tidy(&request.prefix, &request.suffix, answer);
     let confidence = if text.is_empty() {
         0.0
     } else {

@@ -1,13 +1,24 @@
-//! The text a model is shown for a completion, until per-family FIM templates arrive: the
-//! prefix and suffix cut to a budget, a user's `fim_template` filled in, or a hole-filling
-//! instruction for chat models. And the little that is done to what comes back: a completion
-//! made only of whitespace is no completion.
+//! The text a model is shown for a completion, and what is done to its answer.
+//!
+//! The prefix and suffix are cut to a budget ([`Around`]); the repository context
+//! ([`context`]) takes its bytes from the prefix's budget, so a prompt never grows past what a
+//! 2,048-token model holds. [`fim`] arranges them with the tokens of the model's family (or
+//! the user's `fim_template`), or as a hole-filling instruction for chat models; [`tidy`]
+//! fixes the answer before an editor shows it.
+
+pub mod context;
+pub mod fim;
+pub mod tidy;
 
 use reaper_core::schema::CompletionRequest;
 use reaper_core::text::{head, tail};
 
-/// Bytes of the text before the cursor a model is shown (about 1,500 tokens of code: enough
-/// context for a line, small enough for a 2,048-token context and a fast prompt evaluation).
+pub use context::{RepoContext, Snippet};
+pub use fim::{Family, Template};
+
+/// Bytes of the text before the cursor and of the repository context a model is shown
+/// together (about 1,500 tokens of code: enough context for a line, small enough for a
+/// 2,048-token context and a fast prompt evaluation).
 pub const PREFIX_BUDGET: usize = 6 * 1024;
 /// Bytes of the text after the cursor a model is shown.
 pub const SUFFIX_BUDGET: usize = 2 * 1024;
@@ -26,10 +37,12 @@ pub struct Around<'a> {
 }
 
 impl<'a> Around<'a> {
-    /// The budgeted text around the cursor of `request`.
-    pub fn of(request: &'a CompletionRequest) -> Around<'a> {
+    /// The budgeted text around the cursor of `request`, leaving `context_bytes` of the
+    /// prefix's budget to the repository context (at most half of it).
+    pub fn of(request: &'a CompletionRequest, context_bytes: usize) -> Around<'a> {
+        let prefix_budget = PREFIX_BUDGET - context_bytes.min(PREFIX_BUDGET / 2);
         Around {
-            prefix: tail(&request.prefix, PREFIX_BUDGET),
+            prefix: tail(&request.prefix, prefix_budget),
             suffix: head(&request.suffix, SUFFIX_BUDGET),
         }
     }
@@ -65,12 +78,23 @@ the code to insert at <CURSOR>: no explanation, no markdown fences, no repetitio
 before or after the cursor. If nothing should be inserted, reply with nothing.";
 
 /// The user message for a hole-filling chat model.
-pub fn hole_filler_user(request: &CompletionRequest, around: Around<'_>) -> String {
+pub fn hole_filler_user(
+    request: &CompletionRequest,
+    around: Around<'_>,
+    context: &RepoContext,
+) -> String {
     let file = request.file_path.as_deref().unwrap_or("untitled");
-    format!(
+    let mut message = String::new();
+    if !context.is_empty() {
+        message.push_str("Related code from other files of the repository:\n");
+        message.push_str(&context.as_plain_text());
+        message.push('\n');
+    }
+    message.push_str(&format!(
         "File {file} ({}):\n{}<CURSOR>{}",
         request.language, around.prefix, around.suffix
-    )
+    ));
+    message
 }
 
 /// What a chat model sends back around the code: a markdown fence some add despite being
@@ -85,15 +109,6 @@ pub fn strip_fences(answer: &str) -> &str {
     body.rsplit_once("```")
         .map_or(body, |(inside, _)| inside)
         .trim_end_matches('\n')
-}
-
-/// A completion is nothing when it is only whitespace.
-pub fn nothing_if_blank(text: String) -> String {
-    if text.trim().is_empty() {
-        String::new()
-    } else {
-        text
-    }
 }
 
 #[cfg(test)]
@@ -122,8 +137,14 @@ mod tests {
             file_path: None,
             context: None,
         };
-        let around = Around::of(&request);
+        let around = Around::of(&request, 0);
         assert!(around.prefix.ends_with("near") && around.prefix.len() == PREFIX_BUDGET);
+        let around = Around::of(&request, 1000);
+        assert_eq!(
+            around.prefix.len(),
+            PREFIX_BUDGET - 1000,
+            "context takes from the prefix"
+        );
         assert!(around.suffix.starts_with("after") && around.suffix.len() == SUFFIX_BUDGET);
     }
 
@@ -132,7 +153,5 @@ mod tests {
         assert_eq!(strip_fences("```rust\nlet x = 1;\n```"), "let x = 1;");
         assert_eq!(strip_fences("\n```\nfoo()\n"), "foo()");
         assert_eq!(strip_fences("x.len()"), "x.len()");
-        assert_eq!(nothing_if_blank(" \n\t".into()), "");
-        assert_eq!(nothing_if_blank(" x".into()), " x");
     }
 }

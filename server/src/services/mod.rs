@@ -98,7 +98,8 @@ impl Services {
             .thread_name("provider")
             .enable_all()
             .build()?;
-        let mut pool = Pool::from_config(&config.providers, &|k| std::env::var(k).ok())?;
+        let mut pool = Pool::from_config(&config.providers, &|k| std::env::var(k).ok())?
+            .with_context_budget(config.completion.context_bytes as usize);
         if let Some(ms) = std::env::var(DELAY_ENV)
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
