@@ -448,3 +448,67 @@ async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
         seen.ended - seen.arrived
     );
 }
+
+#[tokio::test]
+async fn the_model_is_shown_related_code_from_the_workspace_and_its_answer_is_tidied() {
+    // A workspace with the type the cursor uses defined in another file, a .env beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("src/retry.rs"),
+        "pub struct RetryPolicy {\n    pub max_attempts: u32,\n    pub backoff_ms: u64,\n}\n\nimpl RetryPolicy {\n    pub fn next_delay(&self, attempt: u32) -> u64 {\n        self.backoff_ms << attempt\n    }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("src/.env"), "API_TOKEN=never_in_a_prompt\n").unwrap();
+    // The model closes the call the editor already closed.
+    let ollama = OllamaServer::start(ollama::Script::answering(CODER, "policy.max_attempts);"));
+    let config = format!(
+        "[providers.ollama]\nkind = \"ollama\"\nbase_url = \"{}\"\nmodel = \"{CODER}\"\n",
+        ollama.url()
+    );
+    let daemon = Daemon::start_with(&config, &[]);
+    let client = connect(&daemon).await;
+    wait_status(&client, "ollama", ProviderStatus::Available).await;
+    let file = root.join("src/client.rs").display().to_string();
+
+    // The workspace is indexed on its first completion, in the background: ask (new text
+    // each time, so no cache hit) until a prompt carries the other file.
+    let start = Instant::now();
+    let mut asked = 0;
+    let prompt = loop {
+        asked += 1;
+        let mut req = request(
+            &file,
+            &format!("fn call_{asked}(policy: &RetryPolicy, attempt: u32) -> u64 {{\n    let wait = policy.next_delay(attempt);\n    check("),
+        );
+        req.suffix = ");\n}\n".into();
+        let answer = complete_within(&client, &req, 5000).await.unwrap();
+        assert_eq!(answer.provider, "ollama");
+        assert_eq!(
+            answer.completion, "policy.max_attempts",
+            "the doubled `);` is cut"
+        );
+        let seen = ollama.wire().seen();
+        let prompt = seen.last().unwrap().request.json()["prompt"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if prompt.contains("// Path: src/retry.rs") {
+            break prompt;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no prompt carried the related file: {prompt}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(prompt.contains("//     pub max_attempts: u32,"), "{prompt}");
+    assert!(
+        prompt.contains("// Path: src/client.rs\nfn call_"),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("never_in_a_prompt"));
+    client.close().await;
+}
