@@ -16,5 +16,5 @@ pub mod symbols;
 pub mod workspace;
 
 pub use corpus::{Corpus, CorpusBuilder};
-pub use model::{predict, Prediction};
+pub use model::{predict, predict_explained, Evidence, Prediction};
 pub use workspace::{IndexLimits, Workspace, Workspaces};
