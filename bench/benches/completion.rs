@@ -1,4 +1,5 @@
-//! Criterion suites for the completion path: offline prediction and cache lookup.
+//! Criterion suites for the completion path: offline prediction, the repository context a
+//! model is shown (related snippets from the index), and cache lookup.
 //!
 //! The corpus is this repository's own sources (always present), cut at fixed points.
 
@@ -56,6 +57,55 @@ fn bench_predict(c: &mut Criterion) {
     });
 }
 
+/// Finding 2 KiB of related snippets for a cursor: the work the daemon adds to every
+/// completion a remote model answers. On this repository, and on tokio's 4 MB when the cargo
+/// registry has it.
+fn bench_related(c: &mut Criterion) {
+    let prefixes = prefixes();
+    let own = workspace().join("core/src/rpc/server.rs");
+    let mut corpora = vec![("repository", build_corpus(workspace(), LIMITS).0)];
+    if let Some(tokio) = registry_tokio() {
+        corpora.push(("tokio", build_corpus(&tokio, LIMITS).0));
+    }
+    for (name, corpus) in &corpora {
+        let mut i = 0;
+        c.bench_function(&format!("related_snippets_2k_{name}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % prefixes.len();
+                black_box(reaper_offline::related::related(
+                    corpus,
+                    &prefixes[i],
+                    "\n}\n",
+                    Some(&own),
+                    2048,
+                ))
+            })
+        });
+    }
+}
+
+/// The newest tokio in the local cargo registry.
+fn registry_tokio() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+    let mut found: Vec<_> = std::fs::read_dir(home.join("registry/src"))
+        .ok()?
+        .filter_map(Result::ok)
+        .flat_map(|index| std::fs::read_dir(index.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                f.strip_prefix("tokio-")
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            })
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|p| p.join("src"))
+}
+
 fn bench_cache(c: &mut Criterion) {
     let mut cache = CompletionCache::new(
         NonZeroUsize::new(10_000).unwrap(),
@@ -96,5 +146,5 @@ fn bench_cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_predict, bench_cache);
+criterion_group!(benches, bench_predict, bench_related, bench_cache);
 criterion_main!(benches);

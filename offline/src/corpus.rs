@@ -88,6 +88,15 @@ impl Corpus {
             .map(|(p, _)| p)
     }
 
+    /// The file a text position belongs to, with its range in the text.
+    pub fn file_range_at(&self, pos: usize) -> Option<(&PathBuf, Range<usize>)> {
+        let i = self.files.partition_point(|(_, r)| r.end <= pos);
+        self.files
+            .get(i)
+            .filter(|(_, r)| r.contains(&pos))
+            .map(|(p, r)| (p, r.clone()))
+    }
+
     /// The range of the suffix array whose suffixes start with `pattern`.
     pub fn find(&self, pattern: &[u8]) -> Range<usize> {
         let text = &self.text;
