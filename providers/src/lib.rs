@@ -30,6 +30,7 @@ pub use kinds::Secret;
 pub use offline::OfflineProvider;
 pub use pool::{
     Answer, BuildError, Placement, Pool, PoolError, DELAY_ENV, HEDGE_MIN_SAMPLES, OFFLINE_RESERVE,
+    OFFLINE_SURE,
 };
 pub use provider::{
     BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
