@@ -7,7 +7,8 @@
 //! peer's), or `--json` lines with `stack`, `scenario`, `concurrency`, `connections`, `pin`,
 //! `p50_us`, `p90_us`, `p99_us`, `p999_us`, `max_us`, `calls_per_s`; `--hdr-log` and `--plot`
 //! keep the whole distributions. `reaper-bench eval-offline` measures the offline provider's
-//! completion quality instead.
+//! completion quality instead, and `reaper-bench keystrokes` a person typing against a real
+//! llama.cpp, through reaperd and directly.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 use reaper_client::Encoding;
 
 mod eval;
+mod keystrokes;
 mod peers;
 mod pin;
 mod plot;
@@ -92,6 +94,10 @@ struct Args {
 enum BenchCommand {
     /// Measure the offline provider's completion quality on real crates (no daemon).
     EvalOffline(eval::EvalArgs),
+    /// Replay a person typing a real file against llama.cpp (SmolLM2), through reaperd and
+    /// the way editor plugins talk to llama.cpp directly: ghost-text latency, requests and
+    /// tokens the model spent, cache hits, completion quality, the daemon's own overhead.
+    Keystrokes(keystrokes::KeystrokesArgs),
 }
 
 /// A stack measured by this tool.
@@ -129,8 +135,10 @@ impl std::fmt::Display for Stack {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if let Some(BenchCommand::EvalOffline(eval_args)) = &args.command {
-        return eval::run(eval_args);
+    match &args.command {
+        Some(BenchCommand::EvalOffline(eval_args)) => return eval::run(eval_args),
+        Some(BenchCommand::Keystrokes(keystrokes_args)) => return keystrokes::run(keystrokes_args),
+        None => {}
     }
     if args.quick {
         args.calls = args.calls.min(2_000);

@@ -27,7 +27,7 @@ pub fn measure(args: &Args, pin: Pin, progress: &Progress) -> anyhow::Result<Vec
         None => {
             // The daemon inherits the CPU this thread is pinned to when it is started.
             pin_current(pin.server_cpu());
-            let started = start_reaperd(args.reaperd.clone(), progress);
+            let started = start_reaperd(args.reaperd.clone(), "", progress);
             let (child, dir) = started?;
             let path = dir.path().join("state");
             spawned = Some((child, dir));
@@ -39,21 +39,23 @@ pub fn measure(args: &Args, pin: Pin, progress: &Progress) -> anyhow::Result<Vec
         .enable_all()
         .build()?;
     let result = runtime.block_on(scenarios(args, pin, state_dir, progress));
-    if let Some((mut child, dir)) = spawned {
+    if let Some((child, dir)) = spawned {
         if let Some(rss) = rss_kib(child.id()) {
             progress.note(&format!("reaperd RSS after the {pin} run: {rss} KiB"));
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+        stop_reaperd(child);
         drop(dir);
     }
     result
 }
 
-fn start_reaperd(
+/// Starts reaperd (`explicit`, or the one beside this binary) on 127.0.0.1 with a temporary
+/// state directory and `config_text` as its whole configuration, and waits until it listens.
+/// Returns the process and the directory (its state is `DIR/state`); stop it with
+/// [`stop_reaperd`].
+pub fn start_reaperd(
     explicit: Option<PathBuf>,
+    config_text: &str,
     progress: &Progress,
 ) -> anyhow::Result<(Child, tempfile::TempDir)> {
     let binary = match explicit {
@@ -62,13 +64,12 @@ fn start_reaperd(
     };
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
-    // An empty config of its own: the daemon measured runs on its built-in defaults, whatever
-    // reaper.toml sits in the current directory or $XDG_CONFIG_HOME (a bench run from the
-    // repository root otherwise picks up the repository's file, which an older build may not
-    // even parse).
+    // A config of its own (empty: the built-in defaults), whatever reaper.toml sits in the
+    // current directory or $XDG_CONFIG_HOME (a bench run from the repository root otherwise
+    // picks up the repository's file, which an older build may not even parse).
     let config = dir.path().join("reaper.toml");
-    std::fs::write(&config, "")?;
-    let child = Command::new(&binary)
+    std::fs::write(&config, config_text)?;
+    let mut child = Command::new(&binary)
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(&state)
         .arg("--config")
@@ -85,7 +86,11 @@ fn start_reaperd(
         })?;
     let start = Instant::now();
     while !state.join("endpoint").exists() {
+        if let Ok(Some(exit)) = child.try_wait() {
+            bail!("reaperd exited at start ({exit}); its configuration was:\n{config_text}");
+        }
         if start.elapsed() > Duration::from_secs(10) {
+            stop_reaperd(child);
             bail!("reaperd did not start within 10 s");
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -94,6 +99,15 @@ fn start_reaperd(
         progress.note(&format!("reaperd idle RSS: {rss} KiB"));
     }
     Ok((child, dir))
+}
+
+/// Stops a reaperd started by [`start_reaperd`] the way a service manager would (SIGTERM, so
+/// it drains and removes its endpoint file) and reaps it.
+pub fn stop_reaperd(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 /// The connections beyond the first that the throughput scenarios use.

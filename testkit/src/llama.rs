@@ -28,6 +28,7 @@ p.hostnames = ["127.0.0.1"]
 p.port = 0
 if sys.argv[3]:
     p.api_keys = [sys.argv[3]]
+p.endpoint_metrics = sys.argv[4] == "1"
 server = xlc.Server(p)
 print("READY", server.listening_address, flush=True)
 sys.stdin.read()
@@ -53,12 +54,24 @@ pub struct LlamaServer {
 impl LlamaServer {
     /// Starts a server and waits until it answers (about half a second).
     pub fn start(options: LlamaOptions) -> LlamaServer {
+        LlamaServer::spawn(options, false)
+    }
+
+    /// Like [`LlamaServer::start`], and the server also serves llama.cpp's Prometheus
+    /// counters at `GET /metrics` (`llamacpp:tokens_predicted_total` and others), which
+    /// llama.cpp leaves off by default.
+    pub fn start_with_metrics(options: LlamaOptions) -> LlamaServer {
+        LlamaServer::spawn(options, true)
+    }
+
+    fn spawn(options: LlamaOptions, metrics: bool) -> LlamaServer {
         let mut child = Command::new(python())
             .arg("-c")
             .arg(SCRIPT)
             .arg(MODEL_ALIAS)
             .arg(options.parallel.max(1).to_string())
             .arg(options.api_key.as_deref().unwrap_or(""))
+            .arg(if metrics { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
