@@ -41,8 +41,8 @@ static NO_CONTEXT: RepoContext = RepoContext::EMPTY;
 /// and the answer still has to travel back.
 pub const OFFLINE_RESERVE: Duration = Duration::from_millis(15);
 /// Confidence at which the offline model's answer is taken without asking a model: at 0.8 and
-/// above it is exactly the rest of the line 76–100% of the time on eight crates it was not
-/// tuned on (`docs/offline.md`), more than any model reaper has been measured with.
+/// above it is exactly the rest of the line 78–100% of the time on each of eight crates
+/// (`docs/offline.md`), more than any model reaper has been measured with.
 pub const OFFLINE_SURE: f32 = 0.8;
 /// Answers a provider must have given before its p95 is trusted for hedging.
 pub const HEDGE_MIN_SAMPLES: usize = 20;
