@@ -8,6 +8,13 @@
 //!    ([`MAX_RECENT`]) and shows those of other files (a quarter of the budget at most);
 //! 3. the editor's `context.lsp_symbols` (256 bytes at most).
 //!
+//! The context stays the same while the cursor stays within [`STEADY_LINES`] lines of where
+//! it was gathered (for [`STEADY_FOR`] at most): it goes first in the prompt, and a model
+//! server reuses the evaluation of the part of a prompt that the previous one began with, so
+//! context that changed on every keystroke would make every keystroke pay for the whole
+//! prompt again (measured with `reaper-bench keystrokes`: 12,000 prompt tokens evaluated and
+//! nothing shown in 1,400 keys, `docs/perf.md`).
+//!
 //! Nothing comes from a file that holds credentials ([`reaper_offline::workspace::holds_secrets`]),
 //! and lines that look like one are dropped from every snippet
 //! ([`crate::prompt::context::without_secrets`]). A request *on* such a file is not sent to
@@ -16,6 +23,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reaper_core::schema::CompletionRequest;
 use reaper_core::text::{head, tail};
@@ -34,6 +42,21 @@ const RECENT_BEFORE: usize = 300;
 const RECENT_AFTER: usize = 120;
 /// Bytes of the editor's symbols shown, at most.
 const SYMBOLS_BYTES: usize = 256;
+/// Lines the cursor may move before a file's context is gathered again.
+pub const STEADY_LINES: usize = 3;
+/// Longest a file's context is kept.
+pub const STEADY_FOR: Duration = Duration::from_secs(30);
+/// Files whose context is kept, at most.
+const STEADY_FILES: usize = 8;
+
+/// A file's context as last gathered.
+#[derive(Debug)]
+struct Steady {
+    path: String,
+    line: usize,
+    at: Instant,
+    context: RepoContext,
+}
 
 /// Where a completion's repository context comes from.
 #[derive(Debug)]
@@ -41,6 +64,7 @@ pub struct Gatherer {
     offline: Option<Arc<OfflineProvider>>,
     budget: usize,
     recent: Mutex<VecDeque<(String, String)>>,
+    steady: Mutex<VecDeque<Steady>>,
 }
 
 impl Gatherer {
@@ -50,6 +74,7 @@ impl Gatherer {
             offline,
             budget,
             recent: Mutex::new(VecDeque::with_capacity(MAX_RECENT)),
+            steady: Mutex::new(VecDeque::with_capacity(STEADY_FILES)),
         }
     }
 
@@ -89,7 +114,8 @@ impl Gatherer {
         recent.push_front((path.to_owned(), text));
     }
 
-    /// The context for `request`, at most the budget.
+    /// The context for `request`, at most the budget: the one gathered for its file a moment
+    /// ago if the cursor is still near where it was.
     pub fn gather(&self, request: &CompletionRequest) -> RepoContext {
         let Some(path) = request.file_path.as_deref().filter(|p| !p.is_empty()) else {
             return RepoContext::default();
@@ -97,6 +123,34 @@ impl Gatherer {
         if self.budget == 0 {
             return RepoContext::default();
         }
+        let line = memchr::memchr_iter(b'\n', request.prefix.as_bytes()).count();
+        let now = Instant::now();
+        {
+            let steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = steady.iter().find(|s| {
+                s.path == path && s.line.abs_diff(line) <= STEADY_LINES && now - s.at < STEADY_FOR
+            });
+            if let Some(kept) = kept {
+                return kept.context.clone();
+            }
+        }
+        let context = self.gather_now(request, path);
+        let mut steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
+        steady.retain(|s| s.path != path);
+        if steady.len() == STEADY_FILES {
+            steady.pop_back();
+        }
+        steady.push_front(Steady {
+            path: path.to_owned(),
+            line,
+            at: now,
+            context: context.clone(),
+        });
+        context
+    }
+
+    /// The context for `request` on the file at `path`, gathered now.
+    fn gather_now(&self, request: &CompletionRequest, path: &str) -> RepoContext {
         let own = Path::new(path);
         let workspace = self.offline.as_ref().and_then(|o| o.workspace_of(own));
         let root = workspace.as_ref().map(|w| w.root().to_path_buf());
@@ -213,6 +267,40 @@ mod tests {
             ""
         )));
         assert!(!Gatherer::is_private(&request("/ws/env.rs", "", "")));
+    }
+
+    #[test]
+    fn a_files_context_holds_while_the_cursor_stays_near() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        let ws = |f: &str| dir.path().join(f).display().to_string();
+        let offline = Arc::new(OfflineProvider::new(&Default::default()));
+        let gatherer = Gatherer::new(Some(offline), 2048);
+        gatherer.note(&request(
+            &ws("other.rs"),
+            "fn helper_one() {\n    helper_two(",
+            "\n}",
+        ));
+        let typed = |prefix: &str| request(&ws("main.rs"), prefix, "\n}");
+        // The context holds the other file's recent place; it is kept as the user types on,
+        // even after a third file is edited...
+        let first = gatherer.gather(&typed("fn main() {\n    let a"));
+        assert_eq!(first.snippets()[0].path, "other.rs");
+        gatherer.note(&request(&ws("third.rs"), "fn third() {\n    go(", "\n}"));
+        assert_eq!(gatherer.gather(&typed("fn main() {\n    let ab")), first);
+        assert_eq!(
+            gatherer.gather(&typed("fn main() {\n    let ab;\n\n\n    x")),
+            first
+        );
+        // ...and gathered again once the cursor is further away.
+        let far = format!("fn main() {{\n{}    y", "    z;\n".repeat(STEADY_LINES + 1));
+        let again = gatherer.gather(&typed(&far));
+        assert_ne!(again, first);
+        assert_eq!(
+            again.snippets()[0].path,
+            "third.rs",
+            "the latest place first"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod fim;
 pub mod tidy;
 
 use reaper_core::schema::CompletionRequest;
-use reaper_core::text::{head, tail};
+use reaper_core::text::head;
 
 pub use context::{RepoContext, Snippet};
 pub use fim::{Family, Template};
@@ -20,6 +20,17 @@ pub use fim::{Family, Template};
 /// together (about 1,500 tokens of code: enough context for a line, small enough for a
 /// 2,048-token context and a fast prompt evaluation).
 pub const PREFIX_BUDGET: usize = 6 * 1024;
+/// The step in which the start of the prefix a model is shown moves through a file.
+///
+/// A model server keeps the previous prompt's evaluation and reuses the part the next prompt
+/// begins with (llama.cpp's `cache_prompt`, Ollama's context). A prefix cut at exactly the
+/// last 6 KiB starts one byte later after every keystroke, so no two prompts share a
+/// beginning and every keystroke pays for the whole prompt again: measured with
+/// `reaper-bench keystrokes` deep in a file, the model never answered before the next key.
+/// Cut on a 1 KiB grid (then at the next line's start), the start stays put for a thousand
+/// keystrokes and each prompt re-evaluates only what was typed.
+pub const PREFIX_STEP: usize = 1024;
+
 /// Bytes of the text after the cursor a model is shown.
 pub const SUFFIX_BUDGET: usize = 2 * 1024;
 
@@ -42,7 +53,7 @@ impl<'a> Around<'a> {
     pub fn of(request: &'a CompletionRequest, context_bytes: usize) -> Around<'a> {
         let prefix_budget = PREFIX_BUDGET - context_bytes.min(PREFIX_BUDGET / 2);
         Around {
-            prefix: tail(&request.prefix, prefix_budget),
+            prefix: steady_tail(&request.prefix, prefix_budget),
             suffix: head(&request.suffix, SUFFIX_BUDGET),
         }
     }
@@ -69,6 +80,31 @@ impl<'a> Around<'a> {
         out.push_str(rest);
         out
     }
+}
+
+/// At most the last `budget` bytes of `text`, starting on a [`PREFIX_STEP`] grid counted from
+/// the start of `text`, at the start of a line when one begins within the next step, and on a
+/// character boundary.
+fn steady_tail(text: &str, budget: usize) -> &str {
+    if text.len() <= budget {
+        return text;
+    }
+    let earliest = text.len() - budget;
+    let mut start = earliest.div_ceil(PREFIX_STEP) * PREFIX_STEP;
+    if start >= text.len() {
+        // A budget smaller than a step: the plain cut.
+        start = earliest;
+    }
+    if let Some(newline) = text.as_bytes()[start..(start + PREFIX_STEP).min(text.len())]
+        .iter()
+        .position(|&b| b == b'\n')
+    {
+        start += newline + 1;
+    }
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// Instructions for a chat model asked to fill the hole at the cursor.
@@ -138,14 +174,38 @@ mod tests {
             context: None,
         };
         let around = Around::of(&request, 0);
-        assert!(around.prefix.ends_with("near") && around.prefix.len() == PREFIX_BUDGET);
+        assert!(around.prefix.ends_with("near") && around.prefix.len() <= PREFIX_BUDGET);
+        assert!(around.prefix.len() > PREFIX_BUDGET - PREFIX_STEP);
         let around = Around::of(&request, 1000);
-        assert_eq!(
-            around.prefix.len(),
-            PREFIX_BUDGET - 1000,
+        assert!(
+            around.prefix.len() <= PREFIX_BUDGET - 1000,
             "context takes from the prefix"
         );
         assert!(around.suffix.starts_with("after") && around.suffix.len() == SUFFIX_BUDGET);
+    }
+
+    #[test]
+    fn the_prefix_start_stays_put_while_the_user_types() {
+        // A file of 40-byte lines, typed one character at a time past the budget: the text
+        // shown starts at the same line for a whole step, so a model server's prompt cache
+        // is reused from one keystroke to the next.
+        let file: String = (0..400)
+            .map(|i| format!("let value_{i:04} = compute({i:05});\n"))
+            .collect();
+        let mut starts = std::collections::BTreeSet::new();
+        for typed in 7000..7000 + PREFIX_STEP {
+            let shown = steady_tail(&file[..typed], PREFIX_BUDGET);
+            assert!(shown.len() <= PREFIX_BUDGET);
+            assert!(shown.starts_with("let value_"), "a whole line first");
+            starts.insert(typed - shown.len());
+        }
+        assert!(
+            starts.len() <= 2,
+            "the start moved {} times in one step",
+            starts.len() - 1
+        );
+        assert_eq!(steady_tail("short", PREFIX_BUDGET), "short");
+        assert_eq!(steady_tail("ééééé", 3), "é", "never inside a character");
     }
 
     #[test]
