@@ -134,7 +134,11 @@ impl Gatherer {
                 return kept.context.clone();
             }
         }
-        let context = self.gather_now(request, path);
+        let (context, complete) = self.gather_now(request, path);
+        if !complete {
+            // The workspace's index is still being built: the next keystroke may find more.
+            return context;
+        }
         let mut steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
         steady.retain(|s| s.path != path);
         if steady.len() == STEADY_FILES {
@@ -149,8 +153,9 @@ impl Gatherer {
         context
     }
 
-    /// The context for `request` on the file at `path`, gathered now.
-    fn gather_now(&self, request: &CompletionRequest, path: &str) -> RepoContext {
+    /// The context for `request` on the file at `path`, gathered now, and whether it is all
+    /// there will be (not while the workspace's index is still being built).
+    fn gather_now(&self, request: &CompletionRequest, path: &str) -> (RepoContext, bool) {
         let own = Path::new(path);
         let workspace = self.offline.as_ref().and_then(|o| o.workspace_of(own));
         let root = workspace.as_ref().map(|w| w.root().to_path_buf());
@@ -188,7 +193,9 @@ impl Gatherer {
         }
 
         // Related code from the index.
-        if let Some(corpus) = workspace.as_ref().and_then(|w| w.corpus()) {
+        let corpus = workspace.as_ref().and_then(|w| w.corpus());
+        let complete = workspace.is_none() || corpus.is_some();
+        if let Some(corpus) = corpus {
             for found in reaper_offline::related::related(
                 &corpus,
                 &request.prefix,
@@ -231,7 +238,10 @@ impl Gatherer {
             .and_then(|r| r.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        RepoContext::new(repo_name, relative(own), snippets)
+        (
+            RepoContext::new(repo_name, relative(own), snippets),
+            complete,
+        )
     }
 }
 
