@@ -285,6 +285,16 @@ mod tests {
         std::fs::create_dir(dir.path().join(".git")).unwrap();
         let ws = |f: &str| dir.path().join(f).display().to_string();
         let offline = Arc::new(OfflineProvider::new(&Default::default()));
+        // A context is kept only once the workspace's index is built.
+        let workspace = offline.workspace_of(Path::new(&ws("main.rs"))).unwrap();
+        let start = Instant::now();
+        while workspace.corpus().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the index is built"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let gatherer = Gatherer::new(Some(offline), 2048);
         gatherer.note(&request(
             &ws("other.rs"),
