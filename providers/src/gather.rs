@@ -42,10 +42,14 @@ const RECENT_BEFORE: usize = 300;
 const RECENT_AFTER: usize = 120;
 /// Bytes of the editor's symbols shown, at most.
 const SYMBOLS_BYTES: usize = 256;
-/// Lines the cursor may move before a file's context is gathered again.
-pub const STEADY_LINES: usize = 3;
+/// Lines the cursor may move before a file's context is gathered again. A new context costs
+/// the model server a whole prompt's evaluation (1,700 tokens: 19 s for SmolLM2 on one busy
+/// core, a fraction of a second on a GPU), so it changes when the user has moved on to other
+/// code, not with every few lines typed: at 3 lines, `reaper-bench keystrokes` saw llama.cpp
+/// spend the whole replay re-evaluating prompts and generate 9 tokens.
+pub const STEADY_LINES: usize = 40;
 /// Longest a file's context is kept.
-pub const STEADY_FOR: Duration = Duration::from_secs(30);
+pub const STEADY_FOR: Duration = Duration::from_secs(300);
 /// Files whose context is kept, at most.
 const STEADY_FILES: usize = 8;
 

@@ -79,16 +79,49 @@ impl Http {
         request: reqwest::RequestBuilder,
         auth_hint: &str,
     ) -> Result<Response, ProviderError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(url, e))?;
+        let again = request.try_clone();
+        let response = match (request.send().await, again) {
+            (Ok(response), _) => response,
+            // The server closed the pooled connection as the request went out on it (it timed
+            // it out: llama.cpp after 5 s idle): nothing was processed, so the request is sent
+            // again, once, on a new connection, instead of failing the call or the probe and
+            // setting the provider aside.
+            (Err(e), Some(again)) if closed_before_answering(&e) => {
+                tracing::debug!(
+                    url,
+                    "the server closed the reused connection: sending again"
+                );
+                again
+                    .send()
+                    .await
+                    .map_err(|e| ProviderError::from_reqwest(url, e))?
+            }
+            (Err(e), _) => return Err(ProviderError::from_reqwest(url, e)),
+        };
         if response.status().is_success() {
             Ok(response)
         } else {
             Err(error_from(url, response, auth_hint).await)
         }
     }
+}
+
+/// Whether `error` is a connection closing before any of the answer arrived (hyper's
+/// "incomplete message"), as opposed to a refusal, a timeout or a broken answer.
+fn closed_before_answering(error: &reqwest::Error) -> bool {
+    if error.is_connect() || error.is_timeout() || error.is_status() || error.is_body() {
+        return false;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if e.to_string()
+            .contains("connection closed before message completed")
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The error a non-2xx answer stands for.

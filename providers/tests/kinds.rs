@@ -250,6 +250,42 @@ async fn dropping_a_completion_closes_the_connection_before_the_stream_ends() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_the_server_closed_is_not_a_failure() {
+    // The second request reuses the first one's connection, which the server closes without
+    // answering (it had timed it out); the third, on a new connection, is answered.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = WireServer::start(move |_| {
+        let models = Reply::json(
+            200,
+            &serde_json::json!({"data": [{"id": "m", "owned_by": "vllm"}]}),
+        );
+        match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            1 => Reply::Close,
+            _ => models,
+        }
+    });
+    let table = format!(
+        "kind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"m\"\n",
+        server.url()
+    );
+    let p = provider(&table, &[]);
+    p.probe().await.expect("first probe");
+    p.probe()
+        .await
+        .expect("the closed connection is retried on a new one");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // A server that closes every connection unanswered is still a failure, not a loop.
+    let closing = WireServer::start(|_| Reply::Close);
+    let table = format!(
+        "kind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"m\"\n",
+        closing.url()
+    );
+    assert!(provider(&table, &[]).probe().await.is_err());
+    assert_eq!(closing.seen().len(), 2, "one request and one retry");
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_unreachable_with_the_url() {
     let url = WireServer::refused_url();
     let p = provider(&ollama_table(&url, CODER), &[]);

@@ -74,6 +74,9 @@ pub enum Reply {
     Delayed(Duration, Box<Reply>),
     /// The request is read and never answered; the server waits for the client to give up.
     Hang,
+    /// The request is read and the connection closed without an answer: what a client sees
+    /// when it reuses a keep-alive connection the server has just timed out.
+    Close,
 }
 
 /// How a streamed answer goes wrong after its pieces.
@@ -340,6 +343,7 @@ async fn answer(
             let closed = closed_within(read, HANG_LIMIT).await;
             (false, closed, false)
         }
+        Reply::Close => (false, false, false),
         Reply::Body {
             status,
             headers,
