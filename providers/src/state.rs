@@ -91,9 +91,15 @@ impl ProviderState {
         }
     }
 
-    /// A successful probe, with what it noted.
+    /// A successful probe, with what it noted. A rate limit stands until its `Retry-After`
+    /// even so: the probe's endpoint (a models listing) is not what the server is limiting.
     pub(crate) fn probed(&mut self, note: Option<String>) {
         self.note = note;
+        if let Availability::RateLimited { until } = self.availability {
+            if Instant::now() < until {
+                return;
+            }
+        }
         self.succeeded();
     }
 
@@ -297,6 +303,22 @@ mod tests {
         state.succeeded();
         assert_eq!(state.status(now), ProviderStatus::Available);
         assert_eq!(state.message(), None);
+    }
+
+    #[test]
+    fn a_rate_limit_outlasts_a_successful_probe() {
+        let now = Instant::now();
+        let limited = ProviderError::RateLimited {
+            url: "u".into(),
+            status: 429,
+            retry_after: Duration::from_secs(7),
+            message: "slow down".into(),
+        };
+        let mut state = ProviderState::new(true, false);
+        state.failed(&limited, now);
+        state.probed(None);
+        assert_eq!(state.status(Instant::now()), ProviderStatus::RateLimited);
+        assert!(state.eligible(now + Duration::from_secs(7)));
     }
 
     #[test]

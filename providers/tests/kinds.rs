@@ -150,7 +150,8 @@ async fn an_ollama_model_of_a_known_family_without_insert_gets_its_fim_tokens_ra
     assert_eq!(last["raw"], true);
     assert_eq!(
         last["options"]["stop"],
-        serde_json::json!(["\n\n", "<|endoftext|>", "<file_sep>", "<fim_prefix>"])
+        // Mid-line: one line is wanted, so the answer stops at its end.
+        serde_json::json!(["\n", "<|endoftext|>", "<file_sep>", "<fim_prefix>"])
     );
     assert!(p.capabilities().fim);
 }

@@ -223,7 +223,7 @@ impl Copilot {
             "temperature": 0.0,
             "top_p": 1,
             "n": 1,
-            "stop": prompt::STOP,
+            "stop": prompt::stop(input.request),
             "stream": true,
             "extra": {
                 "language": input.request.language,

@@ -100,7 +100,7 @@ impl Ollama {
             "options": {
                 "num_predict": settings.max_tokens.get(),
                 "temperature": 0.1,
-                "stop": self.template.stop(),
+                "stop": self.template.stop(input.request),
             },
         });
         if let Some(keep_alive) = &settings.keep_alive {

@@ -163,7 +163,7 @@ impl OpenAi {
             "max_tokens": self.remote.settings.max_tokens.get(),
             "temperature": 0.1,
             "stream": true,
-            "stop": self.template.stop(),
+            "stop": self.template.stop(request),
         });
         let mut events = self.stream(&url, &body, MAX_COMPLETION_STREAM).await?;
         let text = completion_text(&mut events).await?;
@@ -218,7 +218,7 @@ impl OpenAi {
             "cache_prompt": true,
             "temperature": 0.1,
             "stream": true,
-            "stop": prompt::STOP,
+            "stop": prompt::stop(input.request),
         });
         let mut events = self.stream(&url, &body, MAX_COMPLETION_STREAM).await?;
         let mut text = String::new();

@@ -15,6 +15,8 @@
 //! Coder's `<|fim_*|>` with its repository form (`<|repo_name|>`, `<|file_sep|>` before each
 //! file), and Codestral's suffix-first `[SUFFIX]…[PREFIX]…`.
 
+use reaper_core::schema::CompletionRequest;
+
 use super::context::RepoContext;
 use super::Around;
 
@@ -249,9 +251,10 @@ impl Template {
         }
     }
 
-    /// The stop sequences: the blank line that ends a block, then the family's.
-    pub fn stop(&self) -> Vec<&'static str> {
-        let mut stop = super::STOP.to_vec();
+    /// The stop sequences for `request`: the end of the line or of the block
+    /// ([`super::stop`]), then the family's.
+    pub fn stop(&self, request: &CompletionRequest) -> Vec<&'static str> {
+        let mut stop = super::stop(request).to_vec();
         if let Some(family) = self.family() {
             stop.extend_from_slice(family.stop());
         }
@@ -339,7 +342,25 @@ mod tests {
                 "{family:?}: OpenAI takes four stops"
             );
         }
-        assert_eq!(Template::Family(Family::QwenCoder).stop()[0], "\n\n");
+        let mut request = CompletionRequest {
+            prefix: "fn main() {\n    ".into(),
+            suffix: "\n}\n".into(),
+            language: "rust".into(),
+            file_path: None,
+            context: None,
+        };
+        // At the start of a block the answer may run to a blank line...
+        assert_eq!(
+            Template::Family(Family::QwenCoder).stop(&request)[0],
+            "\n\n"
+        );
+        // ...in the middle of a line, to the end of the line.
+        request.prefix = "let total = compute(".into();
+        request.suffix = ");\n".into();
+        assert_eq!(
+            Template::Family(Family::QwenCoder).stop(&request),
+            ["\n", "<|endoftext|>", "<|file_sep|>", "<|fim_prefix|>"]
+        );
     }
 
     #[test]
@@ -383,7 +404,14 @@ mod tests {
                 .unwrap(),
             "<A>x = <B>\n<C>"
         );
-        assert_eq!(custom.stop(), vec!["\n\n"]);
+        let block = CompletionRequest {
+            prefix: "def f():\n    ".into(),
+            suffix: String::new(),
+            language: "python".into(),
+            file_path: None,
+            context: None,
+        };
+        assert_eq!(custom.stop(&block), vec!["\n\n"]);
         assert!(Template::choose(None, "smollm2") == Template::Family(Family::Plain));
     }
 }

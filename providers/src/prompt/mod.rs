@@ -34,9 +34,15 @@ pub const PREFIX_STEP: usize = 1024;
 /// Bytes of the text after the cursor a model is shown.
 pub const SUFFIX_BUDGET: usize = 2 * 1024;
 
-/// Where a completion stops unless the model ends it first: a blank line ends the block the
-/// cursor is in.
-pub const STOP: &[&str] = &["\n\n"];
+/// Where a completion stops unless the model ends it first: at the end of its line when one
+/// line is wanted ([`tidy::wants_block`]), else at a blank line (the end of the block).
+pub fn stop(request: &CompletionRequest) -> &'static [&'static str] {
+    if tidy::wants_block(&request.prefix, &request.suffix) {
+        &["\n\n"]
+    } else {
+        &["\n"]
+    }
+}
 
 /// The text around the cursor within budget.
 #[derive(Debug, Clone, Copy)]

@@ -22,6 +22,15 @@
 /// Lines a completion may have at most.
 pub const MAX_LINES: usize = 12;
 
+/// Whether more than one line is wanted at the cursor (rules 1 and 2). Decided before a
+/// model is asked, so that a one-line answer is asked to stop at the end of its line: a model
+/// left to its blank-line stop writes its whole budget of tokens (64 for SmolLM2 in the
+/// keystroke replay, about a second) of which only the first line is kept.
+pub fn wants_block(prefix: &str, suffix: &str) -> bool {
+    let rest_of_line = suffix.split('\n').next().unwrap_or("");
+    rest_of_line.trim().is_empty() && starts_block(prefix)
+}
+
 /// The answer as an editor should show it, given the text before and after the cursor.
 pub fn tidy(prefix: &str, suffix: &str, answer: &str) -> String {
     let answer = answer.replace("\r\n", "\n");
@@ -34,7 +43,7 @@ pub fn tidy(prefix: &str, suffix: &str, answer: &str) -> String {
         .map(str::trim);
 
     let mut text: &str = &answer;
-    if mid_line || !starts_block(prefix) {
+    if !wants_block(prefix, suffix) {
         text = text.split('\n').next().unwrap_or("");
     } else {
         text = keep_block(prefix, text, next_line);
