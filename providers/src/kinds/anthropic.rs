@@ -68,7 +68,7 @@ impl Anthropic {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request, input.context.bytes());
+        let around = Around::of(input.request, input.context);
         let body = json!({
             "model": self.remote.settings.model,
             "max_tokens": self.remote.settings.max_tokens.get(),

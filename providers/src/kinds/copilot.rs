@@ -210,7 +210,7 @@ impl Copilot {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request, input.context.bytes());
+        let around = Around::of(input.request, input.context);
         let prompt = format!(
             "{}{}",
             input.context.as_comments(&input.request.language),

@@ -65,7 +65,7 @@ impl Ollama {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request, input.context.bytes());
+        let around = Around::of(input.request, input.context);
         let fim = self.fim.load(Ordering::Relaxed);
         match self.generate(input, around, fim).await {
             // The model has no FIM template after all: remember, and ask with the prefix only.

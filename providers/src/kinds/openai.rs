@@ -121,7 +121,7 @@ impl OpenAi {
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
-        let around = Around::of(input.request, input.context.bytes());
+        let around = Around::of(input.request, input.context);
         if self.infill.load(Ordering::Relaxed) != INFILL_NO {
             let unknown = self.infill.load(Ordering::Relaxed) == INFILL_UNKNOWN;
             match self.infill(input, around).await {

@@ -58,6 +58,20 @@ impl RepoContext {
             .sum()
     }
 
+    /// Bytes the context takes in a prompt at most: its text with a comment mark per line and
+    /// a header per snippet (the largest of the forms it is shown in).
+    pub fn prompt_bytes(&self) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let snippets: usize = self
+            .snippets
+            .iter()
+            .map(|s| s.path.len() + 16 + s.text.len() + 4 * (s.text.lines().count() + 1))
+            .sum();
+        snippets + self.current_path().len() + 16
+    }
+
     /// The snippets, most relevant first.
     pub fn snippets(&self) -> &[Snippet] {
         &self.snippets
@@ -260,6 +274,9 @@ mod tests {
             "-- Path: b.lua\n-- x()\n\n-- Path: a.lua\n-- local a = 1\n--\n-- return a\n\n-- Path: app/main.lua\n"
         );
         assert_eq!(RepoContext::default().as_comments("rust"), "");
+        // What the prompt budget reserves covers what the comments take.
+        assert!(context.prompt_bytes() >= context.as_comments("lua").len());
+        assert!(context.prompt_bytes() >= context.as_plain_text().len());
         assert!(context.as_comments("go").starts_with("// Path: b.lua"));
     }
 }

@@ -54,10 +54,10 @@ pub struct Around<'a> {
 }
 
 impl<'a> Around<'a> {
-    /// The budgeted text around the cursor of `request`, leaving `context_bytes` of the
-    /// prefix's budget to the repository context (at most half of it).
-    pub fn of(request: &'a CompletionRequest, context_bytes: usize) -> Around<'a> {
-        let prefix_budget = PREFIX_BUDGET - context_bytes.min(PREFIX_BUDGET / 2);
+    /// The budgeted text around the cursor of `request`, leaving what `context` takes in a
+    /// prompt out of the prefix's budget (at most half of it).
+    pub fn of(request: &'a CompletionRequest, context: &RepoContext) -> Around<'a> {
+        let prefix_budget = PREFIX_BUDGET - context.prompt_bytes().min(PREFIX_BUDGET / 2);
         Around {
             prefix: steady_tail(&request.prefix, prefix_budget),
             suffix: head(&request.suffix, SUFFIX_BUDGET),
@@ -179,12 +179,21 @@ mod tests {
             file_path: None,
             context: None,
         };
-        let around = Around::of(&request, 0);
+        let around = Around::of(&request, &RepoContext::EMPTY);
         assert!(around.prefix.ends_with("near") && around.prefix.len() <= PREFIX_BUDGET);
         assert!(around.prefix.len() > PREFIX_BUDGET - PREFIX_STEP);
-        let around = Around::of(&request, 1000);
+        let context = RepoContext::new(
+            "r".into(),
+            "a.rs".into(),
+            vec![Snippet {
+                path: "b.rs".into(),
+                text: "x\n".repeat(500),
+            }],
+        );
+        let around = Around::of(&request, &context);
+        assert!(context.prompt_bytes() > 1000);
         assert!(
-            around.prefix.len() <= PREFIX_BUDGET - 1000,
+            around.prefix.len() <= PREFIX_BUDGET - context.prompt_bytes(),
             "context takes from the prefix"
         );
         assert!(around.suffix.starts_with("after") && around.suffix.len() == SUFFIX_BUDGET);
