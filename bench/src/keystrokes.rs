@@ -373,20 +373,34 @@ async fn replay_through_reaper(
     llama: &LlamaServer,
     script: &Script,
 ) -> anyhow::Result<Measured> {
-    wait_idle(llama).await?;
     let before = client.health().await?.cache;
+    let keys = counted(llama, proxy, typist::through_reaper(client.clone(), script)).await?;
+    let after = client.health().await?.cache;
+    Ok(Measured {
+        typed_through: after.typed_through - before.typed_through,
+        ..keys
+    })
+}
+
+/// Runs `replay` with llama.cpp idle before and after, and counts what reached it: the
+/// exchanges through the proxy and llama.cpp's token counters.
+async fn counted(
+    llama: &LlamaServer,
+    proxy: &Proxy,
+    replay: impl std::future::Future<Output = Vec<KeyResult>>,
+) -> anyhow::Result<Measured> {
+    wait_idle(llama).await?;
     let (predicted, prompt) = counters(llama);
     proxy.take();
-    let keys = typist::through_reaper(client.clone(), script).await;
+    let keys = replay.await;
     wait_idle(llama).await?;
-    let after = client.health().await?.cache;
     let (predicted_after, prompt_after) = counters(llama);
     Ok(Measured {
         keys,
         exchanges: proxy.take(),
         tokens_predicted: predicted_after - predicted,
         prompt_tokens: prompt_after - prompt,
-        typed_through: after.typed_through - before.typed_through,
+        typed_through: 0,
     })
 }
 
@@ -397,22 +411,12 @@ fn direct_run(
     llama: &LlamaServer,
     script: &Script,
 ) -> anyhow::Result<Measured> {
-    runtime.block_on(async {
-        wait_idle(llama).await?;
-        let (predicted, prompt) = counters(llama);
-        proxy.take();
-        let debounce = Duration::from_millis(args.debounce_ms);
-        let keys = typist::direct(proxy.addr(), llama.model(), script, debounce).await;
-        wait_idle(llama).await?;
-        let (predicted_after, prompt_after) = counters(llama);
-        Ok(Measured {
-            keys,
-            exchanges: proxy.take(),
-            tokens_predicted: predicted_after - predicted,
-            prompt_tokens: prompt_after - prompt,
-            typed_through: 0,
-        })
-    })
+    let debounce = Duration::from_millis(args.debounce_ms);
+    runtime.block_on(counted(
+        llama,
+        proxy,
+        typist::direct(proxy.addr(), llama.model(), script, debounce),
+    ))
 }
 
 /// Waits until llama.cpp generates nothing (what one run left must not slow the next).

@@ -876,15 +876,8 @@ mod tests {
 
     #[tokio::test]
     async fn remote_models_see_related_code_and_secret_buffers_stay_home() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("shop");
-        std::fs::create_dir_all(root.join(".git")).unwrap();
-        std::fs::create_dir_all(root.join("src")).unwrap();
-        std::fs::write(
-            root.join("src/retry.rs"),
-            "pub struct RetryPolicy {\n    pub max_attempts: u32,\n}\n\nimpl RetryPolicy {\n    pub fn next_delay(&self, attempt: u32) -> u64 {\n        100 << attempt\n    }\n}\n",
-        )
-        .unwrap();
+        let shop = reaper_testkit::workspace::Shop::new();
+        let root = shop.root();
         let offline = Arc::new(OfflineProvider::new(&Default::default()));
         let typed = root.join("src/client.rs");
         let workspace = offline.workspace_of(&typed).unwrap();

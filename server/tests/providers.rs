@@ -452,16 +452,8 @@ async fn an_editor_that_disconnects_stops_its_completions_at_the_model() {
 #[tokio::test]
 async fn the_model_is_shown_related_code_from_the_workspace_and_its_answer_is_tidied() {
     // A workspace with the type the cursor uses defined in another file, a .env beside it.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("shop");
-    std::fs::create_dir_all(root.join(".git")).unwrap();
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    std::fs::write(
-        root.join("src/retry.rs"),
-        "pub struct RetryPolicy {\n    pub max_attempts: u32,\n    pub backoff_ms: u64,\n}\n\nimpl RetryPolicy {\n    pub fn next_delay(&self, attempt: u32) -> u64 {\n        self.backoff_ms << attempt\n    }\n}\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("src/.env"), "API_TOKEN=never_in_a_prompt\n").unwrap();
+    let shop = reaper_testkit::workspace::Shop::new();
+    let root = shop.root();
     // The model closes the call the editor already closed.
     let ollama = OllamaServer::start(ollama::Script::answering(CODER, "policy.max_attempts);"));
     let config = format!(
@@ -509,6 +501,6 @@ async fn the_model_is_shown_related_code_from_the_workspace_and_its_answer_is_ti
         prompt.contains("// Path: src/client.rs\nfn call_"),
         "{prompt}"
     );
-    assert!(!prompt.contains("never_in_a_prompt"));
+    assert!(!prompt.contains(reaper_testkit::workspace::ENV_SECRET));
     client.close().await;
 }

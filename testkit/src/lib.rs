@@ -10,6 +10,7 @@
 //!   before a stream finished, which is how a test sees that cancellation reached the model.
 //! - [`ollama`] and [`copilot`]: the two APIs no installable server speaks here, following
 //!   their documented formats on top of [`WireServer`].
+//! - [`workspace`]: a small repository on disk for the repository-context tests.
 //!
 //! Everything listens on loopback only, every loop is bounded, and every process and thread
 //! started here ends when its handle is dropped.
@@ -19,6 +20,7 @@ mod llama;
 pub mod ollama;
 mod python;
 mod wire;
+pub mod workspace;
 
 pub use copilot::CopilotServer;
 pub use llama::{LlamaOptions, LlamaServer};

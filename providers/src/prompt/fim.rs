@@ -309,31 +309,31 @@ mod tests {
             suffix: "\n}\n",
         };
         let none = RepoContext::default();
+        let p = "fn add(a: i32, b: i32) -> i32 {\n    ";
+        let expected = [
+            (
+                Family::StarCoder,
+                format!("<fim_prefix>{p}<fim_suffix>\n}}\n<fim_middle>"),
+            ),
+            (Family::CodeLlama, format!("<PRE> {p} <SUF>\n}}\n <MID>")),
+            (
+                Family::DeepSeekCoder,
+                format!("<｜fim▁begin｜>{p}<｜fim▁hole｜>\n}}\n<｜fim▁end｜>"),
+            ),
+            (
+                Family::QwenCoder,
+                format!("<|fim_prefix|>{p}<|fim_suffix|>\n}}\n<|fim_middle|>"),
+            ),
+            (Family::Codestral, format!("[SUFFIX]\n}}\n[PREFIX]{p}")),
+            (
+                Family::CodeGemma,
+                format!("<|fim_prefix|>{p}<|fim_suffix|>\n}}\n<|fim_middle|>"),
+            ),
+        ];
         let prompt = |f: Family| f.prompt(&around, &none, "rust").unwrap();
-        assert_eq!(
-            prompt(Family::StarCoder),
-            "<fim_prefix>fn add(a: i32, b: i32) -> i32 {\n    <fim_suffix>\n}\n<fim_middle>"
-        );
-        assert_eq!(
-            prompt(Family::CodeLlama),
-            "<PRE> fn add(a: i32, b: i32) -> i32 {\n     <SUF>\n}\n <MID>"
-        );
-        assert_eq!(
-            prompt(Family::DeepSeekCoder),
-            "<｜fim▁begin｜>fn add(a: i32, b: i32) -> i32 {\n    <｜fim▁hole｜>\n}\n<｜fim▁end｜>"
-        );
-        assert_eq!(
-            prompt(Family::QwenCoder),
-            "<|fim_prefix|>fn add(a: i32, b: i32) -> i32 {\n    <|fim_suffix|>\n}\n<|fim_middle|>"
-        );
-        assert_eq!(
-            prompt(Family::Codestral),
-            "[SUFFIX]\n}\n[PREFIX]fn add(a: i32, b: i32) -> i32 {\n    "
-        );
-        assert_eq!(
-            prompt(Family::CodeGemma),
-            "<|fim_prefix|>fn add(a: i32, b: i32) -> i32 {\n    <|fim_suffix|>\n}\n<|fim_middle|>"
-        );
+        for (family, text) in expected {
+            assert_eq!(prompt(family), text, "{family:?}");
+        }
         assert_eq!(prompt(Family::Plain), around.prefix);
         assert_eq!(Family::Chat.prompt(&around, &none, "rust"), None);
         for (family, _) in FAMILIES {
