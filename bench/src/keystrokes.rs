@@ -26,6 +26,12 @@
 //! `.git` directory so it is the file's git root; requests name the typed file's path inside
 //! it. The offline index and the repository context see that copy.
 //!
+//! **The model alone, same points** (`--quality-points`, 60): the replay mixes speed and
+//! quality (a better answer that comes late is never seen), so afterwards the model is asked
+//! at that many keys spread evenly over the script, one at a time, each answer awaited (60 s
+//! at most), the offline model off, once with repository context and once without: exact
+//! lines and accepted characters at the same points.
+//!
 //! **Pace.** `--ms-per-key` (80) ±30 % jitter, `--newline-pause-ms` (400) after each
 //! newline, `--think-pause-ms` (1000) every 40–80 keys; all from `--seed`, so every run types
 //! the same keys at the same times.
@@ -138,9 +144,18 @@ pub struct KeystrokesArgs {
     /// Lowest confidence an editor shows as ghost text.
     #[arg(long, default_value_t = 0.5)]
     min_confidence: f32,
+    /// Then, at this many keys spread evenly over the script, ask the model through reaperd
+    /// with and without repository context and wait for each answer (no race with the next
+    /// key, the offline model off): what context does to the model's answers at the same
+    /// points. 0 skips it.
+    #[arg(long, default_value_t = 60)]
+    quality_points: usize,
     /// Editors to replay, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Editor::ALL)]
     editors: Vec<Editor>,
+    /// Skip the replay: only the model alone at `--quality-points`.
+    #[arg(long)]
+    no_replay: bool,
     /// The reaperd binary (default: beside this one).
     #[arg(long, value_name = "PATH")]
     reaperd: Option<PathBuf>,
@@ -228,7 +243,8 @@ pub fn run(args: &KeystrokesArgs) -> anyhow::Result<()> {
         .build()?;
     let proxy = runtime.block_on(Proxy::start(upstream))?;
     let mut summaries = Vec::new();
-    for &editor in &args.editors {
+    let editors: &[Editor] = if args.no_replay { &[] } else { &args.editors };
+    for &editor in editors {
         progress.note(&format!("{editor}: typing..."));
         let measured = match editor {
             Editor::ReaperCtx => reaper_run(
@@ -252,6 +268,25 @@ pub fn run(args: &KeystrokesArgs) -> anyhow::Result<()> {
         progress.note(&summary.brief());
         summaries.push(summary);
     }
+    let mut qualities = Vec::new();
+    if args.quality_points > 0 {
+        for context_bytes in [args.context_bytes, 0] {
+            progress.note(&format!(
+                "model alone at {} points, context_bytes = {context_bytes}...",
+                args.quality_points
+            ));
+            let quality = quality_run(
+                args,
+                &runtime,
+                &proxy,
+                &llama,
+                &script,
+                &workspace,
+                context_bytes,
+            )?;
+            qualities.push((context_bytes, quality));
+        }
+    }
     drop(proxy);
     drop(runtime);
     drop(llama);
@@ -259,10 +294,70 @@ pub fn run(args: &KeystrokesArgs) -> anyhow::Result<()> {
         for summary in &summaries {
             println!("{}", summary.json());
         }
+        for (context_bytes, quality) in &qualities {
+            println!("{}", quality.json(*context_bytes));
+        }
     } else {
-        print!("{}", table(&summaries));
+        if !summaries.is_empty() {
+            print!("{}", table(&summaries));
+        }
+        if !qualities.is_empty() {
+            print!("{}", Quality::table(&qualities));
+            for (context_bytes, q) in &qualities {
+                if let Some(error) = &q.first_error {
+                    println!("context_bytes = {context_bytes}: first error: {error}");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+impl Quality {
+    fn latency(&self, q: f64) -> u64 {
+        let mut sorted = self.latency_ms.clone();
+        sorted.sort_unstable();
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn json(&self, context_bytes: u32) -> String {
+        serde_json::json!({
+            "quality_context_bytes": context_bytes,
+            "points": self.points,
+            "answered": self.answered,
+            "failed": self.failed,
+            "first_error": self.first_error,
+            "exact_lines": self.exact_lines,
+            "accepted_chars": self.accepted_chars,
+            "latency_p50_ms": self.latency(0.5),
+            "latency_p95_ms": self.latency(0.95),
+        })
+        .to_string()
+    }
+
+    fn table(rows: &[(u32, Quality)]) -> String {
+        let mut out = String::from(
+            "\n| the model alone, same points | answered (empty, failed) | exact line | accepted chars | latency p50 / p95 |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (context_bytes, q) in rows {
+            out.push_str(&format!(
+                "| context_bytes = {context_bytes} ({} points) | {} ({}, {}) | {} ({:.1}%) | {} | {} / {} ms |\n",
+                q.points,
+                q.answered,
+                q.points - q.answered - q.failed,
+                q.failed,
+                q.exact_lines,
+                100.0 * q.exact_lines as f64 / q.points.max(1) as f64,
+                q.accepted_chars,
+                q.latency(0.5),
+                q.latency(0.95),
+            ));
+        }
+        out
+    }
 }
 
 /// Points the test kit at the test peers' venv beside this binary's target directory, unless
@@ -327,27 +422,114 @@ fn reaper_run(
     workspace: &Workspace,
     context_bytes: u32,
 ) -> anyhow::Result<Measured> {
-    let config = format!(
-        "[completion]\ncontext_bytes = {context_bytes}\n\n\
+    let config = reaperd_config(proxy, llama, context_bytes, args.timeout_ms, true);
+    with_reaperd(args, runtime, workspace, &config, async |client| {
+        replay_through_reaper(client, proxy, llama, script).await
+    })
+}
+
+/// reaperd's configuration for a run: llama.cpp behind the proxy as `kind = "openai"`.
+fn reaperd_config(
+    proxy: &Proxy,
+    llama: &LlamaServer,
+    context_bytes: u32,
+    timeout_ms: u64,
+    offline: bool,
+) -> String {
+    format!(
+        "[rpc]\ncompletion_timeout = {}\n\n[completion]\ncontext_bytes = {context_bytes}\n\n\
          [providers.{PROVIDER}]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\
-         model = \"{}\"\ntimeout_ms = {}\n",
+         model = \"{}\"\ntimeout_ms = {timeout_ms}\n\n\
+         [providers.offline]\nenabled = {offline}\n",
+        // A call's deadline is capped by completion_timeout (5 s by default).
+        timeout_ms.max(5000),
         proxy.addr(),
         llama.model(),
-        args.timeout_ms,
-    );
+    )
+}
+
+/// Starts a reaperd with `config`, connects, warms it up, runs `run`, and stops it.
+fn with_reaperd<T>(
+    args: &KeystrokesArgs,
+    runtime: &tokio::runtime::Runtime,
+    workspace: &Workspace,
+    config: &str,
+    run: impl AsyncFnOnce(&Arc<Client>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let progress = Progress::new(0, false);
-    let (child, dir) = start_reaperd(args.reaperd.clone(), &config, &progress)?;
-    let measured = runtime.block_on(async {
+    let (child, dir) = start_reaperd(args.reaperd.clone(), config, &progress)?;
+    let result = runtime.block_on(async {
         let options = ClientOptions::from_state_dir(&dir.path().join("state"), None)?;
         let client = Arc::new(Client::connect(options).await?);
         warm_up(&client, workspace).await?;
-        let measured = replay_through_reaper(&client, proxy, llama, script).await;
+        let result = run(&client).await;
         client.close().await;
-        measured
+        result
     });
     stop_reaperd(child);
     drop(dir);
-    measured
+    result
+}
+
+/// What the model answered at the same points with and without context.
+#[derive(Debug, Default)]
+struct Quality {
+    points: usize,
+    /// Calls that ended in an error, and the first error.
+    failed: usize,
+    first_error: Option<String>,
+    answered: usize,
+    exact_lines: usize,
+    accepted_chars: usize,
+    latency_ms: Vec<u64>,
+}
+
+/// Asks the model at `points` keys spread over the script, one at a time, waiting for each
+/// answer (60 s at most), the offline model off so every answer is the model's.
+fn quality_run(
+    args: &KeystrokesArgs,
+    runtime: &tokio::runtime::Runtime,
+    proxy: &Proxy,
+    llama: &LlamaServer,
+    script: &Script,
+    workspace: &Workspace,
+    context_bytes: u32,
+) -> anyhow::Result<Quality> {
+    let config = reaperd_config(proxy, llama, context_bytes, 60_000, false);
+    let points = args.quality_points.min(script.keys.len());
+    with_reaperd(args, runtime, workspace, &config, async |client| {
+        wait_idle(llama).await?;
+        let mut quality = Quality {
+            points,
+            ..Quality::default()
+        };
+        for p in 0..points {
+            let i = p * script.keys.len() / points;
+            let options = CallOptions {
+                deadline: Some(Duration::from_secs(60)),
+            };
+            let started = Instant::now();
+            let answer = match client.complete(&script.request(i), options).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    quality.failed += 1;
+                    quality.first_error.get_or_insert_with(|| error.to_string());
+                    continue;
+                }
+            };
+            quality
+                .latency_ms
+                .push(started.elapsed().as_millis() as u64);
+            if answer.completion.is_empty() {
+                continue;
+            }
+            quality.answered += 1;
+            let score = script::score(&answer.completion, script.truth(i));
+            quality.exact_lines += usize::from(score.exact_line);
+            quality.accepted_chars += score.accepted_chars;
+        }
+        Ok(quality)
+    })
 }
 
 /// One completion in another file of the workspace before the replay: the provider learns
