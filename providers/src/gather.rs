@@ -132,7 +132,9 @@ impl Gatherer {
         {
             let steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
             let kept = steady.iter().find(|s| {
-                s.path == path && s.line.abs_diff(line) <= STEADY_LINES && now - s.at < STEADY_FOR
+                s.path == path
+                    && s.line.abs_diff(line) <= STEADY_LINES
+                    && now.saturating_duration_since(s.at) < STEADY_FOR
             });
             if let Some(kept) = kept {
                 return kept.context.clone();
