@@ -242,24 +242,22 @@ pub fn run(args: &KeystrokesArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let proxy = runtime.block_on(Proxy::start(upstream))?;
+    let rig = Rig {
+        args,
+        runtime: &runtime,
+        proxy: &proxy,
+        llama: &llama,
+        script: &script,
+        workspace: &workspace,
+    };
     let mut summaries = Vec::new();
     let editors: &[Editor] = if args.no_replay { &[] } else { &args.editors };
     for &editor in editors {
         progress.note(&format!("{editor}: typing..."));
         let measured = match editor {
-            Editor::ReaperCtx => reaper_run(
-                args,
-                &runtime,
-                &proxy,
-                &llama,
-                &script,
-                &workspace,
-                args.context_bytes,
-            ),
-            Editor::ReaperNoCtx => {
-                reaper_run(args, &runtime, &proxy, &llama, &script, &workspace, 0)
-            }
-            Editor::Direct => direct_run(args, &runtime, &proxy, &llama, &script),
+            Editor::ReaperCtx => reaper_run(&rig, args.context_bytes),
+            Editor::ReaperNoCtx => reaper_run(&rig, 0),
+            Editor::Direct => direct_run(&rig),
         }?;
         if let Some(path) = &args.log_exchanges {
             log_exchanges(path, editor, &script, &measured)?;
@@ -275,15 +273,7 @@ pub fn run(args: &KeystrokesArgs) -> anyhow::Result<()> {
                 "model alone at {} points, context_bytes = {context_bytes}...",
                 args.quality_points
             ));
-            let quality = quality_run(
-                args,
-                &runtime,
-                &proxy,
-                &llama,
-                &script,
-                &workspace,
-                context_bytes,
-            )?;
+            let quality = quality_run(&rig, context_bytes)?;
             qualities.push((context_bytes, quality));
         }
     }
@@ -413,29 +403,26 @@ struct Measured {
     typed_through: u64,
 }
 
-fn reaper_run(
-    args: &KeystrokesArgs,
-    runtime: &tokio::runtime::Runtime,
-    proxy: &Proxy,
-    llama: &LlamaServer,
-    script: &Script,
-    workspace: &Workspace,
-    context_bytes: u32,
-) -> anyhow::Result<Measured> {
-    let config = reaperd_config(proxy, llama, context_bytes, args.timeout_ms, true);
-    with_reaperd(args, runtime, workspace, &config, async |client| {
-        replay_through_reaper(client, proxy, llama, script).await
+/// What every run uses: the settings, the runtime, the proxy in front of llama.cpp, the
+/// keys and the workspace.
+struct Rig<'a> {
+    args: &'a KeystrokesArgs,
+    runtime: &'a tokio::runtime::Runtime,
+    proxy: &'a Proxy,
+    llama: &'a LlamaServer,
+    script: &'a Script,
+    workspace: &'a Workspace,
+}
+
+fn reaper_run(rig: &Rig<'_>, context_bytes: u32) -> anyhow::Result<Measured> {
+    let config = reaperd_config(rig, context_bytes, rig.args.timeout_ms, true);
+    with_reaperd(rig, &config, async |client| {
+        replay_through_reaper(client, rig.proxy, rig.llama, rig.script).await
     })
 }
 
 /// reaperd's configuration for a run: llama.cpp behind the proxy as `kind = "openai"`.
-fn reaperd_config(
-    proxy: &Proxy,
-    llama: &LlamaServer,
-    context_bytes: u32,
-    timeout_ms: u64,
-    offline: bool,
-) -> String {
+fn reaperd_config(rig: &Rig<'_>, context_bytes: u32, timeout_ms: u64, offline: bool) -> String {
     format!(
         "[rpc]\ncompletion_timeout = {}\n\n[completion]\ncontext_bytes = {context_bytes}\n\n\
          [providers.{PROVIDER}]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\
@@ -443,25 +430,23 @@ fn reaperd_config(
          [providers.offline]\nenabled = {offline}\n",
         // A call's deadline is capped by completion_timeout (5 s by default).
         timeout_ms.max(5000),
-        proxy.addr(),
-        llama.model(),
+        rig.proxy.addr(),
+        rig.llama.model(),
     )
 }
 
 /// Starts a reaperd with `config`, connects, warms it up, runs `run`, and stops it.
 fn with_reaperd<T>(
-    args: &KeystrokesArgs,
-    runtime: &tokio::runtime::Runtime,
-    workspace: &Workspace,
+    rig: &Rig<'_>,
     config: &str,
     run: impl AsyncFnOnce(&Arc<Client>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let progress = Progress::new(0, false);
-    let (child, dir) = start_reaperd(args.reaperd.clone(), config, &progress)?;
-    let result = runtime.block_on(async {
+    let (child, dir) = start_reaperd(rig.args.reaperd.clone(), config, &progress)?;
+    let result = rig.runtime.block_on(async {
         let options = ClientOptions::from_state_dir(&dir.path().join("state"), None)?;
         let client = Arc::new(Client::connect(options).await?);
-        warm_up(&client, workspace).await?;
+        warm_up(&client, rig.workspace).await?;
         let result = run(&client).await;
         client.close().await;
         result
@@ -486,18 +471,11 @@ struct Quality {
 
 /// Asks the model at `points` keys spread over the script, one at a time, waiting for each
 /// answer (60 s at most), the offline model off so every answer is the model's.
-fn quality_run(
-    args: &KeystrokesArgs,
-    runtime: &tokio::runtime::Runtime,
-    proxy: &Proxy,
-    llama: &LlamaServer,
-    script: &Script,
-    workspace: &Workspace,
-    context_bytes: u32,
-) -> anyhow::Result<Quality> {
-    let config = reaperd_config(proxy, llama, context_bytes, 60_000, false);
-    let points = args.quality_points.min(script.keys.len());
-    with_reaperd(args, runtime, workspace, &config, async |client| {
+fn quality_run(rig: &Rig<'_>, context_bytes: u32) -> anyhow::Result<Quality> {
+    let (llama, script) = (rig.llama, rig.script);
+    let config = reaperd_config(rig, context_bytes, 60_000, false);
+    let points = rig.args.quality_points.min(script.keys.len());
+    with_reaperd(rig, &config, async |client| {
         wait_idle(llama).await?;
         let mut quality = Quality {
             points,
@@ -586,15 +564,10 @@ async fn counted(
     })
 }
 
-fn direct_run(
-    args: &KeystrokesArgs,
-    runtime: &tokio::runtime::Runtime,
-    proxy: &Proxy,
-    llama: &LlamaServer,
-    script: &Script,
-) -> anyhow::Result<Measured> {
-    let debounce = Duration::from_millis(args.debounce_ms);
-    runtime.block_on(counted(
+fn direct_run(rig: &Rig<'_>) -> anyhow::Result<Measured> {
+    let (proxy, llama, script) = (rig.proxy, rig.llama, rig.script);
+    let debounce = Duration::from_millis(rig.args.debounce_ms);
+    rig.runtime.block_on(counted(
         llama,
         proxy,
         typist::direct(proxy.addr(), llama.model(), script, debounce),
