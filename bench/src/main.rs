@@ -68,10 +68,16 @@ struct Args {
     /// Length of each throughput scenario, in seconds.
     #[arg(long, default_value_t = 3.0, value_parser = seconds)]
     seconds: f64,
-    /// A short run of everything (2,000 calls, 1 s throughput scenarios, one connection):
-    /// what the CI gate uses.
+    /// A short run of everything (2,000 calls, 1 s throughput scenarios, one connection, 4
+    /// rounds): what the CI gate uses.
     #[arg(long)]
     quick: bool,
+    /// Measure each placement in this many rounds of every stack in turn, each with its share
+    /// of the calls and seconds, and report every scenario over all its rounds (default 1, or
+    /// 4 with --quick). On a shared machine a slow stretch then falls on every stack alike
+    /// instead of on whichever stack was being measured.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: Option<u64>,
     /// Message encoding for reaper.
     #[arg(long, default_value = "rkyv")]
     encoding: Encoding,
@@ -144,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         args.calls = args.calls.min(2_000);
         args.seconds = args.seconds.min(1.0);
         args.connections = vec![1];
+        args.rounds.get_or_insert(4);
     }
     if args.no_peers {
         args.stacks = vec![Stack::Reaper];
@@ -221,28 +228,48 @@ fn planned_steps(args: &Args) -> u64 {
             }
         })
         .sum();
-    (per_pin * args.pin.len()) as u64
+    (per_pin * args.pin.len()) as u64 * rounds(args)
 }
 
-/// Every stack under one placement.
+fn rounds(args: &Args) -> u64 {
+    args.rounds.unwrap_or(1)
+}
+
+/// One round's share of a scenario: its calls and seconds divided by the rounds.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    /// Sequential calls.
+    calls: u64,
+    /// Seconds of a throughput scenario.
+    seconds: f64,
+}
+
+/// Every stack under one placement, in rounds of every stack in turn, merged.
 fn measure_placement(args: &Args, pin: Pin, progress: &Progress) -> anyhow::Result<Vec<Row>> {
+    let rounds = rounds(args);
+    let share = Share {
+        calls: args.calls.div_ceil(rounds),
+        seconds: args.seconds / rounds as f64,
+    };
     let mut rows = Vec::new();
-    for &stack in &args.stacks {
-        progress.stage(&format!("{pin}: {stack}"));
-        match stack {
-            Stack::Udp => rows.push(progress.done(peers::udp(pin, args.calls)?)),
-            Stack::Http1 => rows.push(progress.done(peers::http1(pin, args.calls)?)),
-            Stack::Quinn | Stack::Tonic => {
-                let peer = match stack {
-                    Stack::Quinn => peers::quinn,
-                    _ => peers::tonic,
-                };
-                for c in std::iter::once(1).chain(args.concurrency.iter().copied()) {
-                    rows.push(progress.done(peer(pin, args.calls, c, args.seconds)?));
+    for round in 1..=rounds {
+        for &stack in &args.stacks {
+            progress.stage(&format!("{pin}: {stack} (round {round} of {rounds})"));
+            match stack {
+                Stack::Udp => rows.push(progress.done(peers::udp(pin, share.calls)?)),
+                Stack::Http1 => rows.push(progress.done(peers::http1(pin, share.calls)?)),
+                Stack::Quinn | Stack::Tonic => {
+                    let peer = match stack {
+                        Stack::Quinn => peers::quinn,
+                        _ => peers::tonic,
+                    };
+                    for c in std::iter::once(1).chain(args.concurrency.iter().copied()) {
+                        rows.push(progress.done(peer(pin, share.calls, c, share.seconds)?));
+                    }
                 }
+                Stack::Reaper => rows.extend(reaper::measure(args, share, pin, progress)?),
             }
-            Stack::Reaper => rows.extend(reaper::measure(args, pin, progress)?),
         }
     }
-    Ok(rows)
+    report::merge_rounds(rows)
 }

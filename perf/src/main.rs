@@ -9,7 +9,9 @@
 //! - reaper's unary p50 (`unary_2k`, one call at a time) is not lower than tonic's measured in
 //!   the same run under the same placement.
 //!
-//! These machines are shared and noisy, so a failing run is measured once more and the build
+//! These machines are shared and noisy. `--quick` measures each placement in 4 rounds of every
+//! stack in turn, and the cache hit alternately with Health, call for call, so a slow stretch
+//! falls on both sides of a comparison; a failing run is measured once more and the build
 //! fails only if the second run fails too; both are printed. Then it reports, without gating,
 //! how the run compares with the goals in `docs/perf.md`.
 
@@ -37,7 +39,10 @@ figures, when under any placement:
   - the completion cache hit's p99 is more than 1.5x Health's p99 of the same run;
   - reaper's unary_2k p50 is not lower than tonic's of the same run;
   - a measurement a gate needs is missing.
-A failing run is measured once more; the build fails only if both runs fail. Then it reports,
+--quick measures every stack in 4 rounds in turn, and the cache hit alternately
+with Health, so a slow stretch of a shared machine falls on both sides of a
+comparison. A failing run is measured once more; the build fails only if both
+runs fail. Then it reports,
 without gating, how the run compares with the goals in docs/perf.md.";
 
 fn main() {
