@@ -56,11 +56,7 @@ pub fn read(input: &mut impl BufRead, max_body: usize) -> std::io::Result<Option
     let mut bad_header: Option<String> = None;
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = input
-            .by_ref()
-            .take((MAX_HEADER_BYTES + 1) as u64)
-            .read_until(b'\n', &mut line)?;
+        let n = header_line(input, &mut line)?;
         if n == 0 {
             // The end of the input; a half-sent header is dropped with it.
             return Ok(None);
@@ -141,14 +137,20 @@ pub fn read(input: &mut impl BufRead, max_body: usize) -> std::io::Result<Option
     }))
 }
 
+/// Reads one header line into `line` (cleared first), at most `MAX_HEADER_BYTES + 1` bytes of
+/// it; returns the bytes read (0 at the end of the input).
+fn header_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    input
+        .by_ref()
+        .take((MAX_HEADER_BYTES + 1) as u64)
+        .read_until(b'\n', line)
+}
+
 fn skip_header(input: &mut impl BufRead) -> std::io::Result<()> {
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = input
-            .by_ref()
-            .take((MAX_HEADER_BYTES + 1) as u64)
-            .read_until(b'\n', &mut line)?;
+        let n = header_line(input, &mut line)?;
         if n == 0 || line == b"\r\n" || line == b"\n" {
             return Ok(());
         }
