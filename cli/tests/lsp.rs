@@ -13,32 +13,10 @@ fn reaper_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_reaper"))
 }
 
-/// reaperd, built into the same directory as `reaper` (where the bridge looks for it). Cargo
-/// builds only this package's binaries for its tests.
+/// reaperd, built beside `reaper` (where the bridge looks for it; see
+/// `reaper_testkit::binaries`).
 fn build_reaperd() {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let mut build = Command::new(env!("CARGO"));
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "reaper-server",
-            "--bin",
-            "reaperd",
-        ]);
-        let dir = reaper_bin()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        if dir.file_name() == Some("release".as_ref()) {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("cargo runs").success(),
-            "building reaperd failed"
-        );
-    });
+    reaper_testkit::binaries(&reaper_bin());
 }
 
 /// A git repository whose files repeat one call, so the offline model is sure of it.
@@ -107,15 +85,66 @@ fn config(dir: &Path) -> PathBuf {
     path
 }
 
-#[test]
-fn pygls_drives_the_bridge_through_a_real_daemon() {
+/// What a client script printed, and how many daemons the bridges it drove had started.
+struct ClientRun {
+    success: bool,
+    text: String,
+    daemons: usize,
+}
+
+/// Runs a client script (pygls or Node) against `reaper lsp`, with the environment every
+/// script reads (see their headers): a workspace, and two empty state directories, one for a
+/// daemon whose provider answers after 1.5 s. Stops the daemons the bridges started.
+fn run_client(mut command: Command) -> ClientRun {
     build_reaperd();
-    let python = reaper_testkit::python();
     let ws = workspace();
     let scratch = tempfile::tempdir().unwrap();
     let (state, slow_state) = (scratch.path().join("state"), scratch.path().join("slow"));
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lsp");
-    let output = Command::new(python)
+    let output = command
+        .env("REAPER_BIN", reaper_bin())
+        .env("REAPER_WORKSPACE", ws.path())
+        .env("REAPER_STATE_DIR", &state)
+        .env("REAPER_SLOW_STATE_DIR", &slow_state)
+        .env("REAPER_CONFIG", config(scratch.path()))
+        .current_dir(scratch.path())
+        .output()
+        .expect("the client runs");
+    let daemons = stop_daemons(&state) + stop_daemons(&slow_state);
+    let mut text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        for log in [
+            state.join("lsp.log"),
+            state.join("reaperd.log"),
+            slow_state.join("lsp.log"),
+            slow_state.join("reaperd.log"),
+        ] {
+            text.push_str(&format!(
+                "\n--- {}\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+    }
+    println!("{text}");
+    ClientRun {
+        success: output.status.success(),
+        text,
+        daemons,
+    }
+}
+
+fn tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lsp")
+}
+
+#[test]
+fn pygls_drives_the_bridge_through_a_real_daemon() {
+    let mut pytest = Command::new(reaper_testkit::python());
+    pytest
         .args([
             "-m",
             "pytest",
@@ -125,41 +154,52 @@ fn pygls_drives_the_bridge_through_a_real_daemon() {
             "-o",
             "asyncio_mode=strict",
         ])
-        .arg(&tests)
-        .env("REAPER_BIN", reaper_bin())
-        .env("REAPER_WORKSPACE", ws.path())
-        .env("REAPER_STATE_DIR", &state)
-        .env("REAPER_SLOW_STATE_DIR", &slow_state)
-        .env("REAPER_CONFIG", config(scratch.path()))
-        .current_dir(scratch.path())
-        .output()
-        .expect("python runs");
-    let stopped = stop_daemons(&state) + stop_daemons(&slow_state);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{text}");
-    if !output.status.success() {
-        for log in [
-            state.join("lsp.log"),
-            state.join("reaperd.log"),
-            slow_state.join("lsp.log"),
-        ] {
-            println!(
-                "--- {}\n{}",
-                log.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-    }
-    assert!(output.status.success(), "pytest-lsp failed");
-    assert!(text.contains("4 passed"), "every pygls test ran");
+        .arg(tests_dir().join("test_inline_completion.py"));
+    let run = run_client(pytest);
+    assert!(run.success, "pytest-lsp failed");
+    assert!(run.text.contains("4 passed"), "every pygls test ran");
     assert_eq!(
-        stopped, 2,
+        run.daemons, 2,
         "one daemon per state directory, started by the bridge"
     );
+}
+
+#[test]
+fn vscode_languageserver_protocol_drives_the_bridge_through_a_real_daemon() {
+    let mut node = Command::new("node");
+    node.arg(tests_dir().join("vscode_client.js"))
+        .env("NODE_PATH", reaper_testkit::node_modules());
+    let run = run_client(node);
+    assert!(
+        run.success,
+        "the vscode-languageserver-protocol client failed"
+    );
+    assert_eq!(
+        run.text.matches("ok: ").count(),
+        7,
+        "every check of the Node client ran"
+    );
+    assert_eq!(
+        run.daemons, 2,
+        "one daemon per state directory, started by the bridge"
+    );
+}
+
+#[test]
+fn neovim_drives_the_bridge_through_a_real_daemon() {
+    let mut nvim = Command::new("nvim");
+    nvim.args(["--headless", "--clean", "-c"]).arg(format!(
+        "luafile {}",
+        tests_dir().join("nvim_client.lua").display()
+    ));
+    let run = run_client(nvim);
+    assert!(run.success, "Neovim's LSP client failed");
+    assert_eq!(
+        run.text.matches("ok: ").count(),
+        7,
+        "every check of the Neovim client ran"
+    );
+    assert_eq!(run.daemons, 1, "the bridge started one daemon");
 }
 
 /// One `reaper lsp` process spoken to in raw JSON-RPC.

