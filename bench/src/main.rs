@@ -17,6 +17,7 @@ use reaper_client::Encoding;
 
 mod eval;
 mod keystrokes;
+mod lsp;
 mod peers;
 mod pin;
 mod plot;
@@ -104,6 +105,10 @@ enum BenchCommand {
     /// the way editor plugins talk to llama.cpp directly: ghost-text latency, requests and
     /// tokens the model spent, cache hits, completion quality, the daemon's own overhead.
     Keystrokes(keystrokes::KeystrokesArgs),
+    /// What the editor bridge adds: inline completions through `reaper lsp` against the same
+    /// Completion call made directly, alternately, on one daemon (cache hits: transport and
+    /// bridge only).
+    Lsp(lsp::LspArgs),
 }
 
 /// A stack measured by this tool.
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     match &args.command {
         Some(BenchCommand::EvalOffline(eval_args)) => return eval::run(eval_args),
         Some(BenchCommand::Keystrokes(keystrokes_args)) => return keystrokes::run(keystrokes_args),
+        Some(BenchCommand::Lsp(lsp_args)) => return lsp::run(lsp_args),
         None => {}
     }
     if args.quick {

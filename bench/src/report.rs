@@ -15,7 +15,8 @@ pub fn histogram() -> Histogram<u64> {
 /// p50 across CPUs than one round of 2,000 with 200.
 const MIN_WARM_UP: u64 = 200;
 
-fn warm_up(calls: u64) -> u64 {
+/// Unmeasured calls before `calls` measured ones.
+pub fn warm_up(calls: u64) -> u64 {
     (calls / 10).max(MIN_WARM_UP)
 }
 

@@ -26,6 +26,13 @@ const UNARY_P99_US: u64 = 10_000;
 const COMPLETION_P99_US: u64 = 100_000;
 /// A cache hit may cost at most this multiple of a plain call, at p99.
 const HIT_OVER_HEALTH_P99: f64 = 1.5;
+/// The most the editor bridge may add to an inline completion, at p50 (a generous ceiling:
+/// measured at 110–170 µs).
+const BRIDGE_SHARE_P50_US: i64 = 1_000;
+/// The bridge's goal at p99 (docs/perf.md), reported.
+const BRIDGE_SHARE_P99_GOAL_US: i64 = 500;
+/// Calls per scenario of the bridge measurement.
+const BRIDGE_CALLS: &str = "1000";
 
 const HELP: &str = "\
 reaper-perf: the performance gates CI runs.
@@ -38,6 +45,8 @@ figures, when under any placement:
   - a unary call's p99 is 10 ms or more, or a completion's 100 ms or more;
   - the completion cache hit's p99 is more than 1.5x Health's p99 of the same run;
   - reaper's unary_2k p50 is not lower than tonic's of the same run;
+  - the editor bridge (`reaper-bench lsp`, which needs `reaper` built beside it) adds
+    1 ms or more to an inline completion at p50;
   - a measurement a gate needs is missing.
 --quick measures every stack in 4 rounds in turn, and the cache hit alternately
 with Health, so a slow stretch of a shared machine falls on both sides of a
@@ -93,12 +102,30 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// One `reaper-bench --quick --json` run (plus any arguments given to this tool).
+/// One `reaper-bench --quick --json` run (plus any arguments given to this tool), then one
+/// `reaper-bench lsp --json` run, whose rows are marked `"stack": "lsp"`.
 fn measure() -> anyhow::Result<Vec<Value>> {
+    let mut rows = bench(&["--quick", "--json"], true)?;
+    let mut bridge = bench(&["lsp", "--json", "--calls", BRIDGE_CALLS], false)?;
+    for row in &mut bridge {
+        row["stack"] = Value::from("lsp");
+    }
+    rows.extend(bridge);
+    Ok(rows)
+}
+
+/// `reaper-bench ARGS`'s JSON lines (printed as they are), with this tool's own arguments
+/// passed on when `pass_on`.
+fn bench(args: &[&str], pass_on: bool) -> anyhow::Result<Vec<Value>> {
     let bench = std::env::current_exe()?.with_file_name("reaper-bench");
+    let passed: Vec<String> = if pass_on {
+        std::env::args().skip(1).collect()
+    } else {
+        Vec::new()
+    };
     let output = Command::new(&bench)
-        .args(["--quick", "--json"])
-        .args(std::env::args().skip(1))
+        .args(args)
+        .args(passed)
         .output()
         .with_context(|| {
             format!(
@@ -154,10 +181,10 @@ fn find<'a>(
     })
 }
 
-/// Placements present in the rows, in order.
+/// Placements present in the rows, in order (the bridge's rows have none).
 fn pins(rows: &[Value]) -> Vec<&str> {
     let mut pins: Vec<&str> = Vec::new();
-    for row in rows {
+    for row in rows.iter().filter(|r| field(r, "stack") != "lsp") {
         let pin = field(row, "pin");
         if !pins.contains(&pin) {
             pins.push(pin);
@@ -226,12 +253,43 @@ fn check(rows: &[Value]) -> Vec<String> {
             (None, Some(_)) => {}
         }
     }
+    for scenario in ["repeat", "typing"] {
+        match bridge_row(rows, scenario) {
+            Some(row) => {
+                let share = row["bridge_share_p50_us"].as_i64().unwrap_or(i64::MAX);
+                if share >= BRIDGE_SHARE_P50_US {
+                    failures.push(format!(
+                        "lsp {scenario}: the bridge adds {share} µs at p50 to an inline completion, the ceiling is {BRIDGE_SHARE_P50_US} µs"
+                    ));
+                }
+            }
+            None => failures.push(format!(
+                "no editor bridge measurement (reaper-bench lsp, {scenario}) to gate"
+            )),
+        }
+    }
     failures
+}
+
+/// The editor bridge's row for `scenario`.
+fn bridge_row<'a>(rows: &'a [Value], scenario: &str) -> Option<&'a Value> {
+    rows.iter()
+        .find(|r| field(r, "stack") == "lsp" && field(r, "scenario") == scenario)
 }
 
 /// How the run compares with the goals in docs/perf.md (reported, not gated).
 fn goals(rows: &[Value]) -> Vec<String> {
     let mut lines = Vec::new();
+    for scenario in ["repeat", "typing"] {
+        if let Some(row) = bridge_row(rows, scenario) {
+            let share = row["bridge_share_p99_us"].as_i64().unwrap_or(i64::MAX);
+            lines.push(format!(
+                "lsp {scenario}: the bridge's share under {BRIDGE_SHARE_P99_GOAL_US} µs at p99: {} ({share} µs; p50 {} µs)",
+                if share < BRIDGE_SHARE_P99_GOAL_US { "met" } else { "missed" },
+                row["bridge_share_p50_us"]
+            ));
+        }
+    }
     for pin in pins(rows) {
         let Some(ours) = find(rows, "reaper", "unary_2k", 1, pin) else {
             continue;
@@ -293,6 +351,34 @@ mod tests {
         json!({"stack": "tonic", "scenario": "unary_2k", "pin": pin, "concurrency": 1, "connections": 1, "p50_us": p50, "p99_us": 2 * p50})
     }
 
+    fn bridge(scenario: &str, share_p50: i64) -> Value {
+        json!({"stack": "lsp", "scenario": scenario, "bridge_share_p50_us": share_p50, "bridge_share_p99_us": 3 * share_p50})
+    }
+
+    #[test]
+    fn the_bridge_gate_fails_with_its_figures_or_without_them() {
+        let slow = check(&[bridge("repeat", 150), bridge("typing", 1_200)]);
+        assert!(
+            slow.iter()
+                .any(|f| f.contains("lsp typing") && f.contains("1200")),
+            "{slow:?}"
+        );
+        assert!(!slow.iter().any(|f| f.contains("lsp repeat")), "{slow:?}");
+        let missing = check(&[bridge("repeat", 150)]);
+        assert!(
+            missing
+                .iter()
+                .any(|f| f.contains("no editor bridge") && f.contains("typing")),
+            "{missing:?}"
+        );
+        let goals = goals(&[bridge("repeat", 150), bridge("typing", 200)]);
+        assert_eq!(goals.len(), 2, "{goals:?}");
+        assert!(
+            goals[0].contains("met") && goals[1].contains("missed"),
+            "{goals:?}"
+        );
+    }
+
     #[test]
     fn passing_figures_pass() {
         let rows = [
@@ -300,6 +386,8 @@ mod tests {
             row("unary_2k", "same", 140),
             row("completion_offline_miss", "same", 900),
             tonic("same", 60),
+            bridge("repeat", 150),
+            bridge("typing", 150),
         ];
         assert!(check(&rows).is_empty(), "{:?}", check(&rows));
     }
@@ -355,10 +443,12 @@ mod tests {
                 .any(|f| f.contains("pin split: no sequential reaper completion cache hit")),
             "{no_hit:?}"
         );
-        assert_eq!(
-            check(&[]).len(),
-            1,
-            "no measurement is a failure, not a pass"
+        let nothing = check(&[]);
+        assert!(
+            nothing
+                .iter()
+                .any(|f| f.contains("no reaper measurement at all")),
+            "no measurement is a failure, not a pass: {nothing:?}"
         );
     }
 
