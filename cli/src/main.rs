@@ -254,6 +254,19 @@ fn print_health(health: &HealthResponse, json: bool) {
             p.p95_us as f64 / 1000.0
         );
     }
+    let f = &health.feedback;
+    let decided = f.accepted + f.rejected;
+    if f.shown + decided > 0 {
+        // The rate over what the editors settled: accepted, or shown and then dismissed.
+        let rate = match f.shown.max(decided) {
+            0 => 0.0,
+            n => f.accepted as f64 * 100.0 / n as f64,
+        };
+        println!(
+            "editors: shown {}, accepted {} ({rate:.1}%, {} characters), rejected {}",
+            f.shown, f.accepted, f.accepted_chars, f.rejected
+        );
+    }
 }
 
 /// Text given inline or in a file; empty when neither.

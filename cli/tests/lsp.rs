@@ -176,7 +176,7 @@ fn vscode_languageserver_protocol_drives_the_bridge_through_a_real_daemon() {
     );
     assert_eq!(
         run.text.matches("ok: ").count(),
-        7,
+        8,
         "every check of the Node client ran"
     );
     assert_eq!(
@@ -398,6 +398,8 @@ fn malformed_messages_get_errors_and_the_bridge_keeps_serving() {
     assert_eq!(editor.response(10)["error"]["code"], json!(-32602));
     editor.send(json!({"jsonrpc": "2.0", "id": 11, "method": "textDocument/hover", "params": {}}));
     assert_eq!(editor.response(11)["error"]["code"], json!(-32601));
+    editor.send(json!({"jsonrpc": "2.0", "id": 12, "method": "workspace/executeCommand", "params": {"command": "rm"}}));
+    assert_eq!(editor.response(12)["error"]["code"], json!(-32602));
     editor.send(
         json!({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {"nope": true}}),
     );

@@ -126,6 +126,15 @@ impl Client {
         self.unary(Method::CompletionComplete, request, call).await
     }
 
+    /// `reaper.Completion/feedback`: tells the daemon what the editor did with a completion.
+    pub async fn feedback(
+        &self,
+        event: &CompletionFeedback,
+        call: CallOptions,
+    ) -> Result<FeedbackResponse, Error> {
+        self.unary(Method::CompletionFeedback, event, call).await
+    }
+
     /// `reaper.Chat/send`: the answer as a stream of chunks.
     pub async fn chat(
         &self,

@@ -32,16 +32,19 @@ pub enum Method {
     ProviderList,
     /// `reaper.Health/check`: unary.
     HealthCheck,
+    /// `reaper.Completion/feedback`: unary (added: what the editor did with a completion).
+    CompletionFeedback,
 }
 
 impl Method {
     /// Every method, in a fixed order (used to index per-method metrics).
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::CompletionComplete,
         Method::ChatSend,
         Method::AgentExecute,
         Method::ProviderList,
         Method::HealthCheck,
+        Method::CompletionFeedback,
     ];
 
     /// The method's path on the wire, e.g. `reaper.Health/check`.
@@ -52,6 +55,7 @@ impl Method {
             Method::AgentExecute => "reaper.Agent/execute",
             Method::ProviderList => "reaper.Provider/list",
             Method::HealthCheck => "reaper.Health/check",
+            Method::CompletionFeedback => "reaper.Completion/feedback",
         }
     }
 
@@ -123,6 +127,45 @@ wire_type! {
         /// Whether it came from the cache (added: the design note has no such field).
         #[serde(default)]
         pub cached: bool,
+    }
+}
+
+wire_type! {
+    /// What the editor did with a completion it showed.
+    #[serde(rename_all = "snake_case")]
+    pub enum FeedbackEvent { Shown, Accepted, Rejected }
+}
+
+wire_type! {
+    /// `reaper.Completion/feedback` request (added): one event for one completion, counted in
+    /// `Health` for an acceptance rate.
+    pub struct CompletionFeedback {
+        /// What happened to it.
+        pub event: FeedbackEvent,
+        /// The provider that produced it (`CompletionResponse.provider`), at most 256 bytes.
+        pub provider: String,
+        /// Characters of it the user kept (accepted: all or part of it; otherwise 0).
+        pub accepted_chars: u32,
+    }
+}
+
+wire_type! {
+    /// `reaper.Completion/feedback` response: nothing but the OK status.
+    pub struct FeedbackResponse {}
+}
+
+wire_type! {
+    /// Editor feedback counters since the daemon started (added).
+    #[derive(Default)]
+    pub struct FeedbackStats {
+        /// Completions the editor reported shown.
+        pub shown: u64,
+        /// Completions accepted, wholly or in part.
+        pub accepted: u64,
+        /// Completions the editor reported rejected (dismissed).
+        pub rejected: u64,
+        /// Characters accepted, over all accepted completions.
+        pub accepted_chars: u64,
     }
 }
 
@@ -364,6 +407,9 @@ wire_type! {
         /// Each provider's record (added).
         #[serde(default)]
         pub providers: Vec<ProviderStats>,
+        /// What editors reported doing with completions (added).
+        #[serde(default)]
+        pub feedback: FeedbackStats,
     }
 }
 

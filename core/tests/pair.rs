@@ -267,6 +267,7 @@ fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
                     typed_through: 0,
                 },
                 providers: vec![],
+                feedback: FeedbackStats::default(),
             };
             let encoding = call.encoding;
             let sent = server.respond(call.id, |out| {

@@ -53,6 +53,12 @@ fn example_response() -> HealthResponse {
             p50_us: 96,
             p95_us: 180,
         }],
+        feedback: FeedbackStats {
+            shown: 2,
+            accepted: 1,
+            rejected: 0,
+            accepted_chars: 17,
+        },
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use lsp_types::{
     DidChangeTextDocumentParams, DidCloseTextDocumentParams, DidOpenTextDocumentParams,
     InlineCompletionParams, Position, Range,
 };
-use reaper_client::schema::{CompletionRequest, CompletionResponse};
+use reaper_client::schema::{
+    CompletionFeedback, CompletionRequest, CompletionResponse, FeedbackEvent,
+};
 use reaper_client::{CallOptions, Code, Error};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -133,6 +135,7 @@ pub async fn serve(
         flights: HashMap::new(),
         latest: HashMap::new(),
         done: done_tx,
+        feedback_in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let ending = loop {
         tokio::select! {
@@ -206,7 +209,20 @@ struct Server {
     /// The request id in flight for each document.
     latest: HashMap<String, String>,
     done: mpsc::UnboundedSender<String>,
+    /// Feedback calls to the daemon not finished yet (bounded by [`MAX_FEEDBACK_IN_FLIGHT`]).
+    feedback_in_flight: Arc<AtomicUsize>,
 }
+
+/// The command an inline item runs once the editor has inserted it (LSP 3.18's
+/// `InlineCompletionItem.command`: Neovim, VS Code's client and lsp-mode execute it through
+/// `workspace/executeCommand`): how the bridge learns a completion was accepted.
+const ACCEPTED_COMMAND: &str = "reaper.accepted";
+/// The command an editor (or a user's key mapping) may run when a completion is dismissed.
+const REJECTED_COMMAND: &str = "reaper.rejected";
+/// Feedback calls in flight at most; events past it are dropped (and logged), not queued.
+const MAX_FEEDBACK_IN_FLIGHT: usize = 32;
+/// Longest a feedback call may take.
+const FEEDBACK_DEADLINE: Duration = Duration::from_secs(2);
 
 /// LSP's warning and error `MessageType`s.
 const LOG_ERROR: u8 = 1;
@@ -283,6 +299,30 @@ impl Server {
                 self.out.send(rpc::result(&id, Value::Null));
             }
             (State::Running, "textDocument/inlineCompletion") => self.inline_completion(id, params),
+            (State::Running, "workspace/executeCommand") => {
+                let command = params.get("command").and_then(Value::as_str);
+                let argument = params
+                    .pointer("/arguments/0")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let event = match command {
+                    Some(ACCEPTED_COMMAND) => FeedbackEvent::Accepted,
+                    Some(REJECTED_COMMAND) => FeedbackEvent::Rejected,
+                    _ => {
+                        self.out.send(rpc::error(
+                            &id,
+                            code::INVALID_PARAMS,
+                            format!(
+                                "reaper lsp runs only {ACCEPTED_COMMAND} and {REJECTED_COMMAND}, not {}",
+                                command.unwrap_or("(no command)")
+                            ),
+                        ));
+                        return;
+                    }
+                };
+                self.feedback(event, &argument, None);
+                self.out.send(rpc::result(&id, Value::Null));
+            }
             (State::Running, _) => self.out.send(rpc::error(
                 &id,
                 code::METHOD_NOT_FOUND,
@@ -322,10 +362,67 @@ impl Server {
                     }
                 })
             }
+            // What GitHub Copilot's language server is told by its clients, where a client
+            // sends the same for any server: the item it showed, or how much of it was kept.
+            "textDocument/didShowCompletion" => {
+                let argument = params.pointer("/item/command/arguments/0").cloned();
+                self.feedback(FeedbackEvent::Shown, &argument.unwrap_or(Value::Null), None);
+            }
+            "textDocument/didPartiallyAcceptCompletion" => {
+                let argument = params.pointer("/item/command/arguments/0").cloned();
+                let kept = params.get("acceptedLength").and_then(Value::as_u64);
+                self.feedback(
+                    FeedbackEvent::Accepted,
+                    &argument.unwrap_or(Value::Null),
+                    kept,
+                );
+            }
             // `initialized`, `$/setTrace`, `workspace/didChangeConfiguration`…: nothing to do.
             _ => {}
         }
         None
+    }
+
+    /// Tells the daemon, in the background, what the editor did with a completion whose item
+    /// carried `argument` (`{"provider": …, "chars": …}`); `kept` overrides the characters.
+    fn feedback(&self, event: FeedbackEvent, argument: &Value, kept: Option<u64>) {
+        let provider = argument
+            .get("provider")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        let chars = kept.or_else(|| argument.get("chars").and_then(Value::as_u64));
+        let feedback = CompletionFeedback {
+            accepted_chars: match event {
+                FeedbackEvent::Accepted => chars.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+                _ => 0,
+            },
+            event,
+            provider: text::tail(provider, 256).to_owned(),
+        };
+        let in_flight = self.feedback_in_flight.clone();
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_FEEDBACK_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(?feedback, "feedback dropped: too many still on their way");
+            return;
+        }
+        let daemon = self.daemon.clone();
+        tokio::spawn(async move {
+            let options = CallOptions {
+                deadline: Some(FEEDBACK_DEADLINE),
+            };
+            let sent = match daemon.client().await {
+                Ok(client) => client
+                    .feedback(&feedback, options)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match sent {
+                Ok(_) => tracing::debug!(?feedback, "feedback sent"),
+                Err(error) => tracing::warn!(?feedback, %error, "feedback not delivered"),
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Parses a notification's params, or tells the editor's log why not.
@@ -382,6 +479,7 @@ impl Server {
                 "positionEncoding": self.encoding.name(),
                 "textDocumentSync": {"openClose": true, "change": 2},
                 "inlineCompletionProvider": true,
+                "executeCommandProvider": {"commands": [ACCEPTED_COMMAND, REJECTED_COMMAND]},
             },
             "serverInfo": {"name": "reaper", "version": env!("CARGO_PKG_VERSION")},
         })
@@ -640,5 +738,10 @@ fn items(answer: &CompletionResponse, cursor: Position, min_confidence: f32) -> 
         start: cursor,
         end: cursor,
     };
-    json!({"items": [{"insertText": answer.completion, "range": range}]})
+    let command = json!({
+        "title": "reaper: completion accepted",
+        "command": ACCEPTED_COMMAND,
+        "arguments": [{"provider": answer.provider, "chars": answer.completion.chars().count()}],
+    });
+    json!({"items": [{"insertText": answer.completion, "range": range, "command": command}]})
 }

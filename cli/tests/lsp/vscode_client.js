@@ -126,6 +126,28 @@ async function typing() {
   });
   check("an inline completion after a surrogate pair, its range at the cursor");
 
+  // What the editor does when it shows the item and when the user accepts it: Copilot's
+  // didShowCompletion, then the item's own command through workspace/executeCommand (as
+  // vscode-languageclient runs a server's command after inserting the item).
+  assert.deepEqual(init.capabilities.executeCommandProvider.commands, ["reaper.accepted", "reaper.rejected"]);
+  await connection.sendNotification("textDocument/didShowCompletion", { item: items[0] });
+  const command = items[0].command;
+  assert.equal(command.command, "reaper.accepted");
+  assert.equal(
+    await connection.sendRequest(lsp.ExecuteCommandRequest.type, {
+      command: command.command,
+      arguments: command.arguments,
+    }),
+    null,
+  );
+  let feedback = health(process.env.REAPER_STATE_DIR).feedback;
+  for (let i = 0; i < 50 && feedback.accepted === 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    feedback = health(process.env.REAPER_STATE_DIR).feedback;
+  }
+  assert.deepEqual(feedback, { shown: 1, accepted: 1, rejected: 0, accepted_chars: EXPECTED.length });
+  check("shown and accepted reach the daemon's Health");
+
   await connection.sendNotification(lsp.DidChangeTextDocumentNotification.type, {
     textDocument: { uri: URI, version: 2 },
     contentChanges: [
@@ -190,14 +212,18 @@ async function cancelling() {
   check("shutdown and exit with a call cancelled");
 }
 
-/** reaperd's count of Completion calls, from `reaper health --json`. */
-function completionCalls(stateDir) {
+/** reaperd's `reaper health --json`. */
+function health(stateDir) {
   const out = execFileSync(REAPER, ["health", "--json"], {
     env: { ...process.env, REAPER_STATE_DIR: stateDir },
     timeout: 10000,
   });
-  const health = JSON.parse(out.toString().trim().split("\n")[0]);
-  const calls = health.calls.find((c) => c.method === "reaper.Completion/complete");
+  return JSON.parse(out.toString().trim().split("\n")[0]);
+}
+
+/** reaperd's count of Completion calls. */
+function completionCalls(stateDir) {
+  const calls = health(stateDir).calls.find((c) => c.method === "reaper.Completion/complete");
   return { served: calls.served, failed: calls.failed };
 }
 

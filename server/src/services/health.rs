@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use reaper_core::schema::{CacheStats, HealthResponse, ProviderStats, ServingStatus};
+use reaper_core::schema::{
+    CacheStats, FeedbackStats, HealthResponse, ProviderStats, ServingStatus,
+};
 
 use super::completion::cache::CacheCounters;
 use crate::metrics::Metrics;
@@ -21,6 +23,8 @@ pub struct Snapshot<'a> {
     pub cache: (CacheCounters, usize),
     /// Each provider's record.
     pub providers: Vec<ProviderStats>,
+    /// What editors reported doing with completions.
+    pub feedback: FeedbackStats,
 }
 
 /// The Health service.
@@ -60,6 +64,7 @@ impl HealthService {
                 typed_through: cache.typed_through,
             },
             providers: s.providers,
+            feedback: s.feedback,
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Each room (`health`, `provider`, `completion`; `chat` and `agent` when they are built) is a
 //! module with one service type that the router calls with the call and the state machine.
-//! Health and Provider are answered inline, on the event loop, in the same pass that decoded
+//! Health, Provider and Completion's feedback are answered inline, on the event loop, in the same pass that decoded
 //! the request: they touch only memory. Completion answers cache hits inline and sends misses
 //! to the provider pool, which runs on a tokio runtime of its own (`[rpc] worker_threads`
 //! threads: reqwest needs tokio, and the loop must never wait on a provider). Whatever work
@@ -27,7 +27,7 @@ use reaper_core::{Code, Encoding, Method, Status, WireMessage};
 use reaper_providers::{Pool, DELAY_ENV};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use self::completion::{CompletionService, JobDone, Outcome};
+use self::completion::{CompletionService, Feedback, JobDone, Outcome};
 use self::health::{HealthService, Snapshot};
 use self::provider::ProviderService;
 use crate::metrics::Metrics;
@@ -55,6 +55,7 @@ pub struct Services {
     health: HealthService,
     provider: ProviderService,
     completion: CompletionService,
+    feedback: Feedback,
     pool: Arc<Pool>,
     /// Held for its threads; shut down without waiting when the services go.
     _runtime: ProviderRuntime,
@@ -122,6 +123,7 @@ impl Services {
             health: HealthService::new(started),
             provider: ProviderService::new(pool.clone()),
             completion,
+            feedback: Feedback::default(),
             pool,
             _runtime: ProviderRuntime(Some(runtime)),
         };
@@ -193,6 +195,7 @@ impl Services {
                             draining: info.draining,
                             cache: self.completion.cache_stats(),
                             providers: self.pool.stats(),
+                            feedback: self.feedback.stats(),
                         };
                         let response = self.health.check(snapshot, now);
                         reply(server, &call, &response)
@@ -211,6 +214,12 @@ impl Services {
                     match outcome {
                         Outcome::Answered(status) => Some(status),
                         Outcome::Pending | Outcome::Gone => None,
+                    }
+                }
+                Method::CompletionFeedback => {
+                    match self.feedback.record(call.encoding, &call.message) {
+                        Ok(()) => reply(server, &call, &FeedbackResponse {}),
+                        Err(status) => server.finish(call.id, &status).then_some(status),
                     }
                 }
                 Method::ChatSend | Method::AgentExecute => {
