@@ -255,15 +255,19 @@ fn print_health(health: &HealthResponse, json: bool) {
         );
     }
     let f = &health.feedback;
-    let decided = f.accepted + f.rejected;
-    if f.shown + decided > 0 {
-        // The rate over what the editors settled: accepted, or shown and then dismissed.
-        let rate = match f.shown.max(decided) {
-            0 => 0.0,
-            n => f.accepted as f64 * 100.0 / n as f64,
+    if f.shown + f.accepted + f.rejected > 0 {
+        // A rate needs what was shown: editors that only run the accept command (Neovim,
+        // VS Code's client, lsp-mode) report acceptances and nothing to divide them by.
+        let rate = if f.shown > 0 {
+            format!(
+                "{:.1}% of shown",
+                f.accepted as f64 * 100.0 / f.shown as f64
+            )
+        } else {
+            "no rate: no editor reported what it showed".to_owned()
         };
         println!(
-            "editors: shown {}, accepted {} ({rate:.1}%, {} characters), rejected {}",
+            "editors: shown {}, accepted {} ({rate}; {} characters kept), rejected {}",
             f.shown, f.accepted, f.accepted_chars, f.rejected
         );
     }

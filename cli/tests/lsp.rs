@@ -95,8 +95,20 @@ struct ClientRun {
 /// Runs a client script (pygls or Node) against `reaper lsp`, with the environment every
 /// script reads (see their headers): a workspace, and two empty state directories, one for a
 /// daemon whose provider answers after 1.5 s. Stops the daemons the bridges started.
-fn run_client(mut command: Command) -> ClientRun {
+fn run_client(client: Command) -> ClientRun {
     build_reaperd();
+    // Bounded whatever the client does: coreutils' timeout ends it (and, 10 s later, kills it).
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=10", "300"])
+        .arg(client.get_program())
+        .args(client.get_args());
+    for (key, value) in client.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
     let ws = workspace();
     let scratch = tempfile::tempdir().unwrap();
     let (state, slow_state) = (scratch.path().join("state"), scratch.path().join("slow"));

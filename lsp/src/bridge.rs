@@ -215,10 +215,33 @@ struct Server {
 
 /// The command an inline item runs once the editor has inserted it (LSP 3.18's
 /// `InlineCompletionItem.command`: Neovim, VS Code's client and lsp-mode execute it through
-/// `workspace/executeCommand`): how the bridge learns a completion was accepted.
+/// `workspace/executeCommand`): how the bridge learns a completion was accepted. The names
+/// end in the bridge's process id: vscode-languageclient registers a server's commands
+/// window-wide, and a second bridge in the same window (a multi-root workspace) would
+/// otherwise fail to start with "command already exists".
 const ACCEPTED_COMMAND: &str = "reaper.accepted";
 /// The command an editor (or a user's key mapping) may run when a completion is dismissed.
 const REJECTED_COMMAND: &str = "reaper.rejected";
+
+/// `command` with this process's suffix, as advertised and put on items.
+fn command_name(command: &str) -> String {
+    format!("{command}.{}", std::process::id())
+}
+
+/// The event a command name stands for, with or without a process id suffix.
+fn command_event(name: &str) -> Option<FeedbackEvent> {
+    let is = |command: &str| {
+        name.strip_prefix(command)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    };
+    if is(ACCEPTED_COMMAND) {
+        Some(FeedbackEvent::Accepted)
+    } else if is(REJECTED_COMMAND) {
+        Some(FeedbackEvent::Rejected)
+    } else {
+        None
+    }
+}
 /// Feedback calls in flight at most; events past it are dropped (and logged), not queued.
 const MAX_FEEDBACK_IN_FLIGHT: usize = 32;
 /// Longest a feedback call may take.
@@ -305,10 +328,9 @@ impl Server {
                     .pointer("/arguments/0")
                     .cloned()
                     .unwrap_or(Value::Null);
-                let event = match command {
-                    Some(ACCEPTED_COMMAND) => FeedbackEvent::Accepted,
-                    Some(REJECTED_COMMAND) => FeedbackEvent::Rejected,
-                    _ => {
+                let event = match command.and_then(command_event) {
+                    Some(event) => event,
+                    None => {
                         self.out.send(rpc::error(
                             &id,
                             code::INVALID_PARAMS,
@@ -384,7 +406,8 @@ impl Server {
     }
 
     /// Tells the daemon, in the background, what the editor did with a completion whose item
-    /// carried `argument` (`{"provider": …, "chars": …}`); `kept` overrides the characters.
+    /// carried `argument` (`{"provider": …, "chars": …}`); `kept` overrides the characters
+    /// (an editor's `acceptedLength`, in its own units).
     fn feedback(&self, event: FeedbackEvent, argument: &Value, kept: Option<u64>) {
         let provider = argument
             .get("provider")
@@ -397,7 +420,7 @@ impl Server {
                 _ => 0,
             },
             event,
-            provider: text::tail(provider, 256).to_owned(),
+            provider: provider.chars().take(64).collect(),
         };
         let in_flight = self.feedback_in_flight.clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_FEEDBACK_IN_FLIGHT {
@@ -479,7 +502,9 @@ impl Server {
                 "positionEncoding": self.encoding.name(),
                 "textDocumentSync": {"openClose": true, "change": 2},
                 "inlineCompletionProvider": true,
-                "executeCommandProvider": {"commands": [ACCEPTED_COMMAND, REJECTED_COMMAND]},
+                "executeCommandProvider": {
+                    "commands": [command_name(ACCEPTED_COMMAND), command_name(REJECTED_COMMAND)],
+                },
             },
             "serverInfo": {"name": "reaper", "version": env!("CARGO_PKG_VERSION")},
         })
@@ -740,7 +765,7 @@ fn items(answer: &CompletionResponse, cursor: Position, min_confidence: f32) -> 
     };
     let command = json!({
         "title": "reaper: completion accepted",
-        "command": ACCEPTED_COMMAND,
+        "command": command_name(ACCEPTED_COMMAND),
         "arguments": [{"provider": answer.provider, "chars": answer.completion.chars().count()}],
     });
     json!({"items": [{"insertText": answer.completion, "range": range, "command": command}]})

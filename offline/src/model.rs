@@ -210,20 +210,23 @@ fn longest_foreign_match(
     let Some(own) = own_file else {
         return (len, range);
     };
-    // Occurrences of a shorter tail include those of a longer one, so "occurs outside the own
-    // file" holds for every length up to some bound: found by bisection.
-    let foreign = |range: std::ops::Range<usize>| {
-        corpus
-            .positions(range, MAX_VOTERS * 4)
-            .any(|start| corpus.file_at(start).is_none_or(|f| f != own))
+    // A length counts when an occurrence among those that would vote (the same sample, the
+    // same skips as the voting below) is outside the own file. Occurrences of a shorter tail
+    // include those of a longer one, so this holds up to some bound, found by bisection (on a
+    // sample, nearly monotone: a miss only shortens the match, as backoff would).
+    let votes_elsewhere = |level: usize, range: std::ops::Range<usize>| {
+        corpus.positions(range, MAX_VOTERS).any(|start| {
+            let ends_file = corpus.text().get(start + level).is_none_or(|&b| b == 0);
+            !ends_file && corpus.file_at(start).is_none_or(|f| f != own)
+        })
     };
-    if len == 0 || foreign(range.clone()) {
+    if len == 0 || votes_elsewhere(len, range.clone()) {
         return (len, range);
     }
     let (mut found, mut missing) = (0, len);
     while missing - found > 1 {
         let mid = found + (missing - found) / 2;
-        if foreign(corpus.find(&query[query.len() - mid..])) {
+        if votes_elsewhere(mid, corpus.find(&query[query.len() - mid..])) {
             found = mid;
         } else {
             missing = mid;

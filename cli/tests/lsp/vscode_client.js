@@ -129,10 +129,12 @@ async function typing() {
   // What the editor does when it shows the item and when the user accepts it: Copilot's
   // didShowCompletion, then the item's own command through workspace/executeCommand (as
   // vscode-languageclient runs a server's command after inserting the item).
-  assert.deepEqual(init.capabilities.executeCommandProvider.commands, ["reaper.accepted", "reaper.rejected"]);
+  // Per-process names (vscode-languageclient registers them window-wide).
+  const commands = init.capabilities.executeCommandProvider.commands;
+  assert.deepEqual(commands, ["reaper.accepted." + session.child.pid, "reaper.rejected." + session.child.pid]);
   await connection.sendNotification("textDocument/didShowCompletion", { item: items[0] });
   const command = items[0].command;
-  assert.equal(command.command, "reaper.accepted");
+  assert.equal(command.command, commands[0]);
   assert.equal(
     await connection.sendRequest(lsp.ExecuteCommandRequest.type, {
       command: command.command,
@@ -141,7 +143,8 @@ async function typing() {
     null,
   );
   let feedback = health(process.env.REAPER_STATE_DIR).feedback;
-  for (let i = 0; i < 50 && feedback.accepted === 0; i++) {
+  // Each event is a call of its own: they may arrive in either order.
+  for (let i = 0; i < 50 && (feedback.accepted === 0 || feedback.shown === 0); i++) {
     await new Promise((resolve) => setTimeout(resolve, 100));
     feedback = health(process.env.REAPER_STATE_DIR).feedback;
   }
@@ -226,6 +229,13 @@ function completionCalls(stateDir) {
   const calls = health(stateDir).calls.find((c) => c.method === "reaper.Completion/complete");
   return { served: calls.served, failed: calls.failed };
 }
+
+// Every await above is bounded by a check or by the daemon's deadline but one: a bridge that
+// never answers a request. This ends the run then.
+setTimeout(() => {
+  console.error("FAILED: the client did not finish within 240 s");
+  process.exit(1);
+}, 240000).unref();
 
 (async () => {
   await typing();
