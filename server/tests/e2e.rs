@@ -486,6 +486,55 @@ fn bad_config_and_bad_flags_get_clear_messages() {
     );
 }
 
+/// Issue 13, finding 6: values `--check-config` used to accept and the daemon then died on
+/// (a panic at SIGTERM or at the first cached completion, a 146 GB allocation, a thread error
+/// naming no key, an empty state directory) are refused by both `--check-config` and a start,
+/// naming the key and its line, before anything is bound or written.
+#[test]
+fn configs_the_daemon_cannot_run_on_are_refused_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reaper.toml");
+    for (text, key) in [
+        (
+            "[daemon]\nshutdown_grace = 18446744073709551615\n",
+            "shutdown_grace",
+        ),
+        ("[cache]\nttl = 18446744073709551615\n", "ttl"),
+        ("[cache]\nmax_size = 4294967295\n", "max_size"),
+        ("[rpc]\nworker_threads = 100000\n", "worker_threads"),
+        ("[daemon]\nstate_dir = \"\"\n", "state_dir"),
+        ("[daemon]\nstate_dir = \"/tmp\"\n", "state_dir"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let state = dir.path().join("state");
+        for check in [true, false] {
+            let mut command = std::process::Command::new(daemon::reaperd_bin());
+            command
+                .args([
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .env("REAPER_STATE_DIR", &state);
+            if check {
+                command.arg("--check-config");
+            }
+            let output = command.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{text:?}: {stderr}");
+            assert!(
+                stderr.contains(key) && stderr.contains("line 2") && !stderr.contains("panicked"),
+                "{text:?}: {stderr}"
+            );
+        }
+        assert!(
+            !state.exists(),
+            "{text:?}: nothing is written before the config is checked"
+        );
+    }
+}
+
 /// The Python client in `docs/protocol.md`, run as written against a real daemon: proof that
 /// the document is enough to write a client in another language.
 #[test]

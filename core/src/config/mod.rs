@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod providers;
+mod range;
 pub use providers::{
     OfflineConfig, OfflineKind, ProviderKind, ProvidersConfig, RemoteProvider, RemoteSettings,
     COPILOT_DEFAULT_MODEL, DEFAULT_OLLAMA_KEEP_ALIVE, FIM_FAMILIES, OFFLINE,
@@ -50,9 +51,12 @@ pub struct DaemonConfig {
     pub log_level: LogLevel,
     /// Append logs to this file instead of standard error.
     pub log_file: Option<String>,
-    /// Where the certificate, key, token and endpoint live (overridden by `REAPER_STATE_DIR`).
+    /// Where the certificate, key, token and endpoint live (overridden by `REAPER_STATE_DIR`):
+    /// absolute, and not a directory shared with other users.
+    #[serde(deserialize_with = "range::private_dir")]
     pub state_dir: Option<String>,
     /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
+    #[serde(deserialize_with = "range::within::<_, _, 0, 3_600>")]
     pub shutdown_grace: u64,
 }
 
@@ -111,26 +115,36 @@ impl LogLevel {
 #[serde(default, deny_unknown_fields)]
 pub struct RpcConfig {
     /// Open connections at most; further ones are refused.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 100_000>")]
     pub max_connections: NonZeroU32,
     /// Seconds a connection may stay silent before it is closed; 0 for never.
+    #[serde(deserialize_with = "range::within::<_, _, 0, 86_400>")]
     pub idle_timeout: u64,
     /// Bytes a peer may send on one stream ahead of the reader (QUIC stream flow-control window).
+    #[serde(deserialize_with = "range::within::<_, _, 1_024, 1_073_741_824>")]
     pub max_stream_data: NonZeroU32,
     /// Largest message, in bytes, either side may send in one frame.
+    #[serde(deserialize_with = "range::within::<_, _, 1_024, 268_435_456>")]
     pub max_message_size: NonZeroU32,
     /// Calls in flight on one connection at most (QUIC's concurrent bidirectional streams).
+    #[serde(deserialize_with = "range::within::<_, _, 1, 65_536>")]
     pub max_concurrent_calls: NonZeroU32,
     /// Default deadline of a completion, in milliseconds.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 600_000>")]
     pub completion_timeout: NonZeroU64,
     /// Default deadline of a chat, in milliseconds.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 3_600_000>")]
     pub chat_timeout: NonZeroU64,
     /// Default deadline of an agent task, in milliseconds.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 86_400_000>")]
     pub agent_timeout: NonZeroU64,
     /// Threads for provider and agent work.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 256>")]
     pub worker_threads: NonZeroU32,
     /// Compress large messages.
     pub enable_compression: bool,
     /// How many times a client tries to reconnect (100 ms doubling to 5 s between tries).
+    #[serde(deserialize_with = "range::within::<_, _, 0, 1_000>")]
     pub reconnect_attempts: u32,
 }
 
@@ -166,12 +180,16 @@ pub struct CacheConfig {
     /// Cache completions.
     pub enabled: bool,
     /// Entries at most.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 1_000_000>")]
     pub max_size: NonZeroU32,
     /// Seconds an entry stays valid.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 604_800>")]
     pub ttl: NonZeroU64,
     /// Bytes of the prefix's end that are part of the key.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 1_048_576>")]
     pub key_prefix_bytes: NonZeroU32,
     /// Bytes of the suffix's start that are part of the key.
+    #[serde(deserialize_with = "range::within::<_, _, 0, 1_048_576>")]
     pub key_suffix_bytes: u32,
 }
 
@@ -192,12 +210,15 @@ impl Default for CacheConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CompletionConfig {
     /// Largest prefix accepted, in bytes; larger requests get INVALID_ARGUMENT.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 67_108_864>")]
     pub max_prefix_bytes: NonZeroU32,
     /// Largest suffix accepted, in bytes.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 67_108_864>")]
     pub max_suffix_bytes: NonZeroU32,
     /// Bytes of repository context a model is shown with each completion: snippets of other
     /// files related to the cursor's surroundings (from the offline index), the editor's
     /// `context` and the places recently edited. 0 shows the model only the file itself.
+    #[serde(deserialize_with = "range::within::<_, _, 0, 1_048_576>")]
     pub context_bytes: u32,
 }
 
@@ -366,6 +387,69 @@ ttl = 3600
             assert!(message.contains(line), "{text:?} -> {message}");
             assert!(message.contains(word), "{text:?} -> {message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    /// The values issue 13 found `--check-config` accepting and the daemon then dying on: each
+    /// is refused while parsing, naming the key, its line and the range.
+    #[test]
+    fn values_the_daemon_cannot_run_on_are_refused_with_the_key_and_line() {
+        let cases = [
+            ("[daemon]\nshutdown_grace = 18446744073709551615\n", "shutdown_grace"),
+            ("[cache]\nttl = 18446744073709551615\n", "ttl"),
+            ("[cache]\nmax_size = 4294967295\n", "max_size"),
+            ("[rpc]\nworker_threads = 100000\n", "worker_threads"),
+            ("[rpc]\nmax_message_size = 1\n", "max_message_size"),
+            ("[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\ntimeout_ms = 86400000\n", "timeout_ms"),
+            ("[providers.offline]\nmax_file_bytes = 1\n", "max_file_bytes"),
+        ];
+        for (text, key) in cases {
+            let message = Config::from_toml(text, "reaper.toml")
+                .unwrap_err()
+                .to_string();
+            let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+            assert!(message.contains(key), "{text:?} -> {message}");
+            assert!(
+                message.contains(&format!("line {line}")),
+                "{text:?} -> {message}"
+            );
+            assert!(message.contains("out of range"), "{text:?} -> {message}");
+        }
+        // The ends of each range are accepted.
+        Config::from_toml(
+            "[daemon]\nshutdown_grace = 3600\n[rpc]\nworker_threads = 256\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_must_be_absolute_and_not_shared() {
+        for (dir, why) in [
+            ("", "absolute"),
+            ("state", "absolute"),
+            ("/tmp", "shared"),
+            ("/tmp/", "shared"),
+            ("/var/tmp", "shared"),
+            ("/", "shared"),
+        ] {
+            let text = format!("[daemon]\nstate_dir = {dir:?}\n");
+            let message = Config::from_toml(&text, "reaper.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("state_dir")
+                    && message.contains("line 2")
+                    && message.contains(why),
+                "{dir:?} -> {message}"
+            );
+        }
+        let ok = Config::from_toml("[daemon]\nstate_dir = \"/tmp/reaper-me\"\n", "t").unwrap();
+        assert_eq!(ok.daemon.state_dir.as_deref(), Some("/tmp/reaper-me"));
     }
 }
 

@@ -91,8 +91,10 @@ pub struct OfflineConfig {
     /// completed.
     pub roots: Vec<String>,
     /// Files larger than this are not indexed (generated code, data).
+    #[serde(deserialize_with = "super::range::within::<_, _, 1_024, 268_435_456>")]
     pub max_file_bytes: NonZeroU32,
     /// A workspace stops being indexed past this many bytes of text.
+    #[serde(deserialize_with = "super::range::within::<_, _, 1_024, 4_294_967_295>")]
     pub max_workspace_bytes: NonZeroU32,
 }
 
@@ -250,8 +252,20 @@ struct RemoteTable {
     model: Option<String>,
     api_key_env: Option<String>,
     priority: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "super::range::within_opt::<_, _, 1, 600_000>"
+    )]
     timeout_ms: Option<NonZeroU64>,
+    #[serde(
+        default,
+        deserialize_with = "super::range::within_opt::<_, _, 1, 1_024>"
+    )]
     max_in_flight: Option<NonZeroU32>,
+    #[serde(
+        default,
+        deserialize_with = "super::range::within_opt::<_, _, 1, 32_768>"
+    )]
     max_tokens: Option<NonZeroU32>,
     fim_template: Option<String>,
     keep_alive: Option<String>,
