@@ -28,7 +28,8 @@ struct Args {
     /// Message encoding on the wire.
     #[arg(long, global = true, default_value = "rkyv", value_parser = ["rkyv", "json"])]
     encoding: String,
-    /// Give up on a call after this many milliseconds.
+    /// Give up after this many milliseconds: the whole command, finding and connecting to the
+    /// daemon included (for `lsp`: each completion's deadline).
     #[arg(long, global = true, value_name = "MS")]
     timeout_ms: Option<u64>,
     /// Print one JSON object per line instead of text.
@@ -120,7 +121,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let limit = args.timeout_ms;
+    let outcome = runtime.block_on(async move {
+        match limit {
+            // The call's own deadline is the same: this bounds what comes before it (connect
+            // attempts with their backoff) and the close after it.
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run(args))
+                .await
+                .unwrap_or(Err(Error::DeadlineExceeded(ms))),
+            None => run(args).await,
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let status = error.status();

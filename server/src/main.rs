@@ -181,12 +181,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     if bound.port() == 0 {
         bail!("the socket reports port 0 after binding {listen}");
     }
-    state.write_endpoint(bound)?;
-    tracing::info!(state_dir = %state.path().display(), "reaperd listening on {bound}");
-
+    // The loop writes the endpoint once it serves and handles signals; every way out removes
+    // it, an error or a panic included, so clients never dial a daemon that is gone (only
+    // SIGKILL leaves it behind).
+    let endpoint = EndpointFile(&state);
     let grace = Duration::from_secs(config.daemon.shutdown_grace);
-    let outcome = event_loop::run(socket, server, config, grace);
-    state.remove_endpoint();
+    let outcome = event_loop::run(socket, server, config, grace, || {
+        state.write_endpoint(bound)?;
+        tracing::info!(state_dir = %state.path().display(), "reaperd listening on {bound}");
+        Ok(())
+    });
+    drop(endpoint);
     let shutdown = outcome?;
     if shutdown.abandoned_calls > 0 {
         tracing::warn!(
@@ -196,4 +201,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("reaperd stopped");
     Ok(())
+}
+
+/// Removes the state directory's endpoint file when dropped.
+struct EndpointFile<'a>(&'a StateDir);
+
+impl Drop for EndpointFile<'_> {
+    fn drop(&mut self) {
+        self.0.remove_endpoint();
+    }
 }

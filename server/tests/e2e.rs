@@ -486,6 +486,85 @@ fn bad_config_and_bad_flags_get_clear_messages() {
     );
 }
 
+/// Issue 13, finding 9: SIGHUP, SIGUSR1 and SIGUSR2 used to kill the daemon at once, with no
+/// log line and a stale `endpoint`; now they are logged and it keeps serving. SIGQUIT drains
+/// and exits 0 like SIGTERM, removing the endpoint.
+#[test]
+fn signals_that_used_to_kill_silently_are_logged_and_quit_drains() {
+    let mut daemon = Daemon::start();
+    for (signal, logged) in [
+        ("HUP", "SIGHUP ignored"),
+        ("USR1", "SIGUSR1: status"),
+        ("USR2", "SIGUSR2: status"),
+    ] {
+        daemon.signal(signal);
+        let started = std::time::Instant::now();
+        while !daemon.log().contains(logged) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no {logged:?} in the log: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            daemon.try_status().is_none(),
+            "SIG{signal} ended the daemon"
+        );
+        let health = daemon.cli(&["health"]);
+        assert!(health.status.success(), "after SIG{signal}: {health:?}");
+    }
+    daemon.signal("QUIT");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_status() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "reaperd did not exit on SIGQUIT"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("SIGQUIT: draining"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.state_dir().join("endpoint").exists(),
+        "endpoint removed"
+    );
+}
+
+/// Issue 13, finding 9: with the daemon killed (its endpoint left behind, as only SIGKILL
+/// leaves it), `reaper --timeout-ms 500` gives up within its bound instead of spending 16 s on
+/// connect attempts.
+#[test]
+fn the_cli_timeout_bounds_connecting_to_a_dead_daemon() {
+    let mut daemon = Daemon::start();
+    daemon.signal("KILL");
+    let started = std::time::Instant::now();
+    while daemon.try_status().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGKILL did not end reaperd"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(daemon.state_dir().join("endpoint").exists());
+    daemon::reaper_bin(); // built before the clock starts
+    let started = std::time::Instant::now();
+    let output = daemon.cli(&["--timeout-ms", "500", "health"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.starts_with("DEADLINE_EXCEEDED"), "{stderr}");
+    // The bound plus a process start, generously: it used to take 16.5 s.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
 /// Issue 13, finding 6: values `--check-config` used to accept and the daemon then died on
 /// (a panic at SIGTERM or at the first cached completion, a 146 GB allocation, a thread error
 /// naming no key, an empty state directory) are refused by both `--check-config` and a start,

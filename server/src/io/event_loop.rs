@@ -44,13 +44,18 @@ pub struct Shutdown {
     pub abandoned_calls: usize,
 }
 
-/// Runs the loop on `socket` (bound already) until SIGINT/SIGTERM and the drain that follows,
+/// Runs the loop on `socket` (bound already) until SIGINT/SIGTERM/SIGQUIT and the drain that follows,
 /// waiting at most `grace` for calls in flight.
+///
+/// `ready` runs once the loop can serve and its signal handlers are in place (the daemon writes
+/// its endpoint file there: a client, or a signal, that comes on seeing it finds the daemon
+/// ready for both).
 pub fn run(
     socket: std::net::UdpSocket,
     mut server: RpcServer,
     config: reaper_core::Config,
     grace: Duration,
+    ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Shutdown> {
     tokio_uring::start(async move {
         // Work that leaves the loop (provider calls) comes back on this channel.
@@ -62,6 +67,15 @@ pub fn run(
         );
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
+        // Signals whose default action would end the daemon at once, with no log line and the
+        // endpoint file left behind (issue 13, finding 9): SIGQUIT drains like SIGTERM; SIGHUP
+        // (a closed terminal, or a habit of asking daemons to reload) and SIGUSR1/SIGUSR2 are
+        // logged and otherwise ignored.
+        let mut quit = signal(SignalKind::quit())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut user1 = signal(SignalKind::user_defined1())?;
+        let mut user2 = signal(SignalKind::user_defined2())?;
+        ready()?;
         let mut timer = pin!(tokio::time::sleep_until(far_future()));
         let mut armed_deadline: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
@@ -77,6 +91,14 @@ pub fn run(
                 _ = terminate.recv(), if drain_deadline.is_none() => {
                     drain_deadline = Some(begin_drain(&mut server, "SIGTERM", grace));
                 }
+                _ = quit.recv(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(begin_drain(&mut server, "SIGQUIT", grace));
+                }
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP ignored: the configuration is read at start only; restart reaperd to apply a changed reaper.toml");
+                }
+                _ = user1.recv() => status_line(&server, &services, "SIGUSR1"),
+                _ = user2.recv() => status_line(&server, &services, "SIGUSR2"),
                 () = &mut timer, if armed_deadline.is_some() => {
                     armed_deadline = None;
                     server.handle_timeout(Instant::now());
@@ -132,6 +154,17 @@ pub fn run(
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// What a SIGUSR1/SIGUSR2 asks for: a line saying how the daemon is doing, and nothing else.
+fn status_line(server: &RpcServer, services: &Services, signal: &str) {
+    tracing::info!(
+        connections = server.connection_count(),
+        calls_in_flight = server.in_flight(),
+        provider_work = services.in_flight(),
+        draining = server.is_draining(),
+        "{signal}: status (the daemon keeps running)"
+    );
 }
 
 fn begin_drain(server: &mut RpcServer, signal: &str, grace: Duration) -> Instant {
