@@ -105,6 +105,8 @@ fn bench_in_memory_call(c: &mut Criterion) {
         ServerSettings {
             token: token.clone(),
             max_connections: 10,
+            max_handshakes: 64,
+            handshake_timeout: std::time::Duration::from_secs(10),
             max_message_size: 1 << 20,
         },
     );

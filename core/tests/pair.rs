@@ -74,6 +74,8 @@ impl Pair {
             ServerSettings {
                 token: Token::from_bytes(TOKEN),
                 max_connections: rpc.max_connections.get() as usize,
+                max_handshakes: rpc.max_handshakes.get() as usize,
+                handshake_timeout: Duration::from_millis(rpc.handshake_timeout.get()),
                 max_message_size: rpc.max_message_size.get() as usize,
             },
         );
@@ -613,4 +615,70 @@ fn answered_calls_free_their_state_and_streams() {
         assert_eq!(pair.finished(0, call).unwrap().code, Code::Ok);
     }
     pair.drive_until(&mut service, &mut |p: &Pair| p.server.unacknowledged() == 0);
+}
+
+/// Issue 13, finding 1: a handshake that never finishes is closed after `handshake_timeout`,
+/// so it holds its slot for seconds, not for the idle timeout.
+#[test]
+fn an_abandoned_handshake_is_closed_at_its_timeout() {
+    let rpc = RpcConfig::default();
+    let pair = Pair::new(Link::perfect(), rpc.clone());
+    let mut server = pair.server;
+    let config = transport::client_config(pair.cert.clone(), &rpc, true).unwrap();
+    let mut client = quinn_proto::Endpoint::new(
+        std::sync::Arc::new(transport::endpoint_config(true)),
+        None,
+        true,
+        None,
+    );
+    let start = pair.now;
+    let (_, mut conn) = client
+        .connect(
+            start,
+            config,
+            SERVER.parse().unwrap(),
+            transport::SERVER_NAME,
+        )
+        .unwrap();
+    let mut buf = Vec::new();
+    let transmit = conn.poll_transmit(start, 1, &mut buf).unwrap();
+    server.handle_datagram(
+        start,
+        client_addr(9),
+        None,
+        None,
+        BytesMut::from(&buf[..transmit.size]),
+    );
+    assert_eq!(server.handshake_count(), 1);
+    assert_eq!(server.connection_count(), 0);
+    // Time passes with nothing from the client: the server's timers fire as they come due.
+    let limit = Duration::from_millis(rpc.handshake_timeout.get());
+    let mut now = start;
+    let mut timed_out = false;
+    for _ in 0..1_000 {
+        let Some(next) = server.poll_timeout() else {
+            break;
+        };
+        now = next.max(now);
+        server.handle_timeout(now);
+        while let Some(event) = server.poll_event() {
+            if let ServerEvent::Refused { reason, .. } = event {
+                timed_out |= reason.contains("handshake timed out");
+            }
+        }
+        let mut out = Vec::new();
+        while server.poll_transmit(now, 1, &mut out).is_some() {
+            out.clear();
+        }
+        if server.handshake_count() == 0 && timed_out {
+            break;
+        }
+    }
+    assert!(timed_out, "no handshake timeout reported");
+    assert_eq!(server.handshake_count(), 0);
+    assert!(
+        now >= start + limit && now < start + limit + Duration::from_secs(1),
+        "closed at {:?}, the timeout is {limit:?}",
+        now - start
+    );
 }

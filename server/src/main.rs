@@ -172,6 +172,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         ServerSettings {
             token,
             max_connections: config.rpc.max_connections.get() as usize,
+            max_handshakes: config.rpc.max_handshakes.get() as usize,
+            handshake_timeout: Duration::from_millis(config.rpc.handshake_timeout.get()),
             max_message_size: config.rpc.max_message_size.get() as usize,
         },
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use daemon::{health_head_json, raw_connection, read_trailer, Daemon};
 use reaper_client::schema::*;
 use reaper_client::{CallOptions, Client, Code, Encoding, Error, Method};
-use reaper_core::wire;
+use reaper_core::{transport, wire};
 
 async fn client(daemon: &Daemon, encoding: Encoding) -> Client {
     let mut options = daemon.options();
@@ -483,6 +483,75 @@ fn bad_config_and_bad_flags_get_clear_messages() {
     assert!(output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("not yet in effect: daemon.enable_tls")
+    );
+}
+
+/// Sends the first Initial datagram of `count` QUIC handshakes from one UDP socket and nothing
+/// after: what a process without the token (or a flood of spoofed packets) can do.
+fn abandoned_handshakes(daemon: &Daemon, count: usize) -> std::net::UdpSocket {
+    let options = daemon.options();
+    let config = transport::client_config(options.cert.clone(), &options.rpc, true).unwrap();
+    let mut endpoint =
+        quinn_proto::Endpoint::new(Arc::new(transport::endpoint_config(true)), None, true, None);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let now = std::time::Instant::now();
+    let mut sent = 0;
+    for _ in 0..count {
+        let (_, mut conn) = endpoint
+            .connect(now, config.clone(), options.addr, transport::SERVER_NAME)
+            .unwrap();
+        let mut buf = Vec::new();
+        if let Some(transmit) = conn.poll_transmit(now, 1, &mut buf) {
+            socket.send_to(&buf[..transmit.size], options.addr).unwrap();
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, count);
+    socket
+}
+
+/// Issue 13, finding 1: handshakes that never finish used to count against `max_connections`,
+/// so 100 bare Initials from a process without the token locked every real client out for the
+/// idle timeout, and each refusal logged a WARN line. Now only established connections count,
+/// a handshake has a cap and a timeout of its own, and refusals are summarised.
+#[test]
+fn abandoned_handshakes_do_not_lock_real_clients_out() {
+    let daemon = Daemon::start_with("[rpc]\nmax_connections = 10\n", &[]);
+    // One socket sending 1,000, then 40 sockets sending 50 each: the first meets the limit per
+    // address, the others the cap on handshakes and the Retry that comes before it.
+    let mut flood = vec![abandoned_handshakes(&daemon, 1_000)];
+    flood.extend((0..40).map(|_| abandoned_handshakes(&daemon, 50)));
+    // Let the daemon take all of them in.
+    std::thread::sleep(Duration::from_millis(500));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            let client =
+                tokio::time::timeout(Duration::from_secs(5), Client::connect(daemon.options()))
+                    .await
+                    .expect("a real client connects while abandoned handshakes are pending")
+                    .expect("and is not refused");
+            client.health().await.unwrap();
+            clients.push(client); // held open: ten real clients fill the limit
+        }
+    });
+    assert!(
+        daemon.log().contains("Retry sent"),
+        "the flood from many addresses met address validation"
+    );
+    let warnings = daemon.log().matches(" WARN ").count();
+    println!(
+        "3,000 abandoned handshakes: {warnings} WARN line(s), {} Retry, 10 clients connected",
+        daemon.log().matches("Retry sent").count()
+    );
+    assert!(
+        warnings < 20,
+        "{warnings} WARN lines for 2,000 handshakes:\n{}",
+        daemon.log()
     );
 }
 

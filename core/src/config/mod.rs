@@ -117,6 +117,12 @@ pub struct RpcConfig {
     /// Open connections at most; further ones are refused.
     #[serde(deserialize_with = "range::within::<_, _, 1, 100_000>")]
     pub max_connections: NonZeroU32,
+    /// Handshakes in progress at most; they do not count against `max_connections`.
+    #[serde(deserialize_with = "range::within::<_, _, 1, 100_000>")]
+    pub max_handshakes: NonZeroU32,
+    /// Milliseconds a handshake may take before it is abandoned.
+    #[serde(deserialize_with = "range::within::<_, _, 100, 600_000>")]
+    pub handshake_timeout: NonZeroU64,
     /// Seconds a connection may stay silent before it is closed; 0 for never.
     #[serde(deserialize_with = "range::within::<_, _, 0, 86_400>")]
     pub idle_timeout: u64,
@@ -152,6 +158,8 @@ impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
             max_connections: nonzero32(100),
+            max_handshakes: nonzero32(64),
+            handshake_timeout: nonzero64(10_000),
             idle_timeout: 300,
             max_stream_data: nonzero32(10 * 1024 * 1024),
             max_message_size: nonzero32(4 * 1024 * 1024),

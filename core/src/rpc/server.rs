@@ -39,11 +39,23 @@ use crate::wire::{self, Frame, FrameDecoder, Side};
 pub struct ServerSettings {
     /// The token every call must present.
     pub token: Token,
-    /// Open connections at most; more are refused at the handshake.
+    /// Established connections at most; more are refused at the handshake.
     pub max_connections: usize,
+    /// Handshakes in progress at most (they do not count against `max_connections`: a peer
+    /// without the token must not be able to fill the daemon with handshakes it never ends).
+    pub max_handshakes: usize,
+    /// Longest a handshake may take before the connection is closed.
+    pub handshake_timeout: Duration,
     /// Largest frame accepted, in bytes.
     pub max_message_size: usize,
 }
+
+/// Handshakes in progress from one address (IP and port) at most: one UDP socket sending
+/// Initials and never finishing them gets this many slots, not all of them.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
+/// With this share of `max_handshakes` in progress, an unvalidated address is sent a Retry
+/// (stateless: no slot is taken until the peer proves it receives at its address).
+const RETRY_FROM: usize = 4; // one quarter
 
 /// One call: a stream on a connection. Cheap to copy; stays unique while the call lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,6 +199,16 @@ struct Conn {
     quic: quinn_proto::Connection,
     calls: HashMap<StreamId, CallState>,
     connected: bool,
+    /// When the handshake began (its timeout runs from here).
+    accepted_at: Instant,
+    /// Closed by the server (a handshake out of time) or lost: no longer counted.
+    closing: bool,
+}
+
+impl Conn {
+    fn handshaking(&self) -> bool {
+        !self.connected && !self.closing
+    }
 }
 
 /// The server's RPC state machine (see the module docs for the call order).
@@ -248,6 +270,11 @@ impl RpcServer {
         self.conns.values().filter(|c| c.connected).count()
     }
 
+    /// Handshakes in progress.
+    pub fn handshake_count(&self) -> usize {
+        self.conns.values().filter(|c| c.handshaking()).count()
+    }
+
     /// Calls handed to the driver and not yet answered or cancelled.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -302,6 +329,28 @@ impl RpcServer {
 
     /// Lets timers that have come due fire.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let limit = self.settings.handshake_timeout;
+        let late: Vec<ConnectionHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshaking() && now >= c.accepted_at + limit)
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in late {
+            if let Some(conn) = self.conns.get_mut(&handle) {
+                conn.closing = true;
+                conn.quic.close(
+                    now,
+                    VarInt::from_u32(0),
+                    Bytes::from_static(b"handshake timed out"),
+                );
+                self.events.push_back(ServerEvent::Refused {
+                    remote: conn.quic.remote_address(),
+                    reason: "handshake timed out ([rpc] handshake_timeout)",
+                });
+            }
+            self.process(now, handle);
+        }
         let due: Vec<ConnectionHandle> = self
             .conns
             .iter_mut()
@@ -463,9 +512,13 @@ impl RpcServer {
 
     /// When [`RpcServer::handle_timeout`] should next be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let limit = self.settings.handshake_timeout;
         self.conns
             .values_mut()
-            .filter_map(|c| c.quic.poll_timeout())
+            .flat_map(|c| {
+                let handshake = c.handshaking().then_some(c.accepted_at + limit);
+                c.quic.poll_timeout().into_iter().chain(handshake)
+            })
             .min()
     }
 
@@ -473,14 +526,41 @@ impl RpcServer {
 
     fn accept(&mut self, now: Instant, incoming: quinn_proto::Incoming) {
         let remote = incoming.remote_address();
+        let handshakes = self.handshake_count();
+        let from_remote = self
+            .conns
+            .values()
+            .filter(|c| c.handshaking() && c.quic.remote_address() == remote)
+            .count();
         let refusal = if self.draining {
             Some("daemon is shutting down")
-        } else if self.conns.len() >= self.settings.max_connections {
+        } else if self.connection_count() >= self.settings.max_connections {
             Some("connection limit reached ([rpc] max_connections)")
+        } else if handshakes >= self.settings.max_handshakes {
+            Some("too many handshakes in progress ([rpc] max_handshakes)")
+        } else if from_remote >= MAX_HANDSHAKES_PER_ADDRESS {
+            Some("too many handshakes in progress from this address")
         } else {
             None
         };
         let mut buf = Vec::new();
+        if refusal.is_none()
+            && handshakes >= self.settings.max_handshakes / RETRY_FROM
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            // Handshakes are piling up: make the peer prove its address first, statelessly.
+            tracing::debug!(%remote, handshakes, "handshakes piling up: Retry sent");
+            match self.endpoint.retry(incoming, &mut buf) {
+                Ok(transmit) => self.stateless.push_back((transmit, Bytes::from(buf))),
+                Err(error) => {
+                    let incoming = error.into_incoming();
+                    let transmit = self.endpoint.refuse(incoming, &mut buf);
+                    self.stateless.push_back((transmit, Bytes::from(buf)));
+                }
+            }
+            return;
+        }
         if let Some(reason) = refusal {
             let transmit = self.endpoint.refuse(incoming, &mut buf);
             self.stateless.push_back((transmit, Bytes::from(buf)));
@@ -499,6 +579,8 @@ impl RpcServer {
                         quic,
                         calls: HashMap::new(),
                         connected: false,
+                        accepted_at: now,
+                        closing: false,
                     },
                 );
                 self.process(now, handle);
@@ -565,6 +647,7 @@ impl RpcServer {
                         });
                     }
                     conn.connected = false;
+                    conn.closing = true;
                 }
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                     while let Some(stream) = conn.quic.streams().accept(Dir::Bi) {

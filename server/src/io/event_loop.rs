@@ -79,6 +79,7 @@ pub fn run(
         let mut timer = pin!(tokio::time::sleep_until(far_future()));
         let mut armed_deadline: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
+        let mut refusals = Refusals::default();
 
         loop {
             // Signals and the timer come first: a steady stream of datagrams must not be able
@@ -116,11 +117,18 @@ pub fn run(
             }
 
             let now = Instant::now();
-            if serve(&mut server, &mut services, now, EARLY_ANSWERS) {
+            if serve(
+                &mut server,
+                &mut services,
+                &mut refusals,
+                now,
+                EARLY_ANSWERS,
+            ) {
                 sender.send_all(&mut server, now).await;
-                serve(&mut server, &mut services, now, usize::MAX);
+                serve(&mut server, &mut services, &mut refusals, now, usize::MAX);
             }
             services.expire(&mut server, now);
+            refusals.flush(now);
             sender.send_all(&mut server, now).await;
             if let Some(deadline) = drain_deadline {
                 let settled = server.in_flight() == 0
@@ -156,6 +164,55 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
+/// How often a refused handshake is logged at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refused handshakes, logged so that a flood cannot flood the log: the first of an interval
+/// with its reason, then one line counting the others once the interval is over (2,000
+/// refusals in 2 s used to be 2,000 WARN lines).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// When the interval of the last logged refusal began.
+    since: Option<Instant>,
+    /// Refusals since then that were counted, not logged.
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn refused(&mut self, now: Instant, remote: std::net::SocketAddr, reason: &'static str) {
+        self.flush(now);
+        if self.since.is_some() {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            %remote,
+            reason,
+            "connection refused (further refusals in the next {} s are counted, not logged)",
+            REFUSAL_LOG_INTERVAL.as_secs()
+        );
+        self.since = Some(now);
+    }
+
+    /// Ends the interval once it is over, with a line for what it counted.
+    fn flush(&mut self, now: Instant) {
+        let Some(since) = self.since else { return };
+        if now < since + REFUSAL_LOG_INTERVAL {
+            return;
+        }
+        if self.unlogged > 0 {
+            tracing::warn!(
+                refused = self.unlogged,
+                "{} more connection(s) refused in {} s",
+                self.unlogged,
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+        }
+        self.since = None;
+        self.unlogged = 0;
+    }
+}
+
 /// What a SIGUSR1/SIGUSR2 asks for: a line saying how the daemon is doing, and nothing else.
 fn status_line(server: &RpcServer, services: &Services, signal: &str) {
     tracing::info!(
@@ -179,7 +236,13 @@ fn begin_drain(server: &mut RpcServer, signal: &str, grace: Duration) -> Instant
 
 /// Hands ready events to the services and logs connection changes, until `max_calls` calls have
 /// been served; returns true if it stopped there (more may be waiting).
-fn serve(server: &mut RpcServer, services: &mut Services, now: Instant, max_calls: usize) -> bool {
+fn serve(
+    server: &mut RpcServer,
+    services: &mut Services,
+    refusals: &mut Refusals,
+    now: Instant,
+    max_calls: usize,
+) -> bool {
     let mut calls = 0;
     while let Some(event) = server.poll_event() {
         match event {
@@ -220,9 +283,7 @@ fn serve(server: &mut RpcServer, services: &mut Services, now: Instant, max_call
                     "connection closed"
                 )
             }
-            ServerEvent::Refused { remote, reason } => {
-                tracing::warn!(%remote, reason, "connection refused")
-            }
+            ServerEvent::Refused { remote, reason } => refusals.refused(now, remote, reason),
             ServerEvent::Cancelled { id } => {
                 tracing::debug!(call = %id, "call cancelled by the client");
                 services.on_cancelled(id, now);
