@@ -175,10 +175,20 @@ async fn bad_input_gets_invalid_argument_and_the_next_call_is_served() {
     huge.prefix.push_str(PREFIX);
     let mut relative = request(&file, PREFIX);
     relative.file_path = Some("src/new.rs".into());
+    let mut long_path = request(&file, PREFIX);
+    long_path.file_path = Some(format!("/{}", "d/".repeat(3000)));
+    let mut symbols = request(&file, PREFIX);
+    symbols.context = Some(ContextMetadata {
+        lsp_symbols: Some("fn symbol_name(x: u32)\n".repeat(20_000)),
+        git_status: None,
+        project_files: None,
+    });
     for (what, bad) in [
         ("empty language", empty_language),
         ("prefix over the limit", huge),
         ("relative path", relative),
+        ("a path over PATH_MAX", long_path),
+        ("480 KB of symbols", symbols),
     ] {
         let err = client
             .complete(&bad, CallOptions::default())
@@ -214,6 +224,33 @@ async fn bad_input_gets_invalid_argument_and_the_next_call_is_served() {
     assert_eq!(status.code, Code::InvalidArgument, "{status}");
     let ok = complete_when_indexed(&client, &file).await;
     assert_eq!(ok.completion, EXPECTED);
+}
+
+/// Issue 13, finding 4: cache keys copied `language` and `file_path` at any length, so 100
+/// completions with a 3 MB `language` kept 357 MB for the cache's TTL. Such requests are now
+/// refused before anything is kept (RSS read from /proc).
+#[tokio::test]
+async fn huge_key_fields_are_refused_and_not_kept() {
+    let repo = repository();
+    let file = repo.path().join("src/new.rs");
+    let daemon = Daemon::start();
+    let client = connect(&daemon, Encoding::Rkyv).await;
+    let before = daemon.rss_kib();
+    let mut bad = request(&file, PREFIX);
+    bad.language = "r".repeat(3 * 1024 * 1024);
+    for _ in 0..100 {
+        let err = client
+            .complete(&bad, CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().code, Code::InvalidArgument, "{err}");
+    }
+    let after = daemon.rss_kib();
+    println!("RSS {before} KiB -> {after} KiB after 100 completions with a 3 MB language");
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
 }
 
 #[tokio::test]

@@ -183,6 +183,13 @@ impl CompletionService {
                     suffix: &r.suffix,
                     language: &r.language,
                     file: r.file_path.as_ref().map(|p| p.as_str()),
+                    context_bytes: r.context.as_ref().map_or(0, |c| {
+                        c.lsp_symbols.as_ref().map_or(0, |s| s.len())
+                            + c.git_status.as_ref().map_or(0, |s| s.len())
+                            + c.project_files
+                                .as_ref()
+                                .map_or(0, |files| files.iter().map(|f| f.len() + 1).sum())
+                    }),
                 };
                 let plan = match self.fast_path(server, call, now, &view) {
                     FastPath::Done(outcome) => return outcome,
@@ -203,6 +210,13 @@ impl CompletionService {
                     suffix: &r.suffix,
                     language: &r.language,
                     file: r.file_path.as_deref(),
+                    context_bytes: r.context.as_ref().map_or(0, |c| {
+                        c.lsp_symbols.as_ref().map_or(0, String::len)
+                            + c.git_status.as_ref().map_or(0, String::len)
+                            + c.project_files
+                                .as_ref()
+                                .map_or(0, |files| files.iter().map(|f| f.len() + 1).sum())
+                    }),
                 };
                 match self.fast_path(server, call, now, &view) {
                     FastPath::Done(outcome) => outcome,
@@ -337,10 +351,28 @@ impl CompletionService {
                 self.max_suffix
             )));
         }
+        if r.language.len() > MAX_LANGUAGE_BYTES {
+            return Err(invalid(format!(
+                "language is {} bytes, over the {MAX_LANGUAGE_BYTES}-byte limit: send the editor's language id, e.g. \"rust\"",
+                r.language.len()
+            )));
+        }
         if let Some(file) = r.file.filter(|f| !f.is_empty()) {
+            if file.len() > MAX_FILE_PATH_BYTES {
+                return Err(invalid(format!(
+                    "file_path is {} bytes, over the {MAX_FILE_PATH_BYTES}-byte limit",
+                    file.len()
+                )));
+            }
             if !file.starts_with('/') {
                 return Err(invalid(format!("file_path {file:?} must be absolute")));
             }
+        }
+        if r.context_bytes > MAX_CONTEXT_BYTES {
+            return Err(invalid(format!(
+                "context is {} bytes, over the {MAX_CONTEXT_BYTES}-byte limit: send the symbols near the cursor",
+                r.context_bytes
+            )));
         }
         Ok(())
     }
@@ -478,7 +510,18 @@ struct View<'a> {
     suffix: &'a str,
     language: &'a str,
     file: Option<&'a str>,
+    /// Bytes of `context` (symbols, git status, project file paths).
+    context_bytes: usize,
 }
+
+/// Longest `language` accepted: names are short ("rust", "typescriptreact"); the field is part
+/// of every cache key, so its length is memory held per entry.
+const MAX_LANGUAGE_BYTES: usize = 64;
+/// Longest `file_path` accepted (Linux's PATH_MAX), for the same reason.
+const MAX_FILE_PATH_BYTES: usize = 4096;
+/// Most bytes of `context` accepted. Work on the editor's symbols grows faster than their
+/// size (80,000 symbols took 8 s), and no prompt shows more than a few hundred bytes of them.
+const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 
 fn file_hash(file: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
