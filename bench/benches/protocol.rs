@@ -107,6 +107,7 @@ fn bench_in_memory_call(c: &mut Criterion) {
             max_connections: 10,
             max_handshakes: 64,
             handshake_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(10),
             max_message_size: 1 << 20,
         },
     );

@@ -76,6 +76,7 @@ impl Pair {
                 max_connections: rpc.max_connections.get() as usize,
                 max_handshakes: rpc.max_handshakes.get() as usize,
                 handshake_timeout: Duration::from_millis(rpc.handshake_timeout.get()),
+                request_timeout: Duration::from_millis(rpc.request_timeout.get()),
                 max_message_size: rpc.max_message_size.get() as usize,
             },
         );

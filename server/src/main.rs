@@ -174,6 +174,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             max_connections: config.rpc.max_connections.get() as usize,
             max_handshakes: config.rpc.max_handshakes.get() as usize,
             handshake_timeout: Duration::from_millis(config.rpc.handshake_timeout.get()),
+            request_timeout: Duration::from_millis(config.rpc.request_timeout.get()),
             max_message_size: config.rpc.max_message_size.get() as usize,
         },
     );

@@ -555,6 +555,55 @@ fn abandoned_handshakes_do_not_lock_real_clients_out() {
     );
 }
 
+/// Issue 13, finding 5: a request that never finished arriving held its stream (and what it
+/// had buffered) for the connection's life. Now it is answered DEADLINE_EXCEEDED after
+/// `[rpc] request_timeout`, both when the head has come and when only part of it has, and the
+/// connection goes on serving.
+#[tokio::test]
+async fn requests_that_never_finish_arriving_are_ended() {
+    let daemon = Daemon::start_with("[rpc]\nrequest_timeout = 500\n", &[]);
+    let (_endpoint, conn) = raw_connection(&daemon).await;
+    let mut head = Vec::new();
+    wire::RequestHead {
+        method: Method::CompletionComplete.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut head);
+    let started = std::time::Instant::now();
+    let mut pending = Vec::new();
+    for bytes in [&head[..], &head[..7]] {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        pending.push((send, recv));
+    }
+    for (_send, recv) in &mut pending {
+        let status = read_trailer(recv).await;
+        assert_eq!(status.code, Code::DeadlineExceeded, "{status}");
+        assert!(status.message.contains("request_timeout"), "{status}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2_500),
+        "ended after {took:?}, the timeout is 500 ms and the sweep runs every second"
+    );
+    // The same connection still serves.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut call = Vec::new();
+    wire::RequestHead {
+        method: Method::HealthCheck.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut call);
+    wire::encode_message(b"{}", &mut call);
+    send.write_all(&call).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(read_trailer(&mut recv).await.code, Code::Ok);
+}
+
 /// Issue 13, finding 9: SIGHUP, SIGUSR1 and SIGUSR2 used to kill the daemon at once, with no
 /// log line and a stale `endpoint`; now they are logged and it keeps serving. SIGQUIT drains
 /// and exits 0 like SIGTERM, removing the endpoint.

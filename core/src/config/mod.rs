@@ -123,6 +123,9 @@ pub struct RpcConfig {
     /// Milliseconds a handshake may take before it is abandoned.
     #[serde(deserialize_with = "range::within::<_, _, 100, 600_000>")]
     pub handshake_timeout: NonZeroU64,
+    /// Milliseconds a request may take to arrive whole before it is answered DEADLINE_EXCEEDED.
+    #[serde(deserialize_with = "range::within::<_, _, 100, 600_000>")]
+    pub request_timeout: NonZeroU64,
     /// Seconds a connection may stay silent before it is closed; 0 for never.
     #[serde(deserialize_with = "range::within::<_, _, 0, 86_400>")]
     pub idle_timeout: u64,
@@ -160,6 +163,7 @@ impl Default for RpcConfig {
             max_connections: nonzero32(100),
             max_handshakes: nonzero32(64),
             handshake_timeout: nonzero64(10_000),
+            request_timeout: nonzero64(10_000),
             idle_timeout: 300,
             max_stream_data: nonzero32(10 * 1024 * 1024),
             max_message_size: nonzero32(4 * 1024 * 1024),

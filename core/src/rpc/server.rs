@@ -46,6 +46,9 @@ pub struct ServerSettings {
     pub max_handshakes: usize,
     /// Longest a handshake may take before the connection is closed.
     pub handshake_timeout: Duration,
+    /// Longest a request may take to arrive whole (head and message) before it is answered
+    /// DEADLINE_EXCEEDED and its stream freed.
+    pub request_timeout: Duration,
     /// Largest frame accepted, in bytes.
     pub max_message_size: usize,
 }
@@ -56,6 +59,9 @@ pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
 /// With this share of `max_handshakes` in progress, an unvalidated address is sent a Retry
 /// (stateless: no slot is taken until the peer proves it receives at its address).
 const RETRY_FROM: usize = 4; // one quarter
+/// How often requests still arriving are checked against `request_timeout`: a sweep a second
+/// while any call is open, rather than a deadline per stream on every pass.
+const REQUEST_SWEEP: Duration = Duration::from_secs(1);
 
 /// One call: a stream on a connection. Cheap to copy; stays unique while the call lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,6 +223,10 @@ pub struct RpcServer {
     server_config: Arc<quinn_proto::ServerConfig>,
     settings: ServerSettings,
     conns: HashMap<ConnectionHandle, Conn>,
+    /// When requests still arriving are next checked (see [`REQUEST_SWEEP`]).
+    next_sweep: Option<Instant>,
+    /// The latest `now` the driver passed in (the state machine has no clock of its own).
+    last_now: Option<Instant>,
     events: VecDeque<ServerEvent>,
     stateless: VecDeque<(Transmit, Bytes)>,
     /// Connections to visit first in `poll_transmit` (touched since the last pass).
@@ -254,6 +264,8 @@ impl RpcServer {
             server_config,
             settings,
             conns: HashMap::new(),
+            next_sweep: None,
+            last_now: None,
             events: VecDeque::new(),
             stateless: VecDeque::new(),
             transmit_order: Vec::new(),
@@ -311,6 +323,7 @@ impl RpcServer {
         ecn: Option<EcnCodepoint>,
         data: BytesMut,
     ) {
+        self.last_now = Some(now);
         let mut buf = Vec::new();
         match self
             .endpoint
@@ -329,6 +342,7 @@ impl RpcServer {
 
     /// Lets timers that have come due fire.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
         let limit = self.settings.handshake_timeout;
         let late: Vec<ConnectionHandle> = self
             .conns
@@ -350,6 +364,10 @@ impl RpcServer {
                 });
             }
             self.process(now, handle);
+        }
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.next_sweep = None;
+            self.expire_requests(now);
         }
         let due: Vec<ConnectionHandle> = self
             .conns
@@ -513,13 +531,24 @@ impl RpcServer {
     /// When [`RpcServer::handle_timeout`] should next be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let limit = self.settings.handshake_timeout;
-        self.conns
+        let mut calls_open = false;
+        let earliest = self
+            .conns
             .values_mut()
             .flat_map(|c| {
+                calls_open |= !c.calls.is_empty();
                 let handshake = c.handshaking().then_some(c.accepted_at + limit);
                 c.quic.poll_timeout().into_iter().chain(handshake)
             })
-            .min()
+            .min();
+        if !calls_open {
+            self.next_sweep = None;
+        } else if self.next_sweep.is_none() {
+            // Armed relative to the last timer or datagram the caller handled: a call opened
+            // now is checked within a second after its timeout.
+            self.next_sweep = self.last_now.map(|t| t + REQUEST_SWEEP);
+        }
+        earliest.into_iter().chain(self.next_sweep).min()
     }
 
     // ---- internals ----
@@ -864,30 +893,95 @@ impl RpcServer {
             }
         }
         if let Some((method, status)) = rejection {
-            if matches!(call.phase, Phase::Started { .. }) {
-                *in_flight -= 1;
-                events.push_back(ServerEvent::Cancelled { id });
+            Self::reject(conn, id, method, status, events, in_flight);
+        }
+    }
+
+    /// Ends a call the state machine refuses itself: the trailer with `status`, the request
+    /// side stopped, the call forgotten once the trailer is out.
+    fn reject(
+        conn: &mut Conn,
+        id: CallId,
+        method: Option<Method>,
+        status: Status,
+        events: &mut VecDeque<ServerEvent>,
+        in_flight: &mut usize,
+    ) {
+        let stream = id.stream;
+        let Some(call) = conn.calls.get_mut(&stream) else {
+            return;
+        };
+        if matches!(call.phase, Phase::Started { .. }) {
+            *in_flight -= 1;
+            events.push_back(ServerEvent::Cancelled { id });
+        }
+        events.push_back(ServerEvent::Rejected {
+            method,
+            status: status.clone(),
+            received_at: call.received_at,
+        });
+        let mut out = Vec::new();
+        wire::encode_trailer(&status, &mut out);
+        call.phase = Phase::Answered;
+        if !call.recv_done {
+            let _ = conn.quic.recv_stream(stream).stop(DONE_CODE);
+            call.recv_done = true;
+        }
+        if call
+            .outbox
+            .write(&mut conn.quic, stream, &out, true)
+            .is_err()
+            || call.outbox.is_empty()
+        {
+            conn.calls.remove(&stream);
+        }
+    }
+
+    /// Answers DEADLINE_EXCEEDED to every request that has not arrived whole within
+    /// `request_timeout` (a client that opens streams and never finishes them would otherwise
+    /// hold them, and their buffers, for the connection's life).
+    fn expire_requests(&mut self, now: Instant) {
+        let limit = self.settings.request_timeout;
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            let Some(conn) = self.conns.get_mut(&handle) else {
+                continue;
+            };
+            let late: Vec<(StreamId, Option<Method>)> = conn
+                .calls
+                .iter()
+                .filter(|(_, c)| now >= c.received_at + limit)
+                .filter_map(|(stream, c)| match c.phase {
+                    Phase::Head => Some((*stream, None)),
+                    Phase::Message { method, .. } => Some((*stream, Some(method))),
+                    Phase::Started { .. } | Phase::Answered => None,
+                })
+                .collect();
+            if late.is_empty() {
+                continue;
             }
-            events.push_back(ServerEvent::Rejected {
-                method,
-                status: status.clone(),
-                received_at: call.received_at,
-            });
-            let mut out = Vec::new();
-            wire::encode_trailer(&status, &mut out);
-            call.phase = Phase::Answered;
-            if !call.recv_done {
-                let _ = conn.quic.recv_stream(stream).stop(DONE_CODE);
-                call.recv_done = true;
+            for (stream, method) in late {
+                let status = Status::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "the request did not arrive whole within {} ms ([rpc] request_timeout): send the head and one message frame without pausing",
+                        limit.as_millis()
+                    ),
+                );
+                let id = CallId {
+                    conn: handle,
+                    stream,
+                };
+                Self::reject(
+                    conn,
+                    id,
+                    method,
+                    status,
+                    &mut self.events,
+                    &mut self.in_flight,
+                );
             }
-            if call
-                .outbox
-                .write(&mut conn.quic, stream, &out, true)
-                .is_err()
-                || call.outbox.is_empty()
-            {
-                conn.calls.remove(&stream);
-            }
+            self.process(now, handle);
         }
     }
 
