@@ -20,11 +20,16 @@ pub use daemon::{resolve_state_dir, DaemonOptions};
 
 use std::path::Path;
 
-/// Sends this process's logs to `path` (appended; the directory is created), at `level`
-/// unless `RUST_LOG` says otherwise.
+/// Sends this process's logs to `path` (appended; the directory is created 0700, as reaperd
+/// wants its state directory, where the log goes by default), at `level` unless `RUST_LOG`
+/// says otherwise.
 pub fn log_to(path: &Path, level: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
