@@ -228,6 +228,7 @@ fn expect(got: &str, wanted: &str) -> anyhow::Result<()> {
 fn workspace() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join(".git"))?;
+    std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n")?;
     std::fs::create_dir_all(dir.path().join("src"))?;
     let mut text = String::from("use std::time::Duration;\n\n");
     for i in 0..8 {

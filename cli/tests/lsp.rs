@@ -23,6 +23,7 @@ fn build_reaperd() {
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+    std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::create_dir_all(dir.path().join("src")).unwrap();
     for (name, functions) in [("a.rs", 6), ("b.rs", 6)] {
         let mut text = String::from("use std::time::Duration;\n\n");

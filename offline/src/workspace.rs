@@ -133,26 +133,51 @@ impl Workspaces {
     }
 }
 
-/// The git root of `file` (it need not exist yet). Never `/` or the home directory, even when
-/// they hold a `.git` (dotfile repositories): indexing a whole home is never what anyone wants.
+/// The git root of `file` (it need not exist yet), resolved canonically: `..` and symlinks are
+/// resolved first, so one directory is one workspace however a path names it, and no path
+/// reaches above the rules below. Never `/`, the home directory or anything above it, even
+/// when they hold a `.git` (dotfile repositories): indexing a whole home is never what anyone
+/// wants. A `.git` counts when it is a repository (a directory) or a work tree's pointer (a
+/// file saying `gitdir:`), not any entry of that name.
 pub fn workspace_root(file: &Path) -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
+    workspace_root_under(file, home.as_deref())
+}
+
+/// [`workspace_root`] with the home directory given.
+fn workspace_root_under(file: &Path, home: Option<&Path>) -> Option<PathBuf> {
+    let home = home.map(|h| h.canonicalize().unwrap_or_else(|_| h.to_path_buf()));
     let mut dir = file.parent()?;
     while !dir.is_dir() {
         dir = dir.parent()?;
     }
-    let mut cursor = Some(dir);
+    let dir = dir.canonicalize().ok()?;
+    let mut cursor = Some(dir.as_path());
     while let Some(d) = cursor {
-        let too_wide = d.parent().is_none() || home.as_deref() == Some(d);
+        // The home directory and every directory above it (a home at /home/me must not make
+        // /home a workspace either).
+        let too_wide = d.parent().is_none() || home.as_deref().is_some_and(|h| h.starts_with(d));
         if too_wide {
             return None;
         }
-        if d.join(".git").exists() {
+        if is_repository(&d.join(".git")) {
             return Some(d.to_path_buf());
         }
         cursor = d.parent();
     }
     None
+}
+
+/// Whether `git` is a repository's `.git`: a directory holding `HEAD`, or a work tree's file
+/// pointing at one.
+fn is_repository(git: &Path) -> bool {
+    match std::fs::symlink_metadata(git) {
+        Ok(meta) if meta.is_dir() => git.join("HEAD").exists() || git.join("objects").is_dir(),
+        Ok(meta) if meta.is_file() => {
+            std::fs::read(git).is_ok_and(|text| text.len() < 4096 && text.starts_with(b"gitdir:"))
+        }
+        _ => false,
+    }
 }
 
 fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
@@ -277,8 +302,16 @@ pub fn holds_secrets(path: &Path) -> bool {
     };
     let name = name.to_ascii_lowercase();
     let extension = name.rsplit_once('.').map_or("", |(_, e)| e);
+    let stem = name.split('.').next().unwrap_or("");
+    let example = name.ends_with(".example") || name.ends_with(".sample");
     name == ".env"
-        || name.starts_with(".env.") && !name.ends_with(".example") && !name.ends_with(".sample")
+        || name.starts_with(".env.") && !example
+        // `creds.env`, `prod.env`: the same as `.env` (an AWS key came back as a completion
+        // from one).
+        || extension == "env"
+        || !example && matches!(stem, "credentials" | "creds" | "secrets" | "secret")
+        // SSH keys of every kind (`id_rsa`, `id_ed25519`, `id_ecdsa_sk`…), not their `.pub`.
+        || name.starts_with("id_") && !name.contains('.')
         || matches!(
             name.as_str(),
             ".netrc"
@@ -296,7 +329,7 @@ pub fn holds_secrets(path: &Path) -> bool {
         || name.starts_with("id_ecdsa")
         || matches!(
             extension,
-            "pem" | "key" | "p12" | "pfx" | "keystore" | "jks" | "asc" | "gpg"
+            "pem" | "key" | "p12" | "pfx" | "keystore" | "jks" | "asc" | "gpg" | "kdbx" | "age"
         )
 }
 
@@ -324,6 +357,7 @@ mod tests {
     fn roots_are_git_roots_or_directories_never_slash() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("repo/.git")).unwrap();
+        std::fs::write(dir.path().join("repo/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::create_dir_all(dir.path().join("repo/src/deep")).unwrap();
         let file = dir.path().join("repo/src/deep/x.rs");
         assert_eq!(workspace_root(&file).unwrap(), dir.path().join("repo"));
@@ -342,11 +376,111 @@ mod tests {
         );
     }
 
+    fn repo(path: &Path) {
+        std::fs::create_dir_all(path.join(".git")).unwrap();
+        std::fs::write(path.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+
+    /// Issue 13, finding 8: the "never index $HOME" rule held only for the path as written.
+    #[test]
+    fn home_is_never_a_workspace_however_a_path_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home/me");
+        repo(&home); // a dotfile repository
+        std::fs::create_dir_all(home.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&home, dir.path().join("link")).unwrap();
+        let under = |p: &Path| workspace_root_under(p, Some(&home));
+        assert_eq!(under(&home.join("x.rs")), None);
+        assert_eq!(
+            under(&home.join("sub/../x.rs")),
+            None,
+            "`..` resolved first"
+        );
+        assert_eq!(
+            under(&dir.path().join("link/x.rs")),
+            None,
+            "symlinks resolved first"
+        );
+        // Above home: /home is not a workspace either, even with a .git.
+        repo(&dir.path().join("home"));
+        assert_eq!(under(&dir.path().join("home/x.rs")), None);
+        // A real project under home is one, named canonically however it is reached.
+        let project = home.join("src/shop");
+        repo(&project);
+        let canonical = project.canonicalize().unwrap();
+        for path in [
+            project.join("lib.rs"),
+            home.join("src/shop/../shop/lib.rs"),
+            dir.path().join("link/src/shop/lib.rs"),
+        ] {
+            assert_eq!(under(&path), Some(canonical.clone()), "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn a_git_entry_that_is_not_a_repository_does_not_make_a_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake");
+        std::fs::create_dir_all(fake.join(".git")).unwrap(); // empty: no HEAD
+        assert_eq!(workspace_root_under(&fake.join("x.rs"), None), None);
+        let planted = dir.path().join("planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        std::fs::write(planted.join(".git"), "anything").unwrap();
+        assert_eq!(workspace_root_under(&planted.join("x.rs"), None), None);
+        let worktree = dir.path().join("worktree");
+        std::fs::create_dir_all(&worktree).unwrap();
+        std::fs::write(
+            worktree.join(".git"),
+            "gitdir: /elsewhere/.git/worktrees/w\n",
+        )
+        .unwrap();
+        assert_eq!(
+            workspace_root_under(&worktree.join("x.rs"), None),
+            Some(worktree.canonicalize().unwrap())
+        );
+    }
+
+    #[test]
+    fn files_that_hold_credentials_are_recognised() {
+        for name in [
+            ".env",
+            ".env.local",
+            "creds.env",
+            "prod.env",
+            "credentials",
+            "credentials.yml",
+            "secrets.json",
+            "creds.txt",
+            "id_rsa",
+            "id_ed25519_sk",
+            "id_dsa",
+            "server.key",
+            "cert.pem",
+            "vault.kdbx",
+            ".netrc",
+            ".git-credentials",
+        ] {
+            assert!(holds_secrets(Path::new(name)), "{name}");
+        }
+        for name in [
+            "main.rs",
+            ".env.example",
+            "secrets.example",
+            "id_generator.rs",
+            "environment.rs",
+            "secret_handshake.rs",
+            "credentials_test.go",
+        ] {
+            assert!(!holds_secrets(Path::new(name)), "{name}");
+        }
+    }
+
     #[test]
     fn indexing_respects_gitignore_skips_binaries_and_follows_edits() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
         std::fs::create_dir(root.join("target")).unwrap();
         std::fs::write(root.join("target/gen.rs"), "fn ignored_symbol() {}").unwrap();

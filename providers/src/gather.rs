@@ -289,6 +289,7 @@ mod tests {
     fn a_files_context_holds_while_the_cursor_stays_near() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
         let ws = |f: &str| dir.path().join(f).display().to_string();
         let offline = Arc::new(OfflineProvider::new(&Default::default()));
         // A context is kept only once the workspace's index is built.

@@ -33,30 +33,47 @@ impl OfflineProvider {
             max_file_bytes: config.max_file_bytes.get() as u64,
             max_workspace_bytes: config.max_workspace_bytes.get() as usize,
         });
+        // Canonical, like every workspace root, so that a file's root can be compared with them.
         let roots = config
             .roots
             .iter()
-            .filter_map(|r| workspaces.open(Path::new(r).to_path_buf()))
+            .map(|r| {
+                Path::new(r)
+                    .canonicalize()
+                    .unwrap_or_else(|_| Path::new(r).to_path_buf())
+            })
+            .filter_map(|r| workspaces.open(r))
             .collect();
         OfflineProvider { workspaces, roots }
     }
 
-    /// The workspace of `file`, its index started if it is new.
+    /// The workspace of `file`, its index started if it is new. With `roots` configured, only
+    /// a repository inside one of them is read: the roots say what the daemon may index.
     pub fn workspace_of(&self, file: &Path) -> Option<Arc<Workspace>> {
-        self.workspaces.for_file(file)
+        if self.roots.is_empty() {
+            return self.workspaces.for_file(file);
+        }
+        let root = reaper_offline::workspace::workspace_root(file)?;
+        if !self.roots.iter().any(|r| root.starts_with(r.root())) {
+            return None;
+        }
+        self.workspaces.open(root)
     }
 
     /// The most confident completion of `request` (synchronous: it is CPU work).
     pub fn predict(&self, request: &CompletionRequest) -> Proposal {
         let own_path = request.file_path.as_deref().filter(|p| !p.is_empty());
-        let own = own_path.and_then(|p| self.workspaces.for_file(Path::new(p)));
+        let own = own_path.and_then(|p| self.workspace_of(Path::new(p)));
         let mut corpora: Vec<_> = own
             .iter()
             .chain(&self.roots)
             .filter_map(|w| w.corpus())
             .collect();
         corpora.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        let own_path = own_path.map(Path::new);
+        // As the index names it (canonically), so that its saved copy is recognised however
+        // the editor spelled the path.
+        let own_path = own_path.map(|p| canonical_file(Path::new(p)));
+        let own_path = own_path.as_deref();
         let mut best: Option<reaper_offline::Prediction> = None;
         let mut consider = |corpus| {
             if let Some(p) =
@@ -88,6 +105,14 @@ impl OfflineProvider {
             text: p.text,
             confidence: p.confidence,
         })
+    }
+}
+
+/// `file` with its directory resolved (`..`, symlinks), whether or not the file exists yet.
+fn canonical_file(file: &Path) -> std::path::PathBuf {
+    match (file.parent().map(Path::canonicalize), file.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => file.to_path_buf(),
     }
 }
 

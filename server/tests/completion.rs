@@ -15,6 +15,7 @@ fn repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::create_dir_all(root.join("src")).unwrap();
     let body = "    let settings = Settings::from_file(\"app.toml\").expect(\"settings file is readable\");\n";
     std::fs::write(
@@ -224,6 +225,57 @@ async fn bad_input_gets_invalid_argument_and_the_next_call_is_served() {
     assert_eq!(status.code, Code::InvalidArgument, "{status}");
     let ok = complete_when_indexed(&client, &file).await;
     assert_eq!(ok.completion, EXPECTED);
+}
+
+/// Issue 13, finding 8: a secret in `creds.env` (not a name the deny-list knew) was indexed and
+/// came back as a completion; and a repository reached through `$HOME/sub/..` or a symlink to
+/// `$HOME` was indexed whole.
+#[tokio::test]
+async fn secrets_and_home_never_reach_a_completion() {
+    let repo = repository();
+    let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let creds = format!("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SECRET_ACCESS_KEY={key}\n");
+    std::fs::write(repo.path().join("creds.env"), creds.repeat(3)).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".git")).unwrap();
+    std::fs::write(home.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::create_dir_all(home.path().join("sub")).unwrap();
+    let private = "let vault_passphrase = unlock_vault(\"correct horse battery staple\");\n";
+    std::fs::write(home.path().join("notes.rs"), private.repeat(4)).unwrap();
+    let link = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(home.path(), link.path().join("home")).unwrap();
+    let home_str = home.path().to_str().unwrap();
+    let daemon = Daemon::start_with("", &[("HOME", home_str)]);
+    let client = connect(&daemon, Encoding::Rkyv).await;
+    let file = repo.path().join("src/deploy.rs");
+    complete_when_indexed(&client, &file).await;
+    let mut asked = request(&file, "export AWS_SECRET_ACCESS_KEY=");
+    asked.suffix = String::new();
+    let answer = client
+        .complete(&asked, CallOptions::default())
+        .await
+        .unwrap();
+    assert!(!answer.completion.contains("EXAMPLEKEY"), "{answer:?}");
+    for path in [
+        home.path().join("sub/../new.rs"),
+        link.path().join("home/new.rs"),
+    ] {
+        for _ in 0..10 {
+            let r = client
+                .complete(
+                    &request(&path, "fn f() {\n    let vault_passphrase = unlock_"),
+                    CallOptions::default(),
+                )
+                .await
+                .unwrap();
+            assert!(
+                !r.completion.contains("battery"),
+                "{}: {r:?}",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Issue 13, finding 4: cache keys copied `language` and `file_path` at any length, so 100

@@ -24,6 +24,7 @@ impl Shop {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path().join("shop");
         std::fs::create_dir_all(root.join(".git")).expect("shop/.git");
+        std::fs::write(root.join(".git/HEAD"), "ref: refs/heads/main\n").expect("shop/.git/HEAD");
         std::fs::create_dir_all(root.join("src")).expect("shop/src");
         std::fs::write(root.join("src/retry.rs"), RETRY_RS).expect("src/retry.rs");
         std::fs::write(root.join("src/.env"), format!("API_TOKEN={ENV_SECRET}\n"))

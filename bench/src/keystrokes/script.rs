@@ -209,6 +209,7 @@ impl Workspace {
         let dir = tempfile::tempdir()?;
         let copy_root = dir.path().join("repo");
         std::fs::create_dir_all(copy_root.join(".git"))?;
+        std::fs::write(copy_root.join(".git/HEAD"), "ref: refs/heads/main\n")?;
         let mut files = 0;
         let mut bytes = 0;
         for entry in ignore::WalkBuilder::new(&root).build() {
