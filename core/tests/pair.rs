@@ -472,6 +472,16 @@ fn connections_over_the_limit_are_refused() {
     };
     let mut pair = Pair::new(Link::perfect(), rpc);
     pair.connect();
+    // The first client has made a call with the token: it keeps its place.
+    let mut service = health_service();
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
     pair.add_client();
     pair.drive_until(&mut no_service, &mut |p: &Pair| {
         p.client_log
@@ -482,6 +492,35 @@ fn connections_over_the_limit_are_refused() {
         .server_log
         .iter()
         .any(|e| matches!(e, ServerEvent::Refused { .. })));
+    assert_eq!(pair.server.connection_count(), 1);
+}
+
+/// Issue 13, finding 1: a connection that finished its handshake but never presented the
+/// token (anyone can finish one) gives its place to a new connection at the limit.
+#[test]
+fn a_connection_that_never_authenticated_makes_room_at_the_limit() {
+    let rpc = RpcConfig {
+        max_connections: 1.try_into().unwrap(),
+        ..Default::default()
+    };
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    pair.add_client();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.client_log
+            .iter()
+            .any(|(i, e)| *i == 0 && matches!(e, ClientEvent::ConnectionLost { .. }))
+    });
+    let mut service = health_service();
+    let call = pair.clients[1]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(1, call).is_some());
+    assert_eq!(pair.finished(1, call).unwrap(), &Status::ok());
     assert_eq!(pair.server.connection_count(), 1);
 }
 

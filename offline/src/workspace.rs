@@ -168,10 +168,10 @@ fn workspace_root_under(file: &Path, home: Option<&Path>) -> Option<PathBuf> {
     None
 }
 
-/// Whether `git` is a repository's `.git`: a directory holding `HEAD`, or a work tree's file
-/// pointing at one.
+/// Whether `git` is a repository's `.git`: a directory holding `HEAD` (a symlink to one too, as
+/// some checkout tools make), or a work tree's or submodule's file pointing at one.
 fn is_repository(git: &Path) -> bool {
-    match std::fs::symlink_metadata(git) {
+    match std::fs::metadata(git) {
         Ok(meta) if meta.is_dir() => git.join("HEAD").exists() || git.join("objects").is_dir(),
         Ok(meta) if meta.is_file() => {
             std::fs::read(git).is_ok_and(|text| text.len() < 4096 && text.starts_with(b"gitdir:"))
@@ -309,7 +309,16 @@ pub fn holds_secrets(path: &Path) -> bool {
         // `creds.env`, `prod.env`: the same as `.env` (an AWS key came back as a completion
         // from one).
         || extension == "env"
-        || !example && matches!(stem, "credentials" | "creds" | "secrets" | "secret")
+        // `credentials.json`, `secrets.yaml`: data files by those names, not code that handles
+        // them (`secrets.py`, `credentials.go` are source).
+        || !example
+            && matches!(stem, "credentials" | "creds" | "secrets" | "secret")
+            && matches!(
+                extension,
+                "json" | "yml" | "yaml" | "toml" | "txt" | "ini" | "conf" | "cfg" | "csv"
+                    | "xml" | "properties" | "env" | "credentials" | "creds" | "secrets"
+                    | "secret"
+            )
         // SSH keys of every kind (`id_rsa`, `id_ed25519`, `id_ecdsa_sk`…), not their `.pub`.
         || name.starts_with("id_") && !name.contains('.')
         || matches!(
@@ -470,6 +479,10 @@ mod tests {
             "environment.rs",
             "secret_handshake.rs",
             "credentials_test.go",
+            "secrets.py",
+            "credentials.go",
+            "secret.rs",
+            "creds.ts",
         ] {
             assert!(!holds_secrets(Path::new(name)), "{name}");
         }

@@ -162,7 +162,9 @@ impl Gatherer {
     /// The context for `request` on the file at `path`, gathered now, and whether it is all
     /// there will be (not while the workspace's index is still being built).
     fn gather_now(&self, request: &CompletionRequest, path: &str) -> (RepoContext, bool) {
-        let own = Path::new(path);
+        // The index names files canonically: so must every comparison with it.
+        let own = crate::offline::canonical_file(Path::new(path));
+        let own = own.as_path();
         let workspace = self.offline.as_ref().and_then(|o| o.workspace_of(own));
         let root = workspace.as_ref().map(|w| w.root().to_path_buf());
         let relative = |p: &Path| match root.as_deref().and_then(|r| p.strip_prefix(r).ok()) {
@@ -179,7 +181,10 @@ impl Gatherer {
             recent
                 .iter()
                 .filter(|(p, _)| p != path)
-                .filter(|(p, _)| root.as_deref().is_some_and(|r| Path::new(p).starts_with(r)))
+                .filter(|(p, _)| {
+                    let p = crate::offline::canonical_file(Path::new(p));
+                    p != own && root.as_deref().is_some_and(|r| p.starts_with(r))
+                })
                 .take(RECENT_SHOWN)
                 .cloned()
                 .collect()
@@ -193,7 +198,7 @@ impl Gatherer {
             recent_budget -= text.len();
             left -= text.len();
             recent_snippets.push(Snippet {
-                path: relative(Path::new(&p)),
+                path: relative(&crate::offline::canonical_file(Path::new(&p))),
                 text,
             });
         }

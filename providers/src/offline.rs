@@ -109,7 +109,7 @@ impl OfflineProvider {
 }
 
 /// `file` with its directory resolved (`..`, symlinks), whether or not the file exists yet.
-fn canonical_file(file: &Path) -> std::path::PathBuf {
+pub(crate) fn canonical_file(file: &Path) -> std::path::PathBuf {
     match (file.parent().map(Path::canonicalize), file.file_name()) {
         (Some(Ok(dir)), Some(name)) => dir.join(name),
         _ => file.to_path_buf(),

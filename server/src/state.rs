@@ -47,7 +47,11 @@ impl StateDir {
                 path.display()
             );
         }
-        if let Some(me) = effective_uid() {
+        let me = effective_uid();
+        if me.is_none() {
+            tracing::warn!(dir = %path.display(), "cannot tell this process's user (/proc/self/status unreadable): the state directory's owner is not checked");
+        }
+        if let Some(me) = me {
             if meta.uid() != me {
                 bail!(
                     "state directory {} belongs to uid {}, not to this daemon's user (uid {me}): anyone who owns it could plant a token there; use a directory of your own",
@@ -143,6 +147,13 @@ fn require_private(path: &Path, what: &str) -> anyhow::Result<()> {
         bail!(
             "{what} {} is not a regular file (a symlink?): delete it to get a new one",
             path.display()
+        );
+    }
+    if let Some(me) = effective_uid().filter(|me| *me != meta.uid()) {
+        bail!(
+            "{what} {} belongs to uid {}, not to this daemon's user (uid {me}): delete it to get a new one",
+            path.display(),
+            meta.uid()
         );
     }
     let mode = meta.permissions().mode() & 0o777;

@@ -209,6 +209,9 @@ struct Conn {
     accepted_at: Instant,
     /// Closed by the server (a handshake out of time) or lost: no longer counted.
     closing: bool,
+    /// Whether a call on it has presented the token. Until one has, the connection is the
+    /// first to go when the limit is reached: completing a handshake takes no token.
+    authenticated: bool,
 }
 
 impl Conn {
@@ -279,7 +282,10 @@ impl RpcServer {
 
     /// Connections that finished their handshake and are still open.
     pub fn connection_count(&self) -> usize {
-        self.conns.values().filter(|c| c.connected).count()
+        self.conns
+            .values()
+            .filter(|c| c.connected && !c.closing)
+            .count()
     }
 
     /// Handshakes in progress.
@@ -351,18 +357,7 @@ impl RpcServer {
             .map(|(h, _)| *h)
             .collect();
         for handle in late {
-            if let Some(conn) = self.conns.get_mut(&handle) {
-                conn.closing = true;
-                conn.quic.close(
-                    now,
-                    VarInt::from_u32(0),
-                    Bytes::from_static(b"handshake timed out"),
-                );
-                self.events.push_back(ServerEvent::Refused {
-                    remote: conn.quic.remote_address(),
-                    reason: "handshake timed out ([rpc] handshake_timeout)",
-                });
-            }
+            self.close_refused(now, handle, "handshake timed out ([rpc] handshake_timeout)");
             self.process(now, handle);
         }
         if self.next_sweep.is_some_and(|t| now >= t) {
@@ -563,9 +558,11 @@ impl RpcServer {
             .count();
         let refusal = if self.draining {
             Some("daemon is shutting down")
-        } else if self.connection_count() >= self.settings.max_connections {
+        } else if self.connection_count() >= self.settings.max_connections
+            && !self.evict_unauthenticated(now, None)
+        {
             Some("connection limit reached ([rpc] max_connections)")
-        } else if handshakes >= self.settings.max_handshakes {
+        } else if handshakes >= self.settings.max_handshakes && !self.evict_oldest_handshake(now) {
             Some("too many handshakes in progress ([rpc] max_handshakes)")
         } else if from_remote >= MAX_HANDSHAKES_PER_ADDRESS {
             Some("too many handshakes in progress from this address")
@@ -610,6 +607,7 @@ impl RpcServer {
                         connected: false,
                         accepted_at: now,
                         closing: false,
+                        authenticated: false,
                     },
                 );
                 self.process(now, handle);
@@ -640,6 +638,7 @@ impl RpcServer {
 
     /// Runs a connection's pending work: endpoint bookkeeping, then its events.
     fn process(&mut self, now: Instant, handle: ConnectionHandle) {
+        let mut connected_now = false;
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
@@ -652,6 +651,7 @@ impl RpcServer {
             match event {
                 Event::Connected => {
                     conn.connected = true;
+                    connected_now = true;
                     self.events.push_back(ServerEvent::Connected {
                         conn: ConnId(handle),
                         remote: conn.quic.remote_address(),
@@ -756,6 +756,79 @@ impl RpcServer {
         if self.transmit_order.last() != Some(&handle) {
             self.transmit_order.push(handle);
         }
+        // Handshakes run concurrently, so more may finish than `max_connections` allows: the
+        // limit is enforced again as each one does.
+        if connected_now && self.connection_count() > self.settings.max_connections {
+            let room = self.evict_unauthenticated(now, Some(handle));
+            if !room {
+                self.close_refused(
+                    now,
+                    handle,
+                    "connection limit reached ([rpc] max_connections)",
+                );
+            }
+        }
+    }
+
+    /// Closes an established connection that has never presented the token (the oldest),
+    /// other than `keep`, to make room; whether there was one.
+    fn evict_unauthenticated(&mut self, now: Instant, keep: Option<ConnectionHandle>) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(h, c)| c.connected && !c.closing && !c.authenticated && Some(**h) != keep)
+            .min_by_key(|(_, c)| c.accepted_at)
+            .map(|(h, _)| *h);
+        match victim {
+            Some(victim) => {
+                self.close_refused(
+                    now,
+                    victim,
+                    "closed to make room: connected without ever presenting the token",
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the oldest handshake in progress to make room for a new one; whether there was
+    /// one. A real handshake on loopback takes about a millisecond, so the oldest one is the
+    /// likeliest to be abandoned.
+    fn evict_oldest_handshake(&mut self, now: Instant) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshaking())
+            .min_by_key(|(_, c)| c.accepted_at)
+            .map(|(h, _)| *h);
+        match victim {
+            Some(victim) => {
+                self.close_refused(now, victim, "handshake evicted: too many in progress");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes a connection the server gives up on, telling the driver why.
+    fn close_refused(&mut self, now: Instant, handle: ConnectionHandle, reason: &'static str) {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        conn.closing = true;
+        conn.quic.close(
+            now,
+            VarInt::from_u32(0),
+            Bytes::from_static(reason.as_bytes()),
+        );
+        self.events.push_back(ServerEvent::Refused {
+            remote: conn.quic.remote_address(),
+            reason,
+        });
+        if self.transmit_order.last() != Some(&handle) {
+            self.transmit_order.push(handle);
+        }
     }
 
     /// Reads what arrived on one call's stream and advances the call.
@@ -801,7 +874,9 @@ impl RpcServer {
                 Ok(Some(Frame::Head(head))) => {
                     // The token first: a caller without it learns nothing, not even which
                     // methods exist.
-                    if !settings.token.verify(&head.token) {
+                    let verified = settings.token.verify(&head.token);
+                    conn.authenticated |= verified;
+                    if !verified {
                         let status = Status::new(
                             Code::Unauthenticated,
                             "wrong token: read it from the daemon's state directory (token file)",
