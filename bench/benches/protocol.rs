@@ -109,6 +109,7 @@ fn bench_in_memory_call(c: &mut Criterion) {
             handshake_timeout: std::time::Duration::from_secs(10),
             request_timeout: std::time::Duration::from_secs(10),
             max_message_size: 1 << 20,
+            max_buffered_requests: 64 << 20,
         },
     );
     let mut client = RpcClient::connect(

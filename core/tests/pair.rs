@@ -78,6 +78,7 @@ impl Pair {
                 handshake_timeout: Duration::from_millis(rpc.handshake_timeout.get()),
                 request_timeout: Duration::from_millis(rpc.request_timeout.get()),
                 max_message_size: rpc.max_message_size.get() as usize,
+                max_buffered_requests: rpc.max_buffered_requests.get() as usize,
             },
         );
         let mut pair = Pair {

@@ -176,6 +176,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             handshake_timeout: Duration::from_millis(config.rpc.handshake_timeout.get()),
             request_timeout: Duration::from_millis(config.rpc.request_timeout.get()),
             max_message_size: config.rpc.max_message_size.get() as usize,
+            max_buffered_requests: config.rpc.max_buffered_requests.get() as usize,
         },
     );
 

@@ -604,6 +604,57 @@ async fn requests_that_never_finish_arriving_are_ended() {
     assert_eq!(read_trailer(&mut recv).await.code, Code::Ok);
 }
 
+/// Issue 13, finding 4: one authenticated connection holding 100 nearly complete 4 MiB
+/// messages took RSS from 18 to 478 MB. The bytes held for requests still arriving now have a
+/// daemon-wide budget; the requests that would pass it are refused with RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn requests_still_arriving_have_a_memory_budget() {
+    let daemon = Daemon::start_with("[rpc]\nmax_buffered_requests = 16777216\n", &[]);
+    let (_endpoint, conn) = raw_connection(&daemon).await;
+    let before = daemon.rss_kib();
+    let mut call = Vec::new();
+    wire::RequestHead {
+        method: Method::CompletionComplete.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 0,
+        token: daemon.options().token,
+    }
+    .encode(&mut call);
+    wire::encode_message(&vec![b' '; 4 * 1024 * 1024 - 64], &mut call);
+    call.pop(); // one byte short: never whole
+    let mut streams = Vec::new();
+    let mut exhausted = 0;
+    for _ in 0..40 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        // A refused stream stops taking bytes: the write then fails, which is the point.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.write_all(&call)).await;
+        streams.push((send, recv));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = daemon.rss_kib();
+    for (_, recv) in &mut streams {
+        if let Ok(Ok(bytes)) =
+            tokio::time::timeout(Duration::from_millis(50), recv.read_to_end(1 << 16)).await
+        {
+            let mut decoder = wire::FrameDecoder::new(wire::Side::Response, 1 << 16);
+            decoder.push(bytes.into());
+            if let Ok(Some(wire::Frame::Trailer(status))) = decoder.next_frame() {
+                assert_eq!(status.code, Code::ResourceExhausted, "{status}");
+                exhausted += 1;
+            }
+        }
+    }
+    println!("160 MiB of unfinished requests: RSS {before} -> {after} KiB, {exhausted} refused");
+    assert!(
+        exhausted >= 20,
+        "{exhausted} of 40 refused over a 16 MiB budget"
+    );
+    assert!(
+        after < before + 120 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+}
+
 /// Issue 13, finding 9: SIGHUP, SIGUSR1 and SIGUSR2 used to kill the daemon at once, with no
 /// log line and a stale `endpoint`; now they are logged and it keeps serving. SIGQUIT drains
 /// and exits 0 like SIGTERM, removing the endpoint.

@@ -135,6 +135,10 @@ pub struct RpcConfig {
     /// Largest message, in bytes, either side may send in one frame.
     #[serde(deserialize_with = "range::within::<_, _, 1_024, 268_435_456>")]
     pub max_message_size: NonZeroU32,
+    /// Bytes of requests still arriving (head and message not yet whole) the daemon holds at
+    /// most, over every connection.
+    #[serde(deserialize_with = "range::within::<_, _, 1_048_576, 17_179_869_184>")]
+    pub max_buffered_requests: NonZeroU64,
     /// Calls in flight on one connection at most (QUIC's concurrent bidirectional streams).
     #[serde(deserialize_with = "range::within::<_, _, 1, 65_536>")]
     pub max_concurrent_calls: NonZeroU32,
@@ -167,6 +171,7 @@ impl Default for RpcConfig {
             idle_timeout: 300,
             max_stream_data: nonzero32(10 * 1024 * 1024),
             max_message_size: nonzero32(4 * 1024 * 1024),
+            max_buffered_requests: nonzero64(64 * 1024 * 1024),
             max_concurrent_calls: nonzero32(1024),
             completion_timeout: nonzero64(5_000),
             chat_timeout: nonzero64(120_000),

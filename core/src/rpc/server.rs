@@ -18,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,34 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Largest frame accepted, in bytes.
     pub max_message_size: usize,
+    /// Bytes of requests still arriving the daemon holds at most, over every connection; past
+    /// it, a request that grows is refused with RESOURCE_EXHAUSTED and its bytes dropped.
+    pub max_buffered_requests: usize,
+}
+
+/// One call's share of the bytes held for requests still arriving, kept in a total shared by
+/// every call; it leaves the total however the call ends (the drop does it).
+#[derive(Debug)]
+struct Held {
+    total: Arc<AtomicUsize>,
+    mine: usize,
+}
+
+impl Held {
+    fn set(&mut self, bytes: usize) {
+        if bytes >= self.mine {
+            self.total.fetch_add(bytes - self.mine, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(self.mine - bytes, Ordering::Relaxed);
+        }
+        self.mine = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::Relaxed);
+    }
 }
 
 /// Handshakes in progress from one address (IP and port) at most: one UDP socket sending
@@ -194,6 +223,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct CallState {
+    /// What its decoder holds, counted against `max_buffered_requests`.
+    held: Held,
     phase: Phase,
     decoder: FrameDecoder,
     outbox: Outbox,
@@ -236,6 +267,8 @@ pub struct RpcServer {
     transmit_order: Vec<ConnectionHandle>,
     draining: bool,
     in_flight: usize,
+    /// Bytes held for requests still arriving, over every connection.
+    held: Arc<AtomicUsize>,
     scratch: Vec<u8>,
 }
 
@@ -274,6 +307,7 @@ impl RpcServer {
             transmit_order: Vec::new(),
             draining: false,
             in_flight: 0,
+            held: Arc::new(AtomicUsize::new(0)),
             scratch: Vec::new(),
         }
     }
@@ -286,6 +320,11 @@ impl RpcServer {
             .values()
             .filter(|c| c.connected && !c.closing)
             .count()
+    }
+
+    /// Bytes held for requests still arriving, over every connection.
+    pub fn buffered_request_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Handshakes in progress.
@@ -639,6 +678,7 @@ impl RpcServer {
     /// Runs a connection's pending work: endpoint bookkeeping, then its events.
     fn process(&mut self, now: Instant, handle: ConnectionHandle) {
         let mut connected_now = false;
+        let held = self.held.clone();
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
@@ -683,6 +723,10 @@ impl RpcServer {
                         conn.calls.insert(
                             stream,
                             CallState {
+                                held: Held {
+                                    total: held.clone(),
+                                    mine: 0,
+                                },
                                 phase: Phase::Head,
                                 decoder: FrameDecoder::new(
                                     Side::Request,
@@ -856,6 +900,7 @@ impl RpcServer {
             // Answered already: later bytes are not wanted, and a reset of the request side
             // must not abort the response still on its way.
             call.decoder.clear();
+            call.held.set(0);
             call.recv_done |= recv != RecvState::Open;
             return;
         }
@@ -946,6 +991,25 @@ impl RpcServer {
                 }
             }
         }
+        call.held.set(call.decoder.buffered());
+        let incomplete = matches!(call.phase, Phase::Head | Phase::Message { .. });
+        let total = call.held.total.load(Ordering::Relaxed);
+        if rejection.is_none() && incomplete && total > settings.max_buffered_requests {
+            let method = match call.phase {
+                Phase::Message { method, .. } => Some(method),
+                _ => None,
+            };
+            rejection = Some((
+                method,
+                Status::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the daemon holds {total} bytes of requests still arriving, over its {}-byte budget ([rpc] max_buffered_requests): send requests whole, then retry",
+                        settings.max_buffered_requests
+                    ),
+                ),
+            ));
+        }
         if rejection.is_none() && recv == RecvState::Finished && !call.recv_done {
             call.recv_done = true;
             match call.phase {
@@ -998,6 +1062,8 @@ impl RpcServer {
         let mut out = Vec::new();
         wire::encode_trailer(&status, &mut out);
         call.phase = Phase::Answered;
+        call.decoder.clear();
+        call.held.set(0);
         if !call.recv_done {
             let _ = conn.quic.recv_stream(stream).stop(DONE_CODE);
             call.recv_done = true;
