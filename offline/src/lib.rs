@@ -17,4 +17,4 @@ pub mod workspace;
 
 pub use corpus::{Corpus, CorpusBuilder};
 pub use model::{predict, predict_explained, Evidence, Prediction};
-pub use workspace::{IndexLimits, Workspace, Workspaces};
+pub use workspace::{Deny, IndexLimits, Workspace, Workspaces};

@@ -37,6 +37,44 @@ pub struct IndexLimits {
     pub max_workspace_bytes: usize,
 }
 
+/// Paths the user said never to read (`[providers.offline] deny`, in `.gitignore` syntax),
+/// on top of the built-in [`holds_secrets`]: never indexed, never shown to a model.
+#[derive(Debug, Clone, Default)]
+pub struct Deny(Option<Arc<ignore::gitignore::Gitignore>>);
+
+impl Deny {
+    /// The matcher for `patterns`; an error names the pattern that is not one.
+    pub fn new(patterns: &[String]) -> Result<Deny, String> {
+        if patterns.is_empty() {
+            return Ok(Deny(None));
+        }
+        let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
+        for pattern in patterns {
+            builder
+                .add_line(None, pattern)
+                .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+        }
+        builder
+            .build()
+            .map(|g| Deny(Some(Arc::new(g))))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether `path` (absolute) or a directory above it is denied.
+    pub fn denies(&self, path: &Path) -> bool {
+        let Some(matcher) = &self.0 else {
+            return false;
+        };
+        // The matcher's root is `/`: only an absolute path can be matched with its parents.
+        path.is_absolute() && matcher.matched_path_or_any_parents(path, false).is_ignore()
+    }
+
+    /// Whether a file must never be read: a credentials file, or one the user denied.
+    pub fn excludes(&self, path: &Path) -> bool {
+        holds_secrets(path) || self.denies(path)
+    }
+}
+
 /// One workspace and its current index.
 #[derive(Debug)]
 pub struct Workspace {
@@ -80,14 +118,21 @@ impl Workspace {
 pub struct Workspaces {
     known: Arc<Mutex<HashMap<PathBuf, Arc<Workspace>>>>,
     limits: IndexLimits,
+    deny: Deny,
 }
 
 impl Workspaces {
     /// No workspaces yet.
     pub fn new(limits: IndexLimits) -> Workspaces {
+        Workspaces::with_deny(limits, Deny::default())
+    }
+
+    /// No workspaces yet; `deny` is never indexed.
+    pub fn with_deny(limits: IndexLimits, deny: Deny) -> Workspaces {
         Workspaces {
             known: Arc::default(),
             limits,
+            deny,
         }
     }
 
@@ -116,10 +161,11 @@ impl Workspaces {
         });
         known.insert(root.clone(), workspace.clone());
         let limits = self.limits;
+        let deny = self.deny.clone();
         let indexed = workspace.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("index {}", root.display()))
-            .spawn(move || index_and_watch(&indexed, limits));
+            .spawn(move || index_and_watch(&indexed, limits, &deny));
         if let Err(error) = spawned {
             tracing::warn!(root = %root.display(), %error, "cannot start the indexing thread");
         }
@@ -180,7 +226,7 @@ fn is_repository(git: &Path) -> bool {
     }
 }
 
-fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
+fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
     let (tx, rx) = mpsc::channel();
     let root = workspace.root.clone();
     let (ignored, _) = ignore::gitignore::Gitignore::new(root.join(".gitignore"));
@@ -212,7 +258,7 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
     if let Err(error) = &watcher {
         tracing::warn!(root = %workspace.root.display(), %error, "cannot watch for changes; the index will not follow edits");
     }
-    rebuild(workspace, limits);
+    rebuild(workspace, limits, deny);
     if watcher.is_err() {
         return;
     }
@@ -231,13 +277,13 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits) {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        rebuild(workspace, limits);
+        rebuild(workspace, limits, deny);
     }
 }
 
-fn rebuild(workspace: &Workspace, limits: IndexLimits) {
+fn rebuild(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
     let started = Instant::now();
-    let (corpus, files, bytes) = build_corpus(&workspace.root, limits);
+    let (corpus, files, bytes) = build_corpus_except(&workspace.root, limits, deny);
     let elapsed = started.elapsed();
     if let Ok(mut current) = workspace.corpus.write() {
         *current = Some(Arc::new(corpus));
@@ -259,13 +305,22 @@ fn rebuild(workspace: &Workspace, limits: IndexLimits) {
 
 /// Reads every source-like file under `root` into a corpus.
 pub fn build_corpus(root: &Path, limits: IndexLimits) -> (Corpus, usize, usize) {
+    build_corpus_except(root, limits, &Deny::default())
+}
+
+/// [`build_corpus`], never reading what `deny` excludes.
+pub fn build_corpus_except(
+    root: &Path,
+    limits: IndexLimits,
+    deny: &Deny,
+) -> (Corpus, usize, usize) {
     let mut builder = CorpusBuilder::default();
     let mut files = 0;
     for entry in ignore::WalkBuilder::new(root)
         .build()
         .filter_map(Result::ok)
     {
-        if !entry.file_type().is_some_and(|t| t.is_file()) || holds_secrets(entry.path()) {
+        if !entry.file_type().is_some_and(|t| t.is_file()) || deny.excludes(entry.path()) {
             continue;
         }
         let too_big = entry
@@ -447,6 +502,27 @@ mod tests {
             workspace_root_under(&worktree.join("x.rs"), None),
             Some(worktree.canonicalize().unwrap())
         );
+    }
+
+    #[test]
+    fn denied_patterns_are_never_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        repo(&root);
+        std::fs::create_dir_all(root.join("private")).unwrap();
+        std::fs::write(root.join("lib.rs"), "fn visible_symbol() {}").unwrap();
+        std::fs::write(root.join("notes.secret"), "fn denied_by_extension() {}").unwrap();
+        std::fs::write(root.join("private/plan.rs"), "fn denied_by_directory() {}").unwrap();
+        let deny = Deny::new(&["*.secret".to_owned(), "private/".to_owned()]).unwrap();
+        let workspaces = Workspaces::with_deny(LIMITS, deny);
+        let ws = workspaces.for_file(&root.join("lib.rs")).unwrap();
+        wait_for("first build", || ws.corpus().is_some());
+        let corpus = ws.corpus().unwrap();
+        assert_eq!(corpus.find(b"visible_symbol").len(), 1);
+        assert!(corpus.find(b"denied_by_extension").is_empty());
+        assert!(corpus.find(b"denied_by_directory").is_empty());
+        let bad = Deny::new(&["{unclosed".to_owned()]).unwrap_err();
+        assert!(bad.contains("{unclosed"), "{bad}");
     }
 
     #[test]

@@ -87,13 +87,13 @@ impl Gatherer {
         self.offline.as_ref()
     }
 
-    /// Whether `request` is on a file that holds credentials (`.env`, a private key): such a
-    /// buffer is never sent to a remote model.
-    pub fn is_private(request: &CompletionRequest) -> bool {
-        request
-            .file_path
-            .as_deref()
-            .is_some_and(|p| holds_secrets(Path::new(p)))
+    /// Whether `request` is on a file that holds credentials (`.env`, a private key) or that
+    /// `[providers.offline] deny` names: such a buffer is never sent to a remote model.
+    pub fn is_private(&self, request: &CompletionRequest) -> bool {
+        request.file_path.as_deref().is_some_and(|p| {
+            let path = Path::new(p);
+            holds_secrets(path) || self.offline.as_ref().is_some_and(|o| o.excludes(path))
+        })
     }
 
     /// Remembers where `request` was typed.
@@ -101,7 +101,7 @@ impl Gatherer {
         let Some(path) = request.file_path.as_deref().filter(|p| !p.is_empty()) else {
             return;
         };
-        if Gatherer::is_private(request) {
+        if self.is_private(request) {
             return;
         }
         let before = tail(&request.prefix, RECENT_BEFORE);
@@ -281,13 +281,10 @@ mod tests {
         assert_eq!(recent.len(), MAX_RECENT);
         assert_eq!(recent[0].0, "/ws/f19.rs", "the latest first");
         assert!(recent.iter().all(|(p, _)| !p.ends_with(".env")));
-        assert!(Gatherer::is_private(&request("/ws/.env", "", "")));
-        assert!(Gatherer::is_private(&request(
-            "/home/u/.ssh/id_ed25519",
-            "",
-            ""
-        )));
-        assert!(!Gatherer::is_private(&request("/ws/env.rs", "", "")));
+        let gatherer = Gatherer::new(None, 0);
+        assert!(gatherer.is_private(&request("/ws/.env", "", "")));
+        assert!(gatherer.is_private(&request("/home/u/.ssh/id_ed25519", "", "")));
+        assert!(!gatherer.is_private(&request("/ws/env.rs", "", "")));
     }
 
     #[test]

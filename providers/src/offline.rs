@@ -24,15 +24,26 @@ use crate::provider::{
 pub struct OfflineProvider {
     workspaces: Workspaces,
     roots: Vec<Arc<Workspace>>,
+    /// `[providers.offline] deny`, with the built-in credentials rules.
+    deny: reaper_offline::Deny,
 }
 
 impl OfflineProvider {
     /// The offline provider for `config`; its roots start indexing now.
     pub fn new(config: &OfflineConfig) -> OfflineProvider {
-        let workspaces = Workspaces::new(IndexLimits {
-            max_file_bytes: config.max_file_bytes.get() as u64,
-            max_workspace_bytes: config.max_workspace_bytes.get() as usize,
+        // The patterns were checked at start (reaperd refuses a config whose `deny` does not
+        // parse); a pattern that still fails is dropped here with the rest, loudly.
+        let deny = reaper_offline::Deny::new(&config.deny).unwrap_or_else(|error| {
+            tracing::error!(%error, "[providers.offline] deny ignored");
+            reaper_offline::Deny::default()
         });
+        let workspaces = Workspaces::with_deny(
+            IndexLimits {
+                max_file_bytes: config.max_file_bytes.get() as u64,
+                max_workspace_bytes: config.max_workspace_bytes.get() as usize,
+            },
+            deny.clone(),
+        );
         // Canonical, like every workspace root, so that a file's root can be compared with them.
         let roots = config
             .roots
@@ -44,7 +55,22 @@ impl OfflineProvider {
             })
             .filter_map(|r| workspaces.open(r))
             .collect();
-        OfflineProvider { workspaces, roots }
+        OfflineProvider {
+            workspaces,
+            roots,
+            deny,
+        }
+    }
+
+    /// Checks `[providers.offline] deny` (for `--check-config` and the start): the error names
+    /// the pattern that does not parse.
+    pub fn check_deny(config: &OfflineConfig) -> Result<(), String> {
+        reaper_offline::Deny::new(&config.deny).map(|_| ())
+    }
+
+    /// Whether `file` must never be read or shown: credentials, or what `deny` names.
+    pub fn excludes(&self, file: &Path) -> bool {
+        self.deny.excludes(&canonical_file(file))
     }
 
     /// The workspace of `file`, its index started if it is new. With `roots` configured, only

@@ -274,7 +274,7 @@ impl Pool {
         }
         let (mut order, skipped) = self.candidates(Instant::now());
         self.context.note(request);
-        if Gatherer::is_private(request) {
+        if self.context.is_private(request) {
             // A buffer of credentials never leaves the machine.
             order.retain(|e| e.last_resort);
         }

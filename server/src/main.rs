@@ -132,6 +132,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         |k| std::env::var(k).ok(),
         |p| std::fs::read_to_string(p),
     )?;
+    if let Err(error) = reaper_providers::OfflineProvider::check_deny(&config.providers.offline) {
+        bail!("invalid configuration in {origin}: [providers.offline] deny: {error}");
+    }
     let listen = args.listen.unwrap_or_else(|| config.daemon.listen());
     let state_path = paths::state_dir(args.state_dir, config.daemon.state_dir.as_deref(), |k| {
         std::env::var(k).ok()

@@ -90,6 +90,9 @@ pub struct OfflineConfig {
     /// Directories indexed from the start, besides the workspace (git root) of each file
     /// completed.
     pub roots: Vec<String>,
+    /// Paths never indexed nor shown to a model, in `.gitignore` syntax, on top of the
+    /// built-in credentials rules (`.env`, keys, …).
+    pub deny: Vec<String>,
     /// Files larger than this are not indexed (generated code, data).
     #[serde(deserialize_with = "super::range::within::<_, _, 1_024, 268_435_456>")]
     pub max_file_bytes: NonZeroU32,
@@ -105,6 +108,7 @@ impl Default for OfflineConfig {
             enabled: true,
             priority: None,
             roots: Vec::new(),
+            deny: Vec::new(),
             max_file_bytes: nonzero32(1024 * 1024),
             max_workspace_bytes: nonzero32(256 * 1024 * 1024),
         }
