@@ -23,8 +23,11 @@ use crate::corpus::{Corpus, CorpusBuilder};
 pub const REBUILD_DEBOUNCE: Duration = Duration::from_millis(300);
 /// Longest a rebuild waits for a stream of changes to settle.
 const REBUILD_MAX_WAIT: Duration = Duration::from_secs(3);
-/// Workspaces indexed at most (each holds a thread, a watcher and an index).
+/// Workspaces indexed at once at most (each holds a thread, a watcher and an index); a new
+/// one past it evicts the least recently used.
 pub const MAX_WORKSPACES: usize = 32;
+/// How often an indexing thread waiting for changes looks whether it was evicted.
+const EVICTION_CHECK: Duration = Duration::from_secs(1);
 /// Bytes read to decide whether a file is binary.
 const BINARY_SNIFF: usize = 8192;
 
@@ -81,6 +84,12 @@ pub struct Workspace {
     root: PathBuf,
     corpus: RwLock<Option<Arc<Corpus>>>,
     builds: Mutex<BuildStats>,
+    /// When a completion last asked for it (least recently used goes first).
+    last_used: Mutex<Instant>,
+    /// Set when it is evicted: its thread stops and its index is dropped.
+    evicted: std::sync::atomic::AtomicBool,
+    /// Configured by the user (`[providers.offline] roots`): never evicted.
+    pinned: bool,
 }
 
 /// What the last index build did.
@@ -111,14 +120,81 @@ impl Workspace {
     pub fn stats(&self) -> BuildStats {
         self.builds.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Whether it was evicted (its index is gone and will not come back).
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        if let Ok(mut at) = self.last_used.lock() {
+            *at = Instant::now();
+        }
+    }
+
+    fn last_used(&self) -> Instant {
+        self.last_used
+            .lock()
+            .map(|at| *at)
+            .unwrap_or_else(|_| Instant::now())
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.corpus().map_or(0, |c| c.memory_bytes())
+    }
+
+    fn evict(&self) {
+        self.evicted
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Ok(mut corpus) = self.corpus.write() {
+            *corpus = None;
+        }
+    }
 }
 
 /// Every workspace the daemon has seen.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
-    known: Arc<Mutex<HashMap<PathBuf, Arc<Workspace>>>>,
+    known: Known,
     limits: IndexLimits,
     deny: Deny,
+}
+
+/// Every workspace indexed now, and the memory their indexes may take together.
+#[derive(Debug, Clone)]
+struct Known {
+    map: Arc<Mutex<HashMap<PathBuf, Arc<Workspace>>>>,
+    max_total_bytes: usize,
+}
+
+impl Known {
+    /// Evicts the least recently used workspaces, other than `keep`, until the indexes fit the
+    /// budget and a place is free for `adding` more.
+    fn make_room(&self, keep: Option<&Path>, adding: usize) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let total: usize = map.values().map(|w| w.memory_bytes()).sum();
+            let over = total > self.max_total_bytes || map.len() + adding > MAX_WORKSPACES;
+            if !over {
+                return;
+            }
+            let victim = map
+                .values()
+                .filter(|w| Some(w.root()) != keep && !w.pinned)
+                .min_by_key(|w| w.last_used())
+                .cloned();
+            let Some(victim) = victim else { return };
+            map.remove(victim.root());
+            victim.evict();
+            tracing::info!(
+                root = %victim.root().display(),
+                index_bytes = total,
+                budget = self.max_total_bytes,
+                workspaces = map.len(),
+                "evicted the least recently used workspace's index"
+            );
+        }
+    }
 }
 
 impl Workspaces {
@@ -129,8 +205,17 @@ impl Workspaces {
 
     /// No workspaces yet; `deny` is never indexed.
     pub fn with_deny(limits: IndexLimits, deny: Deny) -> Workspaces {
+        Workspaces::with_budget(limits, deny, usize::MAX)
+    }
+
+    /// No workspaces yet; `deny` is never indexed, and the indexes together take at most
+    /// `max_total_bytes` of memory (the least recently used are evicted past it).
+    pub fn with_budget(limits: IndexLimits, deny: Deny, max_total_bytes: usize) -> Workspaces {
         Workspaces {
-            known: Arc::default(),
+            known: Known {
+                map: Arc::default(),
+                max_total_bytes,
+            },
             limits,
             deny,
         }
@@ -143,38 +228,57 @@ impl Workspaces {
         self.open(root)
     }
 
-    /// The workspace rooted at `root`, starting its indexing if it is new; `None` past
-    /// [`MAX_WORKSPACES`].
+    /// The workspace rooted at `root`, starting its indexing if it is new (past
+    /// [`MAX_WORKSPACES`], the least recently used one is evicted to make room).
     pub fn open(&self, root: PathBuf) -> Option<Arc<Workspace>> {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(workspace) = known.get(&root) {
-            return Some(workspace.clone());
+        self.open_as(root, false)
+    }
+
+    /// [`Workspaces::open`] for a root the user configured: it is never evicted.
+    pub fn open_pinned(&self, root: PathBuf) -> Option<Arc<Workspace>> {
+        self.open_as(root, true)
+    }
+
+    fn open_as(&self, root: PathBuf, pinned: bool) -> Option<Arc<Workspace>> {
+        {
+            let known = self.known.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(workspace) = known.get(&root) {
+                workspace.touch();
+                return Some(workspace.clone());
+            }
         }
-        if known.len() >= MAX_WORKSPACES {
-            tracing::warn!(root = %root.display(), "already indexing {MAX_WORKSPACES} workspaces: not indexing another");
-            return None;
+        self.known.make_room(None, 1);
+        let mut known = self.known.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(workspace) = known.get(&root) {
+            // Opened by another completion meanwhile.
+            return Some(workspace.clone());
         }
         let workspace = Arc::new(Workspace {
             root: root.clone(),
             corpus: RwLock::new(None),
             builds: Mutex::new(BuildStats::default()),
+            last_used: Mutex::new(Instant::now()),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+            pinned,
         });
         known.insert(root.clone(), workspace.clone());
+        drop(known);
         let limits = self.limits;
         let deny = self.deny.clone();
         let indexed = workspace.clone();
+        let budget = self.known.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("index {}", root.display()))
-            .spawn(move || index_and_watch(&indexed, limits, &deny));
+            .spawn(move || index_and_watch(&indexed, limits, &deny, &budget));
         if let Err(error) = spawned {
             tracing::warn!(root = %root.display(), %error, "cannot start the indexing thread");
         }
         Some(workspace)
     }
 
-    /// All workspaces known.
+    /// All workspaces indexed now.
     pub fn all(&self) -> Vec<Arc<Workspace>> {
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.known.map.lock().unwrap_or_else(|e| e.into_inner());
         known.values().cloned().collect()
     }
 }
@@ -226,7 +330,7 @@ fn is_repository(git: &Path) -> bool {
     }
 }
 
-fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
+fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budget: &Known) {
     let (tx, rx) = mpsc::channel();
     let root = workspace.root.clone();
     let (ignored, _) = ignore::gitignore::Gitignore::new(root.join(".gitignore"));
@@ -258,15 +362,18 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
     if let Err(error) = &watcher {
         tracing::warn!(root = %workspace.root.display(), %error, "cannot watch for changes; the index will not follow edits");
     }
-    rebuild(workspace, limits, deny);
+    rebuild(workspace, limits, deny, budget);
     if watcher.is_err() {
         return;
     }
     loop {
-        // Wait for a change, then let the burst settle.
-        match rx.recv() {
+        // Wait for a change, then let the burst settle; an evicted workspace's thread ends
+        // (and its watcher with it).
+        match rx.recv_timeout(EVICTION_CHECK) {
+            _ if workspace.is_evicted() => return,
             Ok(_) => {}
-            Err(_) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
         }
         let give_up = Instant::now() + REBUILD_MAX_WAIT;
         loop {
@@ -277,17 +384,25 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        rebuild(workspace, limits, deny);
+        if workspace.is_evicted() {
+            return;
+        }
+        rebuild(workspace, limits, deny, budget);
     }
 }
 
-fn rebuild(workspace: &Workspace, limits: IndexLimits, deny: &Deny) {
+fn rebuild(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budget: &Known) {
     let started = Instant::now();
     let (corpus, files, bytes) = build_corpus_except(&workspace.root, limits, deny);
     let elapsed = started.elapsed();
+    if workspace.is_evicted() {
+        return;
+    }
     if let Ok(mut current) = workspace.corpus.write() {
         *current = Some(Arc::new(corpus));
     }
+    // The new index may take the whole set past the budget: the least recently used others go.
+    budget.make_room(Some(workspace.root()), 0);
     if let Ok(mut stats) = workspace.builds.lock() {
         stats.builds += 1;
         stats.files = files;
@@ -502,6 +617,54 @@ mod tests {
             workspace_root_under(&worktree.join("x.rs"), None),
             Some(worktree.canonicalize().unwrap())
         );
+    }
+
+    /// Issue 13, finding 2: indexes were kept forever, and the 33rd workspace was never
+    /// indexed. Past the budget (or 32 workspaces) the least recently used index goes.
+    #[test]
+    fn the_least_recently_used_index_is_evicted_past_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let root = dir.path().join(name);
+            repo(&root);
+            std::fs::write(
+                root.join("lib.rs"),
+                format!("fn {name}_symbol() {{}}\n").repeat(200),
+            )
+            .unwrap();
+            root.canonicalize().unwrap()
+        };
+        let (a, b, c) = (make("alpha"), make("beta"), make("gamma"));
+        let one = {
+            let probe = Workspaces::new(LIMITS);
+            let ws = probe.for_file(&a.join("lib.rs")).unwrap();
+            wait_for("a first build", || ws.corpus().is_some());
+            ws.corpus().unwrap().memory_bytes()
+        };
+        // Room for two indexes, not three.
+        let workspaces = Workspaces::with_budget(LIMITS, Deny::default(), 2 * one + one / 2);
+        let wa = workspaces.for_file(&a.join("lib.rs")).unwrap();
+        wait_for("alpha", || wa.corpus().is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        let wb = workspaces.for_file(&b.join("lib.rs")).unwrap();
+        wait_for("beta", || wb.corpus().is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        workspaces.for_file(&a.join("lib.rs")); // alpha used again: beta is now the oldest
+        let wc = workspaces.for_file(&c.join("lib.rs")).unwrap();
+        wait_for("gamma, and beta evicted", || {
+            wc.corpus().is_some() && wb.is_evicted()
+        });
+        assert!(wb.corpus().is_none(), "an evicted index is dropped");
+        assert!(!wa.is_evicted() && wa.corpus().is_some());
+        let roots: Vec<PathBuf> = workspaces
+            .all()
+            .iter()
+            .map(|w| w.root().to_path_buf())
+            .collect();
+        assert_eq!(roots.len(), 2, "{roots:?}");
+        // Asked for again, beta is indexed anew (the 33rd workspace used never to be).
+        let wb = workspaces.for_file(&b.join("lib.rs")).unwrap();
+        wait_for("beta again", || wb.corpus().is_some());
     }
 
     #[test]

@@ -37,12 +37,13 @@ impl OfflineProvider {
             tracing::error!(%error, "[providers.offline] deny ignored");
             reaper_offline::Deny::default()
         });
-        let workspaces = Workspaces::with_deny(
+        let workspaces = Workspaces::with_budget(
             IndexLimits {
                 max_file_bytes: config.max_file_bytes.get() as u64,
                 max_workspace_bytes: config.max_workspace_bytes.get() as usize,
             },
             deny.clone(),
+            config.max_index_bytes.get() as usize,
         );
         // Canonical, like every workspace root, so that a file's root can be compared with them.
         let roots = config
@@ -53,7 +54,7 @@ impl OfflineProvider {
                     .canonicalize()
                     .unwrap_or_else(|_| Path::new(r).to_path_buf())
             })
-            .filter_map(|r| workspaces.open(r))
+            .filter_map(|r| workspaces.open_pinned(r))
             .collect();
         OfflineProvider {
             workspaces,

@@ -96,6 +96,10 @@ pub struct OfflineConfig {
     /// Files larger than this are not indexed (generated code, data).
     #[serde(deserialize_with = "super::range::within::<_, _, 1_024, 268_435_456>")]
     pub max_file_bytes: NonZeroU32,
+    /// Memory every workspace's index may take together; past it the least recently used
+    /// workspace's index is dropped (indexed again when a completion asks for it).
+    #[serde(deserialize_with = "super::range::within::<_, _, 16_777_216, 274_877_906_944>")]
+    pub max_index_bytes: NonZeroU64,
     /// A workspace stops being indexed past this many bytes of text.
     #[serde(deserialize_with = "super::range::within::<_, _, 1_024, 4_294_967_295>")]
     pub max_workspace_bytes: NonZeroU32,
@@ -111,6 +115,7 @@ impl Default for OfflineConfig {
             deny: Vec::new(),
             max_file_bytes: nonzero32(1024 * 1024),
             max_workspace_bytes: nonzero32(256 * 1024 * 1024),
+            max_index_bytes: nonzero64(2 * 1024 * 1024 * 1024),
         }
     }
 }
