@@ -172,9 +172,14 @@ pub async fn raw_connection(daemon: &Daemon) -> (quinn::Endpoint, quinn::Connect
 
 /// The encoded head of a JSON `Health.check` with the daemon's token.
 pub fn health_head_json(daemon: &Daemon) -> Vec<u8> {
+    head_json(daemon, Method::HealthCheck)
+}
+
+/// The request head of a JSON call of `method` with the daemon's token and no deadline.
+pub fn head_json(daemon: &Daemon, method: Method) -> Vec<u8> {
     let mut bytes = Vec::new();
     RequestHead {
-        method: Method::HealthCheck.path().into(),
+        method: method.path().into(),
         encoding: Encoding::Json,
         deadline_ms: 0,
         token: daemon.options().token,

@@ -563,14 +563,7 @@ fn abandoned_handshakes_do_not_lock_real_clients_out() {
 async fn requests_that_never_finish_arriving_are_ended() {
     let daemon = Daemon::start_with("[rpc]\nrequest_timeout = 500\n", &[]);
     let (_endpoint, conn) = raw_connection(&daemon).await;
-    let mut head = Vec::new();
-    wire::RequestHead {
-        method: Method::CompletionComplete.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut head);
+    let head = daemon::head_json(&daemon, Method::CompletionComplete);
     let started = std::time::Instant::now();
     let mut pending = Vec::new();
     for bytes in [&head[..], &head[..7]] {
@@ -590,14 +583,7 @@ async fn requests_that_never_finish_arriving_are_ended() {
     );
     // The same connection still serves.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut call = Vec::new();
-    wire::RequestHead {
-        method: Method::HealthCheck.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut call);
+    let mut call = health_head_json(&daemon);
     wire::encode_message(b"{}", &mut call);
     send.write_all(&call).await.unwrap();
     send.finish().unwrap();
@@ -612,14 +598,7 @@ async fn requests_still_arriving_have_a_memory_budget() {
     let daemon = Daemon::start_with("[rpc]\nmax_buffered_requests = 16777216\n", &[]);
     let (_endpoint, conn) = raw_connection(&daemon).await;
     let before = daemon.rss_kib();
-    let mut call = Vec::new();
-    wire::RequestHead {
-        method: Method::CompletionComplete.path().into(),
-        encoding: Encoding::Json,
-        deadline_ms: 0,
-        token: daemon.options().token,
-    }
-    .encode(&mut call);
+    let mut call = daemon::head_json(&daemon, Method::CompletionComplete);
     wire::encode_message(&vec![b' '; 4 * 1024 * 1024 - 64], &mut call);
     call.pop(); // one byte short: never whole
     let mut streams = Vec::new();
