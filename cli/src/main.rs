@@ -266,6 +266,17 @@ fn print_health(health: &HealthResponse, json: bool) {
             p.p95_us as f64 / 1000.0
         );
     }
+    let b = &health.budgets;
+    println!(
+        "budgets: requests arriving {} of {} KiB, handshakes {} of {}, indexes {} of {} MiB ({} workspace(s))",
+        b.buffered_request_bytes / 1024,
+        b.max_buffered_requests / 1024,
+        b.handshakes,
+        b.max_handshakes,
+        b.index_bytes / (1024 * 1024),
+        b.max_index_bytes / (1024 * 1024),
+        b.workspaces
+    );
     let f = &health.feedback;
     if f.shown + f.accepted + f.rejected > 0 {
         // A rate needs what was shown: editors that only run the accept command (Neovim,

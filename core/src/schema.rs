@@ -155,6 +155,27 @@ wire_type! {
 }
 
 wire_type! {
+    /// The daemon's budgets and their use now (added): what bounds memory and handshakes.
+    #[derive(Default)]
+    pub struct BudgetStats {
+        /// Bytes held for requests still arriving, over every connection.
+        pub buffered_request_bytes: u64,
+        /// `[rpc] max_buffered_requests`.
+        pub max_buffered_requests: u64,
+        /// Handshakes in progress.
+        pub handshakes: u32,
+        /// `[rpc] max_handshakes`.
+        pub max_handshakes: u32,
+        /// Memory the workspaces' indexes take.
+        pub index_bytes: u64,
+        /// `[providers.offline] max_index_bytes`.
+        pub max_index_bytes: u64,
+        /// Workspaces indexed now.
+        pub workspaces: u32,
+    }
+}
+
+wire_type! {
     /// Editor feedback counters since the daemon started (added).
     #[derive(Default)]
     pub struct FeedbackStats {
@@ -410,6 +431,9 @@ wire_type! {
         /// What editors reported doing with completions (added).
         #[serde(default)]
         pub feedback: FeedbackStats,
+        /// The memory and handshake budgets, and how much of each is in use (added).
+        #[serde(default)]
+        pub budgets: BudgetStats,
     }
 }
 

@@ -272,6 +272,7 @@ fn health_service() -> impl FnMut(&mut RpcServer, &ServerEvent) {
                 },
                 providers: vec![],
                 feedback: FeedbackStats::default(),
+                budgets: BudgetStats::default(),
             };
             let encoding = call.encoding;
             let sent = server.respond(call.id, |out| {

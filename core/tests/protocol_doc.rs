@@ -59,6 +59,15 @@ fn example_response() -> HealthResponse {
             rejected: 0,
             accepted_chars: 17,
         },
+        budgets: BudgetStats {
+            buffered_request_bytes: 0,
+            max_buffered_requests: 67_108_864,
+            handshakes: 0,
+            max_handshakes: 64,
+            index_bytes: 1_048_576,
+            max_index_bytes: 2_147_483_648,
+            workspaces: 1,
+        },
     }
 }
 

@@ -63,6 +63,17 @@ impl OfflineProvider {
         }
     }
 
+    /// Memory the indexes take now, and how many workspaces are indexed.
+    pub fn index_usage(&self) -> (u64, u32) {
+        let all = self.workspaces.all();
+        let bytes = all
+            .iter()
+            .filter_map(|w| w.corpus())
+            .map(|c| c.memory_bytes() as u64)
+            .sum();
+        (bytes, all.len() as u32)
+    }
+
     /// Checks `[providers.offline] deny` (for `--check-config` and the start): the error names
     /// the pattern that does not parse.
     pub fn check_deny(config: &OfflineConfig) -> Result<(), String> {

@@ -429,6 +429,11 @@ impl Pool {
             .collect()
     }
 
+    /// Memory the offline provider's indexes take, and how many workspaces it indexes.
+    pub fn index_usage(&self) -> (u64, u32) {
+        self.context.offline().map_or((0, 0), |o| o.index_usage())
+    }
+
     /// Every provider's record, for `Health.check`.
     pub fn stats(&self) -> Vec<ProviderStats> {
         self.entries

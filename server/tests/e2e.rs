@@ -595,6 +595,7 @@ async fn requests_that_never_finish_arriving_are_ended() {
 /// daemon-wide budget; the requests that would pass it are refused with RESOURCE_EXHAUSTED.
 #[tokio::test]
 async fn requests_still_arriving_have_a_memory_budget() {
+    daemon::reaper_bin(); // built now: the requests below time out in 10 s
     let daemon = Daemon::start_with("[rpc]\nmax_buffered_requests = 16777216\n", &[]);
     let (_endpoint, conn) = raw_connection(&daemon).await;
     let before = daemon.rss_kib();
@@ -624,6 +625,13 @@ async fn requests_still_arriving_have_a_memory_budget() {
         }
     }
     println!("160 MiB of unfinished requests: RSS {before} -> {after} KiB, {exhausted} refused");
+    // Health reports the budget and what is held against it.
+    let health = daemon.cli(&["health", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
+    let budgets = &health["budgets"];
+    assert_eq!(budgets["max_buffered_requests"], 16_777_216, "{health}");
+    let held = budgets["buffered_request_bytes"].as_u64().unwrap();
+    assert!(held > 0 && held <= 16_777_216, "{health}");
     assert!(
         exhausted >= 20,
         "{exhausted} of 40 refused over a 16 MiB budget"

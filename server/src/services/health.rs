@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use reaper_core::schema::{
-    CacheStats, FeedbackStats, HealthResponse, ProviderStats, ServingStatus,
+    BudgetStats, CacheStats, FeedbackStats, HealthResponse, ProviderStats, ServingStatus,
 };
 
 use super::completion::cache::CacheCounters;
@@ -25,6 +25,8 @@ pub struct Snapshot<'a> {
     pub providers: Vec<ProviderStats>,
     /// What editors reported doing with completions.
     pub feedback: FeedbackStats,
+    /// The budgets and their use now.
+    pub budgets: BudgetStats,
 }
 
 /// The Health service.
@@ -65,6 +67,7 @@ impl HealthService {
             },
             providers: s.providers,
             feedback: s.feedback,
+            budgets: s.budgets,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Services {
     completion: CompletionService,
     feedback: Feedback,
     pool: Arc<Pool>,
+    /// The configured budgets, reported by Health beside their use.
+    budgets: BudgetStats,
     /// Held for its threads; shut down without waiting when the services go.
     _runtime: ProviderRuntime,
 }
@@ -124,6 +126,12 @@ impl Services {
             provider: ProviderService::new(pool.clone()),
             completion,
             feedback: Feedback::default(),
+            budgets: BudgetStats {
+                max_buffered_requests: config.rpc.max_buffered_requests.get(),
+                max_handshakes: config.rpc.max_handshakes.get(),
+                max_index_bytes: config.providers.offline.max_index_bytes.get(),
+                ..BudgetStats::default()
+            },
             pool,
             _runtime: ProviderRuntime(Some(runtime)),
         };
@@ -196,6 +204,16 @@ impl Services {
                             cache: self.completion.cache_stats(),
                             providers: self.pool.stats(),
                             feedback: self.feedback.stats(),
+                            budgets: {
+                                let (index_bytes, workspaces) = self.pool.index_usage();
+                                BudgetStats {
+                                    buffered_request_bytes: server.buffered_request_bytes() as u64,
+                                    handshakes: server.handshake_count() as u32,
+                                    index_bytes,
+                                    workspaces,
+                                    ..self.budgets.clone()
+                                }
+                            },
                         };
                         let response = self.health.check(snapshot, now);
                         reply(server, &call, &response)
