@@ -236,10 +236,11 @@ impl FrameDecoder {
         }
     }
 
-    /// Drops everything buffered (for a call already answered, whose further bytes are unwanted).
+    /// Drops everything buffered, memory included (for a call already answered, whose further
+    /// bytes are unwanted: keeping the capacity would hold a whole message per such call).
     pub fn clear(&mut self) {
         self.chunk = Bytes::new();
-        self.gathered.clear();
+        self.gathered = BytesMut::new();
     }
 
     /// Bytes received but not yet returned as frames.

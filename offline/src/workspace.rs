@@ -53,8 +53,20 @@ impl Deny {
         }
         let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
         for pattern in patterns {
+            // The matcher is rooted at `/`, where `.gitignore` would anchor a pattern with a
+            // slash in it (`config/secrets.yaml`) and so never match inside a workspace: such
+            // a pattern matches at any depth instead; a leading `/` still means an absolute
+            // path.
+            let inner = pattern.trim_end_matches('/');
+            let anywhere =
+                !pattern.starts_with('/') && !pattern.starts_with("**/") && inner.contains('/');
+            let line = if anywhere {
+                format!("**/{pattern}")
+            } else {
+                pattern.clone()
+            };
             builder
-                .add_line(None, pattern)
+                .add_line(None, &line)
                 .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
         }
         builder
@@ -676,7 +688,14 @@ mod tests {
         std::fs::write(root.join("lib.rs"), "fn visible_symbol() {}").unwrap();
         std::fs::write(root.join("notes.secret"), "fn denied_by_extension() {}").unwrap();
         std::fs::write(root.join("private/plan.rs"), "fn denied_by_directory() {}").unwrap();
-        let deny = Deny::new(&["*.secret".to_owned(), "private/".to_owned()]).unwrap();
+        std::fs::create_dir_all(root.join("config")).unwrap();
+        std::fs::write(root.join("config/prod.yaml"), "denied_by_path: yes").unwrap();
+        let deny = Deny::new(&[
+            "*.secret".to_owned(),
+            "private/".to_owned(),
+            "config/prod.yaml".to_owned(),
+        ])
+        .unwrap();
         let workspaces = Workspaces::with_deny(LIMITS, deny);
         let ws = workspaces.for_file(&root.join("lib.rs")).unwrap();
         wait_for("first build", || ws.corpus().is_some());
@@ -684,6 +703,10 @@ mod tests {
         assert_eq!(corpus.find(b"visible_symbol").len(), 1);
         assert!(corpus.find(b"denied_by_extension").is_empty());
         assert!(corpus.find(b"denied_by_directory").is_empty());
+        assert!(
+            corpus.find(b"denied_by_path").is_empty(),
+            "a pattern with a slash matches inside the workspace"
+        );
         let bad = Deny::new(&["{unclosed".to_owned()]).unwrap_err();
         assert!(bad.contains("{unclosed"), "{bad}");
     }

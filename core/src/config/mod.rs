@@ -282,10 +282,24 @@ pub enum ConfigError {
 impl Config {
     /// Parses and validates a file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })
+        })?;
+        // What no single key's range can say: keys that must agree with each other.
+        let (message, budget) = (
+            config.rpc.max_message_size.get() as u64,
+            config.rpc.max_buffered_requests.get(),
+        );
+        if message > budget {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: format!(
+                    "[rpc] max_message_size ({message}) is larger than [rpc] max_buffered_requests ({budget}): no message that large could ever arrive; raise the budget or lower the size"
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// Finds and parses the config the way both `reaperd` and `reaper` do (see
@@ -436,6 +450,13 @@ mod range_tests {
             );
             assert!(message.contains("out of range"), "{text:?} -> {message}");
         }
+        let message = Config::from_toml(
+            "[rpc]\nmax_message_size = 268435456\nmax_buffered_requests = 1048576\n",
+            "reaper.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("max_buffered_requests"), "{message}");
         // The ends of each range are accepted.
         Config::from_toml(
             "[daemon]\nshutdown_grace = 3600\n[rpc]\nworker_threads = 256\n",
