@@ -589,12 +589,17 @@ impl RpcServer {
 
     fn accept(&mut self, now: Instant, incoming: quinn_proto::Incoming) {
         let remote = incoming.remote_address();
-        let handshakes = self.handshake_count();
-        let from_remote = self
-            .conns
-            .values()
-            .filter(|c| c.handshaking() && c.quic.remote_address() == remote)
-            .count();
+        // One pass: handshakes in progress, and how many of them come from this address.
+        let (handshakes, from_remote) =
+            self.conns
+                .values()
+                .filter(|c| c.handshaking())
+                .fold((0, 0), |(all, here), c| {
+                    (
+                        all + 1,
+                        here + usize::from(c.quic.remote_address() == remote),
+                    )
+                });
         let refusal = if self.draining {
             Some("daemon is shutting down")
         } else if self.connection_count() >= self.settings.max_connections

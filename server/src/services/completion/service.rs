@@ -183,13 +183,7 @@ impl CompletionService {
                     suffix: &r.suffix,
                     language: &r.language,
                     file: r.file_path.as_ref().map(|p| p.as_str()),
-                    context_bytes: r.context.as_ref().map_or(0, |c| {
-                        c.lsp_symbols.as_ref().map_or(0, |s| s.len())
-                            + c.git_status.as_ref().map_or(0, |s| s.len())
-                            + c.project_files
-                                .as_ref()
-                                .map_or(0, |files| files.iter().map(|f| f.len() + 1).sum())
-                    }),
+                    context_bytes: context_bytes!(r.context),
                 };
                 let plan = match self.fast_path(server, call, now, &view) {
                     FastPath::Done(outcome) => return outcome,
@@ -210,13 +204,7 @@ impl CompletionService {
                     suffix: &r.suffix,
                     language: &r.language,
                     file: r.file_path.as_deref(),
-                    context_bytes: r.context.as_ref().map_or(0, |c| {
-                        c.lsp_symbols.as_ref().map_or(0, String::len)
-                            + c.git_status.as_ref().map_or(0, String::len)
-                            + c.project_files
-                                .as_ref()
-                                .map_or(0, |files| files.iter().map(|f| f.len() + 1).sum())
-                    }),
+                    context_bytes: context_bytes!(r.context),
                 };
                 match self.fast_path(server, call, now, &view) {
                     FastPath::Done(outcome) => outcome,
@@ -513,6 +501,21 @@ struct View<'a> {
     /// Bytes of `context` (symbols, git status, project file paths).
     context_bytes: usize,
 }
+
+/// Bytes of a request's `context`, the same for the archived (rkyv, read in place) and the
+/// decoded (JSON) request, whose fields have the same names and methods.
+macro_rules! context_bytes {
+    ($context:expr) => {
+        $context.as_ref().map_or(0, |c| {
+            c.lsp_symbols.as_ref().map_or(0, |s| s.len())
+                + c.git_status.as_ref().map_or(0, |s| s.len())
+                + c.project_files
+                    .as_ref()
+                    .map_or(0, |files| files.iter().map(|f| f.len() + 1).sum())
+        })
+    };
+}
+use context_bytes;
 
 /// Longest `language` accepted: names are short ("rust", "typescriptreact"); the field is part
 /// of every cache key, so its length is memory held per entry.
