@@ -453,7 +453,7 @@ fn query_of(prefix: &str) -> &[u8] {
 
 /// What follows `pos` in the corpus, to the end of its line (or file).
 fn rest_of_line(corpus: &Corpus, pos: usize) -> String {
-    let rest = &corpus.text()[pos..];
+    let rest = corpus.rest(pos);
     let end = rest
         .iter()
         .position(|&b| b == b'\n' || b == 0)
@@ -468,7 +468,7 @@ fn naive_longest_match(corpus: &Corpus, prefix: &str) -> Option<String> {
     if len == 0 {
         return None;
     }
-    let text = rest_of_line(corpus, corpus.positions(range, 1).next()? + len);
+    let text = rest_of_line(corpus, corpus.positions(&range, 1).next()? + len);
     (!text.is_empty()).then_some(text)
 }
 
@@ -482,7 +482,7 @@ fn voting_longest_match(corpus: &Corpus, prefix: &str) -> Option<(String, f32)> 
     }
     let mut votes: HashMap<String, u32> = HashMap::new();
     let mut total = 0;
-    for pos in corpus.positions(range, usize::MAX) {
+    for pos in corpus.positions(&range, usize::MAX) {
         *votes.entry(rest_of_line(corpus, pos + len)).or_default() += 1;
         total += 1;
     }

@@ -11,10 +11,11 @@
 
 pub mod corpus;
 pub mod model;
+pub mod reconcile;
 pub mod related;
 pub mod symbols;
 pub mod workspace;
 
-pub use corpus::{Corpus, CorpusBuilder};
+pub use corpus::{Corpus, CorpusBuilder, Hits, Policy};
 pub use model::{predict, predict_explained, Evidence, Prediction};
 pub use workspace::{Deny, IndexLimits, Workspace, Workspaces};

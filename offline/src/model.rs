@@ -16,7 +16,7 @@ use std::path::Path;
 use memchr::memmem;
 use reaper_core::text::{head, tail};
 
-use crate::corpus::Corpus;
+use crate::corpus::{Corpus, Hits};
 
 /// Bytes of the prefix used as the query.
 const MAX_QUERY: usize = 256;
@@ -106,8 +106,9 @@ pub fn predict_explained(
     let later = head(later, MAX_LOCAL).as_bytes();
     let local_len =
         longest_local_match(local_haystack, query).max(longest_local_match(later, query));
-    let (corpus_len, range) =
-        corpus.map_or((0, 0..0), |c| longest_foreign_match(c, query, own_file));
+    let (corpus_len, hits) = corpus.map_or((0, Hits::default()), |c| {
+        longest_foreign_match(c, query, own_file)
+    });
     let matched = local_len.max(corpus_len);
     if matched < MIN_MATCH.min(query.len()) {
         return None;
@@ -140,21 +141,23 @@ pub fn predict_explained(
             }
         }
         if let Some(corpus) = corpus.filter(|_| level <= corpus_len) {
-            let range = if level == corpus_len {
-                range.clone()
+            let found;
+            let at = if level == corpus_len {
+                &hits
             } else {
-                corpus.find(needle)
+                found = corpus.find(needle);
+                &found
             };
-            for start in corpus.positions(range, MAX_VOTERS) {
+            for start in corpus.positions(at, MAX_VOTERS) {
                 let end = start + level;
                 // A match that ends its file says nothing about what comes next.
-                if corpus.text().get(end).is_none_or(|&b| b == 0) {
+                if corpus.byte(end).is_none_or(|b| b == 0) {
                     continue;
                 }
                 if own_file.is_some_and(|own| corpus.file_at(start).is_some_and(|f| f == own)) {
                     continue;
                 }
-                let cont = continuation(corpus.text(), end);
+                let cont = continuation(corpus.rest(end), 0);
                 *votes.entry(cont).or_default() += scale;
                 total += scale;
                 occurrences += usize::from(level == matched);
@@ -196,44 +199,44 @@ pub fn predict_explained(
     Some((prediction, evidence))
 }
 
-/// The longest match of `query`'s tail in `corpus` that occurs outside `own_file`, and its
-/// range. The saved copy of the file being edited often holds the very line being typed (the
+/// The longest match of `query`'s tail in `corpus` that occurs live (not only in a changed
+/// file's old copy) and outside `own_file`, and where it occurs. The saved copy of the file being edited often holds the very line being typed (the
 /// user is changing it); its occurrences do not vote, so they must not set the match length
 /// either, or every level of backoff would sit above what the rest of the workspace shares
 /// and the model would fall silent (a Neovim session editing a saved file found this).
-fn longest_foreign_match(
-    corpus: &Corpus,
-    query: &[u8],
-    own_file: Option<&Path>,
-) -> (usize, std::ops::Range<usize>) {
-    let (len, range) = corpus.longest_suffix_match(query);
-    let Some(own) = own_file else {
-        return (len, range);
-    };
+fn longest_foreign_match(corpus: &Corpus, query: &[u8], own_file: Option<&Path>) -> (usize, Hits) {
+    let (len, hits) = corpus.longest_suffix_match(query);
     // A length counts when an occurrence among those that would vote (the same sample, the
-    // same skips as the voting below) is outside the own file. Occurrences of a shorter tail
-    // include those of a longer one, so this holds up to some bound, found by bisection (on a
-    // sample, nearly monotone: a miss only shortens the match, as backoff would).
-    let votes_elsewhere = |level: usize, range: std::ops::Range<usize>| {
-        corpus.positions(range, MAX_VOTERS).any(|start| {
-            let ends_file = corpus.text().get(start + level).is_none_or(|&b| b == 0);
-            !ends_file && corpus.file_at(start).is_none_or(|f| f != own)
-        })
+    // same skips as the voting below) is live and outside the own file. Occurrences of a
+    // shorter tail include those of a longer one, so this holds up to some bound, found by
+    // bisection (on a sample, nearly monotone: a miss only shortens the match, as backoff
+    // would). Without an own file, any live occurrence will do ([`Corpus::positions`] yields
+    // live ones only), so an index with no dead text answers as it did before there was any.
+    let votes_elsewhere = |level: usize, hits: &Hits| {
+        corpus
+            .positions(hits, MAX_VOTERS)
+            .any(|start| match own_file {
+                None => true,
+                Some(own) => {
+                    let ends_file = corpus.byte(start + level).is_none_or(|b| b == 0);
+                    !ends_file && corpus.file_at(start).is_none_or(|f| f != own)
+                }
+            })
     };
-    if len == 0 || votes_elsewhere(len, range.clone()) {
-        return (len, range);
+    if len == 0 || votes_elsewhere(len, &hits) {
+        return (len, hits);
     }
     let (mut found, mut missing) = (0, len);
     while missing - found > 1 {
         let mid = found + (missing - found) / 2;
-        if votes_elsewhere(mid, corpus.find(&query[query.len() - mid..])) {
+        if votes_elsewhere(mid, &corpus.find(&query[query.len() - mid..])) {
             found = mid;
         } else {
             missing = mid;
         }
     }
     match found {
-        0 => (0, 0..0),
+        0 => (0, Hits::default()),
         n => (n, corpus.find(&query[query.len() - n..])),
     }
 }

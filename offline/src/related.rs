@@ -103,23 +103,28 @@ pub fn related(
     anchors.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     anchors.truncate(MAX_ANCHORS);
 
-    let text = corpus.text();
     let mut seen: HashSet<usize> = HashSet::new();
     let mut candidates: Vec<(std::ops::Range<usize>, f32)> = Vec::new();
     for (anchor, _) in anchors {
-        let range = corpus.find(anchor.as_bytes());
-        for pos in corpus.positions(range, WINDOWS_PER_ANCHOR) {
+        let hits = corpus.find(anchor.as_bytes());
+        for pos in corpus.positions(&hits, WINDOWS_PER_ANCHOR) {
             let Some((file, bounds)) = corpus.file_range_at(pos) else {
                 continue;
             };
             if own_file.is_some_and(|own| file == own) {
                 continue;
             }
-            let window = window_around(text, bounds, pos);
+            // Windows are found in the segment's text (a file never spans two) and kept in
+            // global positions.
+            let Some((text, base)) = corpus.segment_text_at(pos) else {
+                continue;
+            };
+            let local = window_around(text, bounds.start - base..bounds.end - base, pos - base);
+            let window = local.start + base..local.end + base;
             if !seen.insert(window.start) {
                 continue;
             }
-            let Ok(body) = std::str::from_utf8(&text[window.clone()]) else {
+            let Ok(body) = std::str::from_utf8(corpus.slice(window.clone())) else {
                 continue;
             };
             let (score, shared) = score(body, &weights);
@@ -143,7 +148,7 @@ pub fn related(
             continue;
         }
         // Code the user already has before the cursor is no news to the model.
-        let body = String::from_utf8_lossy(&text[window.clone()]);
+        let body = String::from_utf8_lossy(corpus.slice(window.clone()));
         if prefix.contains(body.trim()) {
             continue;
         }
@@ -155,7 +160,7 @@ pub fn related(
         .filter_map(|(window, score)| {
             Some(Snippet {
                 path: corpus.file_at(window.start)?.clone(),
-                text: String::from_utf8_lossy(&text[window]).into_owned(),
+                text: String::from_utf8_lossy(corpus.slice(window)).into_owned(),
                 score,
             })
         })
@@ -429,11 +434,12 @@ mod tests {
     fn windows_stay_inside_their_file_and_on_character_edges() {
         let long = format!("{}é{}", "x".repeat(700), "RetryPolicy");
         let corpus = corpus(&[("/a", "RetryPolicy one\ntwo"), ("/b", &long)]);
+        let (text, _) = corpus.segment_text_at(0).unwrap();
         for pos in [0, 5, 20, 800] {
-            let pos = pos.min(corpus.text().len() - 2);
+            let pos = pos.min(text.len() - 2);
             let (_, file) = corpus.file_range_at(pos).unwrap();
-            let window = window_around(corpus.text(), file, pos);
-            let slice = &corpus.text()[window];
+            let window = window_around(text, file, pos);
+            let slice = &text[window];
             assert!(!slice.contains(&0), "no window crosses files");
             assert!(std::str::from_utf8(slice).is_ok());
             assert!(slice.len() <= MAX_WINDOW);

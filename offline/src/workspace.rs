@@ -6,10 +6,12 @@
 //! `[providers.offline] roots` names its directory. The first completion in a workspace starts a
 //! thread that indexes it (respecting `.gitignore`, skipping binaries and large files) and then
 //! watches it with `notify`; changes (outside ignored paths and `.git`) are batched until
-//! [`REBUILD_DEBOUNCE`] passes without one, and the index is rebuilt and swapped in whole, so
-//! predictions never wait on indexing and never see a half-built index.
+//! [`REBUILD_DEBOUNCE`] passes without one, then only the changed paths are looked at again
+//! ([`crate::reconcile`]) and the next snapshot, which shares every segment the change did not
+//! touch ([`crate::corpus`]), is swapped in, so predictions never wait on indexing and never
+//! see a half-built index.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::corpus::{Corpus, CorpusBuilder};
+use crate::corpus::Corpus;
+use crate::reconcile::{Index, Scope};
 
 /// How long changes settle before the index is rebuilt.
 pub const REBUILD_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -28,8 +31,6 @@ const REBUILD_MAX_WAIT: Duration = Duration::from_secs(3);
 pub const MAX_WORKSPACES: usize = 32;
 /// How often an indexing thread waiting for changes looks whether it was evicted.
 const EVICTION_CHECK: Duration = Duration::from_secs(1);
-/// Bytes read to decide whether a file is binary.
-const BINARY_SNIFF: usize = 8192;
 
 /// Limits of indexing.
 #[derive(Debug, Clone, Copy)]
@@ -104,17 +105,23 @@ pub struct Workspace {
     pinned: bool,
 }
 
-/// What the last index build did.
+/// What the index holds and what its last update did.
 #[derive(Debug, Clone, Default)]
 pub struct BuildStats {
-    /// Builds so far.
+    /// Updates so far, the first build included.
     pub builds: u64,
-    /// Files and bytes in the current index.
+    /// Files in the current index.
     pub files: usize,
     /// Bytes of text indexed.
     pub bytes: usize,
-    /// How long the last build took.
+    /// Segments of the current index.
+    pub segments: usize,
+    /// How long the last update took.
     pub last_build: Duration,
+    /// Files the last update read.
+    pub last_read: usize,
+    /// Bytes of text the last update sorted (the work it did).
+    pub last_sorted_bytes: usize,
 }
 
 impl Workspace {
@@ -342,6 +349,17 @@ fn is_repository(git: &Path) -> bool {
     }
 }
 
+/// What the watcher saw.
+enum Change {
+    /// These paths changed (created, written, removed or renamed).
+    Paths(Vec<PathBuf>),
+    /// Track was lost (an error, an overflow, an ignore file changed): look at everything.
+    Rescan,
+}
+
+/// Paths gathered in one batch at most; past it the whole tree is looked at instead.
+const MAX_BATCH_PATHS: usize = 1024;
+
 fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budget: &Known) {
     let (tx, rx) = mpsc::channel();
     let root = workspace.root.clone();
@@ -349,22 +367,41 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budg
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (our own, while indexing, among them) change nothing, and neither do writes
         // to ignored paths (a build's output) or to `.git`.
-        let Ok(event) = event else {
-            let _ = tx.send(());
-            return;
+        let event = match event {
+            Ok(event) if !event.need_rescan() => event,
+            _ => {
+                let _ = tx.send(Change::Rescan);
+                return;
+            }
         };
         if matches!(event.kind, notify::EventKind::Access(_)) {
             return;
         }
-        let relevant = event.paths.iter().any(|path| {
+        let mut relevant = Vec::new();
+        for path in event.paths {
             let Ok(relative) = path.strip_prefix(&root) else {
-                return false;
+                continue;
             };
-            let in_git = relative.components().any(|c| c.as_os_str() == ".git");
-            !in_git && !ignored.matched_path_or_any_parents(path, false).is_ignore()
-        });
-        if relevant {
-            let _ = tx.send(());
+            if relative.components().any(|c| c.as_os_str() == ".git") {
+                continue;
+            }
+            // New ignore rules can hide or reveal anything.
+            if matches!(
+                path.file_name().and_then(|n| n.to_str()),
+                Some(".gitignore" | ".ignore")
+            ) {
+                let _ = tx.send(Change::Rescan);
+                return;
+            }
+            if !ignored
+                .matched_path_or_any_parents(&path, false)
+                .is_ignore()
+            {
+                relevant.push(path);
+            }
+        }
+        if !relevant.is_empty() {
+            let _ = tx.send(Change::Paths(relevant));
         }
     })
     .and_then(|mut w| {
@@ -374,60 +411,105 @@ fn index_and_watch(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budg
     if let Err(error) = &watcher {
         tracing::warn!(root = %workspace.root.display(), %error, "cannot watch for changes; the index will not follow edits");
     }
-    rebuild(workspace, limits, deny, budget);
+    let mut index = Index::default();
+    update(workspace, &mut index, &Scope::All, limits, deny, budget);
     if watcher.is_err() {
         return;
     }
     loop {
         // Wait for a change, then let the burst settle; an evicted workspace's thread ends
         // (and its watcher with it).
-        match rx.recv_timeout(EVICTION_CHECK) {
+        let first = match rx.recv_timeout(EVICTION_CHECK) {
             _ if workspace.is_evicted() => return,
-            Ok(_) => {}
+            Ok(change) => change,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
-        }
+        };
+        let mut paths: HashSet<PathBuf> = HashSet::new();
+        let mut rescan = false;
+        let mut take = |change: Change| match change {
+            Change::Rescan => rescan = true,
+            Change::Paths(changed) => paths.extend(changed),
+        };
+        take(first);
         let give_up = Instant::now() + REBUILD_MAX_WAIT;
         loop {
             let wait = REBUILD_DEBOUNCE.min(give_up.saturating_duration_since(Instant::now()));
             match rx.recv_timeout(wait) {
-                Ok(_) if Instant::now() < give_up => continue,
-                Ok(_) | Err(RecvTimeoutError::Timeout) => break,
+                Ok(change) if Instant::now() < give_up => take(change),
+                Ok(change) => {
+                    take(change);
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         if workspace.is_evicted() {
             return;
         }
-        rebuild(workspace, limits, deny, budget);
+        let scope = if rescan || paths.len() > MAX_BATCH_PATHS {
+            Scope::All
+        } else {
+            Scope::Paths(paths.into_iter().collect())
+        };
+        update(workspace, &mut index, &scope, limits, deny, budget);
     }
 }
 
-fn rebuild(workspace: &Workspace, limits: IndexLimits, deny: &Deny, budget: &Known) {
-    let started = Instant::now();
-    let (corpus, files, bytes) = build_corpus_except(&workspace.root, limits, deny);
-    let elapsed = started.elapsed();
+/// Brings `index` up to date for `scope` and publishes it.
+fn update(
+    workspace: &Workspace,
+    index: &mut Index,
+    scope: &Scope,
+    limits: IndexLimits,
+    deny: &Deny,
+    budget: &Known,
+) {
+    let stop = || workspace.is_evicted();
+    let first = matches!(scope, Scope::All) && workspace.corpus().is_none();
+    let Some(done) = index.reconcile(&workspace.root, scope, limits, deny, &stop) else {
+        // Nothing changed; the first build still publishes its (empty) index.
+        if first && !workspace.is_evicted() {
+            publish(workspace, index, budget);
+        }
+        return;
+    };
     if workspace.is_evicted() {
         return;
     }
-    if let Ok(mut current) = workspace.corpus.write() {
-        *current = Some(Arc::new(corpus));
-    }
-    // The new index may take the whole set past the budget: the least recently used others go.
-    budget.make_room(Some(workspace.root()), 0);
+    publish(workspace, index, budget);
+    let corpus = &index.corpus;
     if let Ok(mut stats) = workspace.builds.lock() {
         stats.builds += 1;
-        stats.files = files;
-        stats.bytes = bytes;
-        stats.last_build = elapsed;
+        stats.files = corpus.file_count();
+        stats.bytes = corpus.text_bytes();
+        stats.segments = corpus.segment_count();
+        stats.last_build = done.elapsed;
+        stats.last_read = done.read;
+        stats.last_sorted_bytes = done.sorted.sorted_bytes;
     }
     tracing::info!(
         root = %workspace.root.display(),
-        files,
-        bytes,
-        ms = elapsed.as_millis() as u64,
-        "indexed workspace"
+        files = corpus.file_count(),
+        bytes = corpus.text_bytes(),
+        segments = corpus.segment_count(),
+        read = done.read,
+        dropped = done.dropped,
+        sorted_bytes = done.sorted.sorted_bytes,
+        ms = done.elapsed.as_millis() as u64,
+        "{}",
+        if first { "indexed workspace" } else { "updated workspace index" }
     );
+}
+
+/// Makes `index` the one predictions read.
+fn publish(workspace: &Workspace, index: &Index, budget: &Known) {
+    if let Ok(mut current) = workspace.corpus.write() {
+        *current = Some(index.corpus.clone());
+    }
+    // The new index may take the whole set past the budget: the least recently used others go.
+    budget.make_room(Some(workspace.root()), 0);
 }
 
 /// Reads every source-like file under `root` into a corpus.
@@ -441,37 +523,11 @@ pub fn build_corpus_except(
     limits: IndexLimits,
     deny: &Deny,
 ) -> (Corpus, usize, usize) {
-    let mut builder = CorpusBuilder::default();
-    let mut files = 0;
-    for entry in ignore::WalkBuilder::new(root)
-        .build()
-        .filter_map(Result::ok)
-    {
-        if !entry.file_type().is_some_and(|t| t.is_file()) || deny.excludes(entry.path()) {
-            continue;
-        }
-        let too_big = entry
-            .metadata()
-            .map_or(true, |m| m.len() > limits.max_file_bytes);
-        if too_big {
-            continue;
-        }
-        let Ok(text) = std::fs::read(entry.path()) else {
-            continue;
-        };
-        if text[..text.len().min(BINARY_SNIFF)].contains(&0) {
-            continue;
-        }
-        if builder.len() + text.len() > limits.max_workspace_bytes {
-            tracing::warn!(root = %root.display(), limit = limits.max_workspace_bytes, "workspace over [providers.offline] max_workspace_bytes: indexed in part");
-            break;
-        }
-        if builder.add(entry.into_path(), &text) {
-            files += 1;
-        }
-    }
-    let bytes = builder.len();
-    (builder.build(), files, bytes)
+    let mut index = Index::default();
+    index.reconcile(root, &Scope::All, limits, deny, &|| false);
+    let corpus = Arc::unwrap_or_clone(index.corpus);
+    let (files, bytes) = (corpus.file_count(), corpus.text_bytes());
+    (corpus, files, bytes)
 }
 
 /// Whether a file is of a kind that holds credentials (`.env`, private keys, token stores).
@@ -793,5 +849,62 @@ mod tests {
                 .is_some_and(|c| c.find(b"freshly_written").len() == 1)
         });
         assert!(ws.stats().builds >= 2);
+    }
+
+    /// Issue 13, finding 2: appending to one file rebuilt the whole index (three times a
+    /// minute on a 200 MB repository, old and new side by side). Now an edit sorts that file
+    /// alone and the next index shares the rest with the one before.
+    #[test]
+    fn an_edit_sorts_only_the_edited_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        repo(&root);
+        for i in 0..40 {
+            let lines: String = (0..1000)
+                .map(|n| format!("    let value_{i}_{n} = compute({n});\n"))
+                .collect();
+            std::fs::write(root.join(format!("f{i}.rs")), lines).unwrap();
+        }
+        std::fs::write(root.join("edited.rs"), "fn first_version() {}\n").unwrap();
+        let workspaces = Workspaces::new(LIMITS);
+        let ws = workspaces.for_file(&root.join("edited.rs")).unwrap();
+        wait_for("first build", || ws.corpus().is_some());
+        let first = ws.corpus().unwrap();
+        let total = ws.stats().bytes;
+        assert!(total > 1 << 20, "{total} bytes");
+        let untouched = first
+            .positions(&first.find(b"value_7_500 "), 1)
+            .next()
+            .unwrap();
+
+        let mut text = String::from("fn first_version() {}\n");
+        for round in 0..3 {
+            text.push_str(&format!("fn appended_{round}() {{}}\n"));
+            std::fs::write(root.join("edited.rs"), &text).unwrap();
+            let word = format!("appended_{round}");
+            wait_for("the edit", || {
+                ws.corpus()
+                    .is_some_and(|c| c.positions(&c.find(word.as_bytes()), 4).count() == 1)
+            });
+            let stats = ws.stats();
+            assert_eq!(stats.last_read, 1, "one file read");
+            assert!(
+                stats.last_sorted_bytes <= text.len() + 1,
+                "sorted {} bytes of {total} for a {}-byte file",
+                stats.last_sorted_bytes,
+                text.len()
+            );
+        }
+        let now = ws.corpus().unwrap();
+        assert!(
+            now.shares_segment_at(untouched, &first),
+            "the big segment is shared, not rebuilt"
+        );
+        assert_eq!(now.file_count(), 41);
+        assert_eq!(
+            now.positions(&now.find(b"first_version"), 4).count(),
+            1,
+            "one live copy"
+        );
     }
 }

@@ -458,3 +458,85 @@ async fn editor_symbols_complete_identifiers_the_workspace_lacks() {
     assert_eq!(with.completion, "der");
     assert!(with.confidence > 0.0 && with.confidence <= 0.5);
 }
+
+/// The daemon's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib(daemon: &Daemon) -> u64 {
+    daemon.proc_status_kib("VmHWM:")
+}
+
+/// Issue 13, finding 2: appending to one file of an indexed repository rebuilt the whole index
+/// each time, the old and new side by side (a 200 MB repository peaked at 2.1 GB). Now an edit
+/// sorts the edited file alone: the daemon's peak memory, read from /proc, stays where the
+/// first build left it.
+#[tokio::test]
+async fn an_edit_does_not_rebuild_the_index_beside_the_old_one() {
+    let repo = repository();
+    for i in 0..240 {
+        let lines: String = (0..2000)
+            .map(|n| format!("    let value_{i}_{n} = compute_{}({n});\n", n % 97))
+            .collect();
+        std::fs::write(repo.path().join(format!("src/gen{i}.rs")), lines).unwrap();
+    }
+    let file = repo.path().join("src/load.rs");
+    let daemon = Daemon::start();
+    let client = connect(&daemon, Encoding::Rkyv).await;
+    client
+        .complete(
+            &request(&file, "fn a() {\n    let settings = Sett"),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let index_bytes = loop {
+        if daemon.log().contains("indexed workspace") {
+            break client.health().await.unwrap().budgets.index_bytes;
+        }
+        assert!(Instant::now() < deadline, "never indexed: {}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(index_bytes > 80 << 20, "index of {index_bytes} bytes");
+    let first_peak = peak_rss_kib(&daemon);
+
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    for round in 1..=3 {
+        text.push_str(&format!("fn appended_{round}() {{}}\n"));
+        std::fs::write(&file, &text).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.log().matches("updated workspace index").count() < round {
+            assert!(
+                Instant::now() < deadline,
+                "edit {round} never indexed: {}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let log = daemon.log();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("updated workspace index"))
+    {
+        let sorted: usize = line
+            .split("sorted_bytes=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sorted_bytes in {line}"));
+        assert!(
+            sorted <= text.len() + 1,
+            "an edit sorted {sorted} bytes: {line}"
+        );
+    }
+    let last_peak = peak_rss_kib(&daemon);
+    println!(
+        "index {} MiB; peak RSS {} MiB after the first build, {} MiB after 3 edits",
+        index_bytes >> 20,
+        first_peak >> 10,
+        last_peak >> 10
+    );
+    assert!(
+        (last_peak - first_peak) * 1024 < index_bytes / 4,
+        "peak RSS grew from {first_peak} to {last_peak} KiB with an index of {index_bytes} bytes"
+    );
+}

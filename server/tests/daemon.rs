@@ -90,11 +90,16 @@ impl Daemon {
 
     /// The daemon's resident set, in KiB, from `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// A figure in KiB from `/proc/PID/status` (`VmRSS:`, `VmHWM:`…).
+    pub fn proc_status_kib(&self, key: &str) -> u64 {
         let pid = self.child.as_ref().unwrap().id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap()
