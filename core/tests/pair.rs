@@ -2,6 +2,7 @@
 //! can lose, delay and reorder datagrams.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -10,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use reaper_core::config::RpcConfig;
 use reaper_core::rpc::{
     ClientCallId, ClientEvent, RpcClient, RpcServer, ServerEvent, ServerSettings,
+    SILENT_GIVES_WAY_AFTER,
 };
 use reaper_core::schema::*;
 use reaper_core::wire::RequestHead;
@@ -56,6 +58,8 @@ struct Pair {
     rpc: RpcConfig,
     /// The clients' datagrams no longer arrive (their process died).
     clients_gone: bool,
+    /// These clients' datagrams no longer arrive (their process died).
+    dead: Vec<usize>,
 }
 
 fn client_addr(i: usize) -> SocketAddr {
@@ -93,6 +97,7 @@ impl Pair {
             cert: cert_der,
             rpc,
             clients_gone: false,
+            dead: Vec::new(),
         };
         pair.add_client();
         pair
@@ -100,6 +105,22 @@ impl Pair {
 
     fn add_client(&mut self) -> usize {
         let config = transport::client_config(self.cert.clone(), &self.rpc, true).unwrap();
+        self.add_client_with(config)
+    }
+
+    /// A client that never pings and asks for a 300 s idle timeout (not reaper-client: its
+    /// 6 s would close a dead one's connection first).
+    fn add_patient_client(&mut self) -> usize {
+        let mut config = transport::client_config(self.cert.clone(), &self.rpc, true).unwrap();
+        let mut patient = transport::transport_config(&self.rpc, true);
+        patient
+            .keep_alive_interval(None)
+            .max_idle_timeout(Some(Duration::from_secs(300).try_into().unwrap()));
+        config.transport_config(Arc::new(patient));
+        self.add_client_with(config)
+    }
+
+    fn add_client_with(&mut self, config: quinn_proto::ClientConfig) -> usize {
         let client = RpcClient::connect(
             self.now,
             transport::endpoint_config(true),
@@ -113,7 +134,9 @@ impl Pair {
     }
 
     fn send(&mut self, to: Option<usize>, from: SocketAddr, bytes: Vec<u8>) {
-        if self.rng.random_bool(self.link.loss) || (to.is_none() && self.clients_gone) {
+        let dead =
+            (0..self.clients.len()).any(|i| self.dead.contains(&i) && client_addr(i) == from);
+        if self.rng.random_bool(self.link.loss) || (to.is_none() && self.clients_gone) || dead {
             return;
         }
         let jitter = self.link.jitter.mul_f64(self.rng.random::<f64>());
@@ -523,6 +546,65 @@ fn a_connection_that_never_authenticated_makes_room_at_the_limit() {
         .unwrap();
     pair.drive_until(&mut service, &mut |p: &Pair| p.finished(1, call).is_some());
     assert_eq!(pair.finished(1, call).unwrap(), &Status::ok());
+    assert_eq!(pair.server.connection_count(), 1);
+}
+
+/// Issue 13, finding 1: a client killed without closing held its slot for the whole idle
+/// timeout (300 s), and at `max_connections` real clients were refused all that time. At the
+/// limit, a connection silent for `SILENT_GIVES_WAY_AFTER` with no call open gives way; one
+/// heard from recently does not.
+#[test]
+fn a_killed_clients_slot_goes_to_a_new_client_at_the_limit() {
+    let rpc = RpcConfig {
+        max_connections: 1.try_into().unwrap(),
+        ..Default::default()
+    };
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.clients.clear();
+    let killed = pair.add_patient_client();
+    pair.connect();
+    let mut service = health_service();
+    let call = pair.clients[killed]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        p.finished(killed, call).is_some()
+    });
+    pair.dead.push(killed);
+
+    // Heard from a moment ago: the newcomer is refused, as before.
+    pair.now += Duration::from_secs(2);
+    let early = pair.add_client();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        p.client_log
+            .iter()
+            .any(|(i, e)| *i == early && matches!(e, ClientEvent::ConnectionLost { .. }))
+    });
+    assert_eq!(pair.server.connection_count(), 1);
+
+    // Silent past the bound, nothing open: it makes room.
+    pair.now += SILENT_GIVES_WAY_AFTER;
+    let late = pair.add_client();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        p.client_log
+            .iter()
+            .any(|(i, e)| *i == late && *e == ClientEvent::Connected)
+    });
+    let call = pair.clients[late]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        p.finished(late, call).is_some()
+    });
+    assert_eq!(pair.finished(late, call).unwrap(), &Status::ok());
     assert_eq!(pair.server.connection_count(), 1);
 }
 

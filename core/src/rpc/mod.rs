@@ -5,4 +5,6 @@ mod server;
 pub mod stream;
 
 pub use client::{ClientCallId, ClientEvent, ConnectError, RpcClient};
-pub use server::{CallId, ConnId, IncomingCall, RpcServer, ServerEvent, ServerSettings};
+pub use server::{
+    CallId, ConnId, IncomingCall, RpcServer, ServerEvent, ServerSettings, SILENT_GIVES_WAY_AFTER,
+};

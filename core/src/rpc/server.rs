@@ -91,6 +91,11 @@ const RETRY_FROM: usize = 4; // one quarter
 /// How often requests still arriving are checked against `request_timeout`: a sweep a second
 /// while any call is open, rather than a deadline per stream on every pass.
 const REQUEST_SWEEP: Duration = Duration::from_secs(1);
+/// At `max_connections`, an authenticated connection silent this long with no call open makes
+/// room for a new one. A live reaper-client pings every 2 s (`transport::CLIENT_KEEP_ALIVE`);
+/// a client killed without closing sends nothing, and a client that asks for a long idle
+/// timeout would otherwise hold its slot for all of it (300 s by default).
+pub const SILENT_GIVES_WAY_AFTER: Duration = Duration::from_secs(15);
 
 /// One call: a stream on a connection. Cheap to copy; stays unique while the call lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,6 +248,8 @@ struct Conn {
     /// Whether a call on it has presented the token. Until one has, the connection is the
     /// first to go when the limit is reached: completing a handshake takes no token.
     authenticated: bool,
+    /// When a datagram last arrived for it.
+    last_heard: Instant,
 }
 
 impl Conn {
@@ -603,7 +610,7 @@ impl RpcServer {
         let refusal = if self.draining {
             Some("daemon is shutting down")
         } else if self.connection_count() >= self.settings.max_connections
-            && !self.evict_unauthenticated(now, None)
+            && !self.make_room(now, None)
         {
             Some("connection limit reached ([rpc] max_connections)")
         } else if handshakes >= self.settings.max_handshakes && !self.evict_oldest_handshake(now) {
@@ -652,6 +659,7 @@ impl RpcServer {
                         accepted_at: now,
                         closing: false,
                         authenticated: false,
+                        last_heard: now,
                     },
                 );
                 self.process(now, handle);
@@ -675,6 +683,7 @@ impl RpcServer {
         event: QuicConnectionEvent,
     ) {
         if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.last_heard = now;
             conn.quic.handle_event(event);
             self.process(now, handle);
         }
@@ -808,7 +817,7 @@ impl RpcServer {
         // Handshakes run concurrently, so more may finish than `max_connections` allows: the
         // limit is enforced again as each one does.
         if connected_now && self.connection_count() > self.settings.max_connections {
-            let room = self.evict_unauthenticated(now, Some(handle));
+            let room = self.make_room(now, Some(handle));
             if !room {
                 self.close_refused(
                     now,
@@ -819,26 +828,47 @@ impl RpcServer {
         }
     }
 
-    /// Closes an established connection that has never presented the token (the oldest),
-    /// other than `keep`, to make room; whether there was one.
-    fn evict_unauthenticated(&mut self, now: Instant, keep: Option<ConnectionHandle>) -> bool {
-        let victim = self
+    /// Closes an established connection other than `keep` to make room at the limit; whether
+    /// there was one to close. First one that has never presented the token (the oldest), then
+    /// one silent for [`SILENT_GIVES_WAY_AFTER`] with no call open (the longest silent).
+    fn make_room(&mut self, now: Instant, keep: Option<ConnectionHandle>) -> bool {
+        let open = |h: &ConnectionHandle, c: &Conn| c.connected && !c.closing && Some(*h) != keep;
+        let unauthenticated = self
             .conns
             .iter()
-            .filter(|(h, c)| c.connected && !c.closing && !c.authenticated && Some(**h) != keep)
+            .filter(|(h, c)| open(h, c) && !c.authenticated)
             .min_by_key(|(_, c)| c.accepted_at)
             .map(|(h, _)| *h);
-        match victim {
-            Some(victim) => {
-                self.close_refused(
-                    now,
-                    victim,
-                    "closed to make room: connected without ever presenting the token",
-                );
-                true
-            }
-            None => false,
+        if let Some(victim) = unauthenticated {
+            self.close_refused(
+                now,
+                victim,
+                "closed to make room: connected without ever presenting the token",
+            );
+            return true;
         }
+        let silent = self
+            .conns
+            .iter()
+            .filter(|(h, c)| {
+                // An answered call waits only for its acknowledgement, which a dead client
+                // never sends.
+                let idle = c.calls.values().all(|call| matches!(call.phase, Phase::Answered));
+                open(h, c)
+                    && idle
+                    && now.saturating_duration_since(c.last_heard) >= SILENT_GIVES_WAY_AFTER
+            })
+            .min_by_key(|(_, c)| c.last_heard)
+            .map(|(h, _)| *h);
+        if let Some(victim) = silent {
+            self.close_refused(
+                now,
+                victim,
+                "closed to make room: silent with no call open (a client that died?)",
+            );
+            return true;
+        }
+        false
     }
 
     /// Closes the oldest handshake in progress to make room for a new one; whether there was
