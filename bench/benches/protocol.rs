@@ -110,6 +110,7 @@ fn bench_in_memory_call(c: &mut Criterion) {
             request_timeout: std::time::Duration::from_secs(10),
             max_message_size: 1 << 20,
             max_buffered_requests: 64 << 20,
+            connection_window: transport::connection_window(&rpc),
         },
     );
     let mut client = RpcClient::connect(

@@ -268,14 +268,16 @@ fn print_health(health: &HealthResponse, json: bool) {
     }
     let b = &health.budgets;
     println!(
-        "budgets: requests arriving {} of {} KiB, handshakes {} of {}, indexes {} of {} MiB ({} workspace(s))",
+        "budgets: requests arriving {} of {} KiB, handshakes {} of {}, indexes {} of {} MiB ({} workspace(s)), QUIC window per connection {} KiB ({} KiB without the token)",
         b.buffered_request_bytes / 1024,
         b.max_buffered_requests / 1024,
         b.handshakes,
         b.max_handshakes,
         b.index_bytes / (1024 * 1024),
         b.max_index_bytes / (1024 * 1024),
-        b.workspaces
+        b.workspaces,
+        b.connection_window / 1024,
+        b.unauthenticated_window / 1024
     );
     let f = &health.feedback;
     if f.shown + f.accepted + f.rejected > 0 {

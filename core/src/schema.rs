@@ -172,6 +172,11 @@ wire_type! {
         pub max_index_bytes: u64,
         /// Workspaces indexed now.
         pub workspaces: u32,
+        /// What QUIC may hold for one connection that presented the token, beyond what the
+        /// daemon reads (4 × `[rpc] max_stream_data`).
+        pub connection_window: u64,
+        /// The same for a connection that has not presented the token yet.
+        pub unauthenticated_window: u64,
     }
 }
 

@@ -63,6 +63,21 @@ pub fn endpoint_config(loopback: bool) -> EndpointConfig {
     config
 }
 
+/// What a connection that has not presented the token may have in flight: stream data the
+/// daemon has received but cannot read yet (sent past a gap, the token withheld), all streams
+/// together. Enough for a call's head and a typical request in the first flight; raised to
+/// [`connection_window`] by the first call that presents the token. Without it, 8 connections
+/// that never sent the start of their streams held 411 MB of the daemon's memory (issue 13).
+pub const UNAUTHENTICATED_WINDOW: u32 = 64 * 1024;
+
+/// What an authenticated connection may have in flight across all its calls: 4 ×
+/// `[rpc] max_stream_data`. The daemon reads each stream as it arrives (and counts what it
+/// holds against `max_buffered_requests`); this bounds what QUIC holds before that, such as
+/// data past a gap.
+pub fn connection_window(rpc: &RpcConfig) -> VarInt {
+    VarInt::from_u64(4 * rpc.max_stream_data.get() as u64).unwrap_or(VarInt::MAX)
+}
+
 /// Transport parameters from `[rpc]`.
 pub fn transport_config(rpc: &RpcConfig, loopback: bool) -> TransportConfig {
     let mut transport = TransportConfig::default();
@@ -70,10 +85,7 @@ pub fn transport_config(rpc: &RpcConfig, loopback: bool) -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(rpc.max_concurrent_calls.get()))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(rpc.max_stream_data.get()))
-        // Bounds what one connection can make the daemon buffer across all its calls.
-        .receive_window(
-            VarInt::from_u64(4 * rpc.max_stream_data.get() as u64).unwrap_or(VarInt::MAX),
-        )
+        .receive_window(connection_window(rpc))
         .max_idle_timeout(rpc.idle_timeout().map(|timeout| {
             // Durations beyond QUIC's 2^62 ms bound are clamped rather than refused.
             IdleTimeout::try_from(timeout).unwrap_or(VarInt::MAX.into())
@@ -103,7 +115,9 @@ pub fn server_config(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(rpc, loopback)));
+    let mut transport = transport_config(rpc, loopback);
+    transport.receive_window(VarInt::from_u32(UNAUTHENTICATED_WINDOW));
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

@@ -75,15 +75,7 @@ impl Pair {
         let server = RpcServer::new(
             transport::endpoint_config(true),
             server_config,
-            ServerSettings {
-                token: Token::from_bytes(TOKEN),
-                max_connections: rpc.max_connections.get() as usize,
-                max_handshakes: rpc.max_handshakes.get() as usize,
-                handshake_timeout: Duration::from_millis(rpc.handshake_timeout.get()),
-                request_timeout: Duration::from_millis(rpc.request_timeout.get()),
-                max_message_size: rpc.max_message_size.get() as usize,
-                max_buffered_requests: rpc.max_buffered_requests.get() as usize,
-            },
+            ServerSettings::from_config(Token::from_bytes(TOKEN), &rpc),
         );
         let mut pair = Pair {
             server,

@@ -67,6 +67,8 @@ fn example_response() -> HealthResponse {
             index_bytes: 1_048_576,
             max_index_bytes: 2_147_483_648,
             workspaces: 1,
+            connection_window: 4_194_304,
+            unauthenticated_window: 65_536,
         },
     }
 }

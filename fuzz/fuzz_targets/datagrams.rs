@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             request_timeout: Duration::from_secs(1),
             max_message_size: 1 << 16,
             max_buffered_requests: 1 << 20,
+            connection_window: transport::connection_window(&rpc),
         },
     );
     let mut now = Instant::now();

@@ -172,15 +172,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let server = RpcServer::new(
         transport::endpoint_config(loopback),
         server_config,
-        ServerSettings {
-            token,
-            max_connections: config.rpc.max_connections.get() as usize,
-            max_handshakes: config.rpc.max_handshakes.get() as usize,
-            handshake_timeout: Duration::from_millis(config.rpc.handshake_timeout.get()),
-            request_timeout: Duration::from_millis(config.rpc.request_timeout.get()),
-            max_message_size: config.rpc.max_message_size.get() as usize,
-            max_buffered_requests: config.rpc.max_buffered_requests.get() as usize,
-        },
+        ServerSettings::from_config(token, &config.rpc),
     );
 
     let socket = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;

@@ -826,3 +826,68 @@ async fn the_client_reconnects_after_the_daemon_restarts() {
     assert_eq!(health.status, ServingStatus::Serving);
     assert!(health.uptime_s < 30, "it is the new daemon that answered");
 }
+
+/// Issue 13, finding 4: without the token, 8 connections that never sent the start of their
+/// streams (so nothing could be read and QUIC held all that arrived past the gap) took the
+/// daemon to 411 MB. A connection now gets `transport::UNAUTHENTICATED_WINDOW` of credit until
+/// a call presents the token. The client is aioquic, with the start of each stream taken out
+/// of what it sends.
+#[test]
+fn withheld_stream_data_without_the_token_is_bounded() {
+    let daemon = Daemon::start_with("[rpc]\nrequest_timeout = 60000\n", &[]);
+    let before = daemon.rss_kib();
+    let mut flood = std::process::Command::new(reaper_testkit::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/withhold_stream_start.py"
+        ))
+        .args(["8", "4", &(10 << 20).to_string()])
+        .env("REAPER_STATE_DIR", daemon.state_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test peers' Python runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let during = daemon.rss_kib();
+    drop(flood.stdin.take()); // the connections close
+    let status = flood.wait().unwrap();
+    let sent: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?} ({status})"));
+    let sent = sent.as_array().unwrap();
+    assert_eq!(sent.len(), 8, "{line}");
+    println!(
+        "8 connections withholding their streams' start: RSS {before} -> {during} KiB; {line}"
+    );
+    for conn in sent {
+        let credit = conn["credit"].as_u64().unwrap();
+        assert!(
+            credit <= u64::from(transport::UNAUTHENTICATED_WINDOW),
+            "a connection without the token got {credit} bytes of credit: {line}"
+        );
+    }
+    assert!(
+        during < before + 32 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    // With the token, the window opens: a request far larger than it arrives whole.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = client(&daemon, Encoding::Rkyv).await;
+        let request = CompletionRequest {
+            prefix: "x".repeat(900 * 1024),
+            suffix: String::new(),
+            language: "rust".into(),
+            file_path: None,
+            context: None,
+        };
+        client
+            .complete(&request, reaper_client::CallOptions::default())
+            .await
+            .unwrap();
+    });
+}

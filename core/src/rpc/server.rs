@@ -30,9 +30,11 @@ use quinn_proto::{
 
 use super::stream::{read_into, Outbox, RecvState, CANCEL_CODE, DONE_CODE};
 use crate::auth::Token;
+use crate::config::RpcConfig;
 use crate::encoding::Encoding;
 use crate::schema::Method;
 use crate::status::{Code, Status};
+use crate::transport;
 use crate::wire::{self, Frame, FrameDecoder, Side};
 
 /// Limits and identity a server enforces.
@@ -55,6 +57,25 @@ pub struct ServerSettings {
     /// Bytes of requests still arriving the daemon holds at most, over every connection; past
     /// it, a request that grows is refused with RESOURCE_EXHAUSTED and its bytes dropped.
     pub max_buffered_requests: usize,
+    /// The QUIC receive window a connection gets once it presents the token (until then it
+    /// has [`transport::UNAUTHENTICATED_WINDOW`], set by [`transport::server_config`]).
+    pub connection_window: VarInt,
+}
+
+impl ServerSettings {
+    /// The settings `[rpc]` gives, with `token`.
+    pub fn from_config(token: Token, rpc: &RpcConfig) -> ServerSettings {
+        ServerSettings {
+            token,
+            max_connections: rpc.max_connections.get() as usize,
+            max_handshakes: rpc.max_handshakes.get() as usize,
+            handshake_timeout: Duration::from_millis(rpc.handshake_timeout.get()),
+            request_timeout: Duration::from_millis(rpc.request_timeout.get()),
+            max_message_size: rpc.max_message_size.get() as usize,
+            max_buffered_requests: rpc.max_buffered_requests.get() as usize,
+            connection_window: transport::connection_window(rpc),
+        }
+    }
 }
 
 /// One call's share of the bytes held for requests still arriving, kept in a total shared by
@@ -853,7 +874,10 @@ impl RpcServer {
             .filter(|(h, c)| {
                 // An answered call waits only for its acknowledgement, which a dead client
                 // never sends.
-                let idle = c.calls.values().all(|call| matches!(call.phase, Phase::Answered));
+                let idle = c
+                    .calls
+                    .values()
+                    .all(|call| matches!(call.phase, Phase::Answered));
                 open(h, c)
                     && idle
                     && now.saturating_duration_since(c.last_heard) >= SILENT_GIVES_WAY_AFTER
@@ -955,7 +979,11 @@ impl RpcServer {
                     // The token first: a caller without it learns nothing, not even which
                     // methods exist.
                     let verified = settings.token.verify(&head.token);
-                    conn.authenticated |= verified;
+                    if verified && !conn.authenticated {
+                        // The window a connection without the token had is opened up now.
+                        conn.authenticated = true;
+                        conn.quic.set_receive_window(settings.connection_window);
+                    }
                     if !verified {
                         let status = Status::new(
                             Code::Unauthenticated,

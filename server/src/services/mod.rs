@@ -23,7 +23,7 @@ use reaper_core::config::Config;
 use reaper_core::encoding::access_archived;
 use reaper_core::rpc::{CallId, ConnId, IncomingCall, RpcServer};
 use reaper_core::schema::*;
-use reaper_core::{Code, Encoding, Method, Status, WireMessage};
+use reaper_core::{transport, Code, Encoding, Method, Status, WireMessage};
 use reaper_providers::{Pool, DELAY_ENV};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -130,6 +130,8 @@ impl Services {
                 max_buffered_requests: config.rpc.max_buffered_requests.get(),
                 max_handshakes: config.rpc.max_handshakes.get(),
                 max_index_bytes: config.providers.offline.max_index_bytes.get(),
+                connection_window: transport::connection_window(&config.rpc).into_inner(),
+                unauthenticated_window: transport::UNAUTHENTICATED_WINDOW.into(),
                 ..BudgetStats::default()
             },
             pool,
