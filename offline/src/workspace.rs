@@ -191,6 +191,17 @@ impl Known {
     /// budget and a place is free for `adding` more.
     fn make_room(&self, keep: Option<&Path>, adding: usize) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.make_room_in(&mut map, keep, adding);
+    }
+
+    /// [`Known::make_room`] with the map already locked (so that a caller can insert under
+    /// the same lock, and concurrent opens never take the count past [`MAX_WORKSPACES`]).
+    fn make_room_in(
+        &self,
+        map: &mut HashMap<PathBuf, Arc<Workspace>>,
+        keep: Option<&Path>,
+        adding: usize,
+    ) {
         loop {
             let total: usize = map.values().map(|w| w.memory_bytes()).sum();
             let over = total > self.max_total_bytes || map.len() + adding > MAX_WORKSPACES;
@@ -266,12 +277,12 @@ impl Workspaces {
                 return Some(workspace.clone());
             }
         }
-        self.known.make_room(None, 1);
         let mut known = self.known.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(workspace) = known.get(&root) {
             // Opened by another completion meanwhile.
             return Some(workspace.clone());
         }
+        self.known.make_room_in(&mut known, None, 1);
         let workspace = Arc::new(Workspace {
             root: root.clone(),
             corpus: RwLock::new(None),
@@ -733,6 +744,31 @@ mod tests {
         // Asked for again, beta is indexed anew (the 33rd workspace used never to be).
         let wb = workspaces.for_file(&b.join("lib.rs")).unwrap();
         wait_for("beta again", || wb.corpus().is_some());
+    }
+
+    #[test]
+    fn concurrent_opens_never_keep_more_than_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots: Vec<PathBuf> = (0..MAX_WORKSPACES + 16)
+            .map(|i| {
+                let root = dir.path().join(format!("r{i}"));
+                repo(&root);
+                root.canonicalize().unwrap()
+            })
+            .collect();
+        let workspaces = Workspaces::new(LIMITS);
+        std::thread::scope(|scope| {
+            for chunk in roots.chunks(6) {
+                let workspaces = &workspaces;
+                scope.spawn(move || {
+                    for root in chunk {
+                        workspaces.open(root.clone());
+                        assert!(workspaces.all().len() <= MAX_WORKSPACES);
+                    }
+                });
+            }
+        });
+        assert_eq!(workspaces.all().len(), MAX_WORKSPACES);
     }
 
     #[test]
