@@ -9,8 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use reaper_offline::predict;
+use std::collections::HashSet;
+
 use reaper_offline::workspace::{build_corpus, IndexLimits};
+use reaper_offline::{predict, Policy};
 use reaper_server::services::completion::cache::{Cached, CompletionCache, KeyParts};
 
 const LIMITS: IndexLimits = IndexLimits {
@@ -54,6 +56,30 @@ fn bench_predict(c: &mut Criterion) {
     });
     c.bench_function("index_build_repository", |b| {
         b.iter(|| black_box(build_corpus(workspace(), LIMITS).2))
+    });
+    // The same text in 8 segments, as a workspace of 8 × 32 MiB would be: what a query pays
+    // for segments.
+    let split = corpus.resplit(Policy {
+        segment_bytes: bytes / 8 + 1,
+        fresh_bytes: 0,
+    });
+    eprintln!("split into {} segments", split.segment_count());
+    c.bench_function("offline_predict_8_segments", |b| {
+        b.iter(|| {
+            i = (i + 1) % prefixes.len();
+            black_box(predict(Some(&split), &prefixes[i], "\n}\n", None))
+        })
+    });
+    // An edit: one file changed, against the rebuild it replaces (index_build_repository).
+    let edited = workspace().join("core/src/rpc/server.rs");
+    let text = std::fs::read(&edited).unwrap();
+    let removed = HashSet::from([edited.clone()]);
+    c.bench_function("index_update_one_file", |b| {
+        b.iter(|| {
+            let mut added = corpus.builder();
+            added.add(edited.clone(), &text);
+            black_box(corpus.updated(&removed, added).1)
+        })
     });
 }
 
