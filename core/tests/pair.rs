@@ -233,6 +233,23 @@ impl Pair {
         });
     }
 
+    /// Runs one JSON Health call from `client` to its end, served by `service`.
+    fn health_check(
+        &mut self,
+        client: usize,
+        service: &mut dyn FnMut(&mut RpcServer, &ServerEvent),
+    ) -> Status {
+        let call = self.clients[client]
+            .start_call(
+                &head("reaper.Health/check", Encoding::Json, TOKEN),
+                &health_request(Encoding::Json),
+                true,
+            )
+            .unwrap();
+        self.drive_until(service, &mut |p: &Pair| p.finished(client, call).is_some());
+        self.finished(client, call).unwrap().clone()
+    }
+
     fn finished(&self, client: usize, call: ClientCallId) -> Option<&Status> {
         self.client_log.iter().find_map(|(i, e)| match e {
             ClientEvent::Finished { call: c, status } if *i == client && *c == call => Some(status),
@@ -556,16 +573,7 @@ fn a_killed_clients_slot_goes_to_a_new_client_at_the_limit() {
     let killed = pair.add_patient_client();
     pair.connect();
     let mut service = health_service();
-    let call = pair.clients[killed]
-        .start_call(
-            &head("reaper.Health/check", Encoding::Json, TOKEN),
-            &health_request(Encoding::Json),
-            true,
-        )
-        .unwrap();
-    pair.drive_until(&mut service, &mut |p: &Pair| {
-        p.finished(killed, call).is_some()
-    });
+    pair.health_check(killed, &mut service);
     pair.dead.push(killed);
 
     // Heard from a moment ago: the newcomer is refused, as before.
@@ -586,17 +594,7 @@ fn a_killed_clients_slot_goes_to_a_new_client_at_the_limit() {
             .iter()
             .any(|(i, e)| *i == late && *e == ClientEvent::Connected)
     });
-    let call = pair.clients[late]
-        .start_call(
-            &head("reaper.Health/check", Encoding::Json, TOKEN),
-            &health_request(Encoding::Json),
-            true,
-        )
-        .unwrap();
-    pair.drive_until(&mut service, &mut |p: &Pair| {
-        p.finished(late, call).is_some()
-    });
-    assert_eq!(pair.finished(late, call).unwrap(), &Status::ok());
+    assert_eq!(pair.health_check(late, &mut service), Status::ok());
     assert_eq!(pair.server.connection_count(), 1);
 }
 
