@@ -113,7 +113,8 @@ impl Index {
             if text[..text.len().min(BINARY_SNIFF)].contains(&0) {
                 continue;
             }
-            let grown = bytes - before.map_or(0, |s| s.len) + text.len() as u64;
+            // Saturating: a file can change between its stat and its read.
+            let grown = bytes.saturating_sub(before.map_or(0, |s| s.len)) + text.len() as u64;
             if grown > limits.max_workspace_bytes as u64 {
                 over_budget = true;
                 // The old copy, if any, stays: it is still the best this index has.
