@@ -146,7 +146,11 @@ impl Index {
         }
         for path in &removed {
             if let Some(old) = self.stamps.remove(path) {
-                bytes -= old.len.min(bytes);
+                // A changed file's old size was taken off already, when its new text was
+                // counted.
+                if !changed.contains(path) {
+                    bytes -= old.len.min(bytes);
+                }
             }
         }
         let read = stamps.len();
