@@ -75,6 +75,12 @@ impl Method {
     pub fn server_streams(self) -> bool {
         matches!(self, Method::ChatSend | Method::AgentExecute)
     }
+
+    /// Whether the client may send further messages after the first (control messages); on
+    /// every other method a second message is refused.
+    pub fn client_streams(self) -> bool {
+        matches!(self, Method::AgentExecute)
+    }
 }
 
 impl std::fmt::Display for Method {

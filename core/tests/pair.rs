@@ -1,7 +1,9 @@
 //! Two core endpoints wired together in memory: no sockets, a simulated clock, and a link that
 //! can lose, delay and reorder datagrams.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reaper_core::config::RpcConfig;
 use reaper_core::rpc::{
-    ClientCallId, ClientEvent, RpcClient, RpcServer, ServerEvent, ServerSettings,
-    SILENT_GIVES_WAY_AFTER,
+    ClientCallId, ClientEvent, RpcClient, RpcServer, Sent, ServerEvent, ServerSettings,
+    MAX_UNSENT_PER_CALL, SILENT_GIVES_WAY_AFTER,
 };
 use reaper_core::schema::*;
 use reaper_core::wire::RequestHead;
@@ -795,4 +797,311 @@ fn an_abandoned_handshake_is_closed_at_its_timeout() {
         "closed at {:?}, the timeout is {limit:?}",
         now - start
     );
+}
+
+// ---- server streaming with flow control ----
+
+/// A streamed call's producer as a service would run it: it sends messages until the state
+/// machine refuses one (`WouldBlock`), keeps that one, and goes on at `Writable`; after
+/// `total` messages it ends the call with OK.
+struct Producer {
+    call: Option<reaper_core::rpc::CallId>,
+    /// Messages to send in all (`u64::MAX`: never stops).
+    total: u64,
+    /// Bytes of each message.
+    size: usize,
+    next: u64,
+    /// Bytes the state machine has taken.
+    accepted: usize,
+    would_block: usize,
+    writable: usize,
+    /// The state machine said the call is over.
+    closed: bool,
+    cancelled: bool,
+    /// Most bytes the state machine held unsent for the call after any write.
+    max_unsent: usize,
+}
+
+impl Producer {
+    fn new(total: u64, size: usize) -> Rc<RefCell<Producer>> {
+        Rc::new(RefCell::new(Producer {
+            call: None,
+            total,
+            size,
+            next: 0,
+            accepted: 0,
+            would_block: 0,
+            writable: 0,
+            closed: false,
+            cancelled: false,
+            max_unsent: 0,
+        }))
+    }
+
+    fn message(&self, n: u64) -> Vec<u8> {
+        let mut message = format!("{n:010}").into_bytes();
+        message.resize(self.size.max(10), b'.');
+        message
+    }
+
+    /// Sends until refused or done.
+    fn pump(&mut self, server: &mut RpcServer) {
+        let Some(id) = self.call else { return };
+        while self.next < self.total && !self.closed {
+            let message = self.message(self.next);
+            match server.send_message(id, |out| out.extend_from_slice(&message)) {
+                Sent::Sent => {
+                    self.next += 1;
+                    self.accepted += message.len();
+                }
+                Sent::WouldBlock => {
+                    self.would_block += 1;
+                    break;
+                }
+                Sent::Closed => self.closed = true,
+            }
+            self.max_unsent = self.max_unsent.max(server.unsent(id));
+        }
+        if self.next == self.total && !self.closed {
+            assert!(server.finish(id, &Status::ok()));
+            self.closed = true;
+        }
+    }
+
+    /// The service: starts producing on the call, goes on at Writable, stops at Cancelled.
+    fn service(this: &Rc<RefCell<Producer>>) -> impl FnMut(&mut RpcServer, &ServerEvent) {
+        let this = this.clone();
+        move |server, event| {
+            let mut p = this.borrow_mut();
+            match event {
+                ServerEvent::Call(call) => {
+                    assert_eq!(call.method, Method::ChatSend);
+                    p.call = Some(call.id);
+                    p.pump(server);
+                }
+                ServerEvent::Writable { id } if Some(*id) == p.call => {
+                    p.writable += 1;
+                    p.pump(server);
+                }
+                ServerEvent::Cancelled { id } if Some(*id) == p.call => p.cancelled = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn start_chat(pair: &mut Pair) -> ClientCallId {
+    pair.clients[0]
+        .start_call(
+            &head("reaper.Chat/send", Encoding::Json, TOKEN),
+            br#"{"messages":[]}"#,
+            true,
+        )
+        .unwrap()
+}
+
+/// The messages client 0 got on `call`, in arrival order.
+fn messages(pair: &Pair, call: ClientCallId) -> Vec<Vec<u8>> {
+    pair.client_log
+        .iter()
+        .filter_map(|(i, e)| match e {
+            ClientEvent::Message { call: c, message } if *i == 0 && *c == call => {
+                Some(message.to_vec())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// 3,000 messages of 1 KiB (three times what the client's stream window holds) over a link that
+/// loses and reorders datagrams: every one arrives, in order, and the trailer comes last.
+#[test]
+fn a_long_stream_arrives_whole_and_in_order_over_a_lossy_link() {
+    let mut pair = Pair::new(Link::lossy(), RpcConfig::default());
+    pair.connect();
+    let producer = Producer::new(3_000, 1024);
+    let mut service = Producer::service(&producer);
+    let call = start_chat(&mut pair);
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+    assert_eq!(pair.finished(0, call).unwrap(), &Status::ok());
+    let got = messages(&pair, call);
+    assert_eq!(got.len(), 3_000);
+    let p = producer.borrow();
+    for (n, message) in got.iter().enumerate() {
+        assert_eq!(message, &p.message(n as u64), "message {n}");
+    }
+    // The trailer is the call's last event: no message after it.
+    let last = pair
+        .client_log
+        .iter()
+        .rposition(|(_, e)| matches!(e, ClientEvent::Message { call: c, .. } if *c == call))
+        .unwrap();
+    let finished = pair
+        .client_log
+        .iter()
+        .position(|(_, e)| matches!(e, ClientEvent::Finished { call: c, .. } if *c == call))
+        .unwrap();
+    assert!(last < finished);
+    assert!(
+        p.would_block > 0 && p.writable > 0,
+        "the producer was held back and let go again ({} / {})",
+        p.would_block,
+        p.writable
+    );
+    assert!(p.max_unsent <= MAX_UNSENT_PER_CALL + 1024 + 5);
+    assert_eq!(pair.server.in_flight(), 0);
+}
+
+/// A client that stops reading: the producer is refused once the client's stream window and
+/// the call's unsent budget are full, and stays refused for a minute of simulated time (the
+/// connection stays open); the daemon holds no more than that for the call. Once the client
+/// reads again the producer goes on, and everything arrives in order.
+#[test]
+fn a_reader_that_stops_reading_blocks_the_writer_within_the_budget() {
+    let rpc = RpcConfig::default();
+    let window = rpc.max_stream_data.get() as usize;
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    let producer = Producer::new(u64::MAX, 512);
+    let mut service = Producer::service(&producer);
+    let call = start_chat(&mut pair);
+    pair.clients[0].set_reading(call, false);
+    pair.drive_until(&mut service, &mut |_: &Pair| {
+        producer.borrow().would_block > 0
+    });
+    let held = producer.borrow().accepted;
+    eprintln!(
+        "stalled reader: {held} bytes taken (stream window {window}, unsent at most {} bytes)",
+        producer.borrow().max_unsent
+    );
+    // What QUIC may send ahead of the reader, plus the budget and the message that crossed it.
+    let bound = window + MAX_UNSENT_PER_CALL + 512 + 5;
+    assert!(held <= bound, "{held} bytes taken, bound {bound}");
+    assert!(
+        held >= window,
+        "the window filled before the writer was held back ({held} bytes)"
+    );
+    // A minute later nothing more has been taken, and the call is still open.
+    let until = pair.now + Duration::from_secs(60);
+    pair.drive_until(&mut service, &mut |p: &Pair| p.now >= until);
+    {
+        let p = producer.borrow();
+        assert_eq!(
+            p.accepted, held,
+            "nothing taken while the reader is stalled"
+        );
+        assert_eq!(p.writable, 0);
+        assert!(p.max_unsent <= MAX_UNSENT_PER_CALL + 512 + 5);
+        assert!(!p.cancelled && !p.closed);
+    }
+    assert_eq!(pair.server.in_flight(), 1);
+    assert!(pair.finished(0, call).is_none());
+
+    // The reader comes back; the producer stops at a fixed count, and all arrives in order.
+    {
+        let mut p = producer.borrow_mut();
+        p.total = p.next + 1_000;
+    }
+    pair.clients[0].set_reading(call, true);
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+    assert_eq!(pair.finished(0, call).unwrap(), &Status::ok());
+    let p = producer.borrow();
+    assert!(p.writable > 0);
+    let got = messages(&pair, call);
+    assert_eq!(got.len() as u64, p.total);
+    for (n, message) in got.iter().enumerate() {
+        assert_eq!(message, &p.message(n as u64), "message {n}");
+    }
+}
+
+/// The client resets a call mid-stream: the service hears `Cancelled`, the next send says
+/// `Closed`, and the call's stream is free again.
+#[test]
+fn a_client_reset_mid_stream_stops_the_producer() {
+    let mut pair = Pair::new(Link::lossy(), RpcConfig::default());
+    pair.connect();
+    let producer = Producer::new(u64::MAX, 256);
+    let mut service = Producer::service(&producer);
+    let call = start_chat(&mut pair);
+    pair.drive_until(&mut service, &mut |p: &Pair| messages(p, call).len() >= 50);
+    pair.clients[0].cancel(call);
+    pair.drive_until(&mut service, &mut |_: &Pair| producer.borrow().cancelled);
+    assert_eq!(pair.server.in_flight(), 0);
+    let id = producer.borrow().call.unwrap();
+    assert_eq!(
+        pair.server.send_message(id, |out| out.push(b'x')),
+        Sent::Closed
+    );
+    assert_eq!(
+        pair.server.unsent(id),
+        0,
+        "nothing kept for a cancelled call"
+    );
+    // No trailer reaches a client that cancelled.
+    assert!(pair.finished(0, call).is_none());
+}
+
+/// The server resets a call mid-stream: the client sees it end CANCELLED, after the messages
+/// sent before the reset.
+#[test]
+fn a_server_reset_mid_stream_ends_the_call_cancelled() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let producer = Producer::new(20, 64);
+    let mut service = {
+        let producer = producer.clone();
+        let mut inner = Producer::service(&producer);
+        move |server: &mut RpcServer, event: &ServerEvent| {
+            if let ServerEvent::Call(call) = event {
+                // Sends all but the end: 20 messages, then resets instead of a trailer.
+                producer.borrow_mut().total = u64::MAX;
+                producer.borrow_mut().call = Some(call.id);
+                for n in 0..20u64 {
+                    let message = producer.borrow().message(n);
+                    let sent = server.send_message(call.id, |out| out.extend_from_slice(&message));
+                    assert_eq!(sent, Sent::Sent);
+                }
+                assert!(server.reset(call.id));
+                assert!(!server.reset(call.id), "a reset call is over");
+                return;
+            }
+            inner(server, event);
+        }
+    };
+    let call = start_chat(&mut pair);
+    pair.drive_until(&mut service, &mut |p: &Pair| p.finished(0, call).is_some());
+    let status = pair.finished(0, call).unwrap();
+    assert_eq!(status.code, Code::Cancelled, "{status}");
+    assert_eq!(pair.server.in_flight(), 0);
+}
+
+/// A second message on a call whose client does not stream is refused: the service hears the
+/// call cancelled, and the client gets INVALID_ARGUMENT saying to send FIN.
+#[test]
+fn a_second_message_on_a_server_streaming_call_is_refused() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Chat/send", Encoding::Json, TOKEN),
+            br#"{"messages":[]}"#,
+            false,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 1);
+    pair.clients[0].send_message(call, br#"{"messages":[]}"#, true);
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.finished(0, call).is_some()
+    });
+    let status = pair.finished(0, call).unwrap();
+    assert_eq!(status.code, Code::InvalidArgument, "{status}");
+    assert!(
+        status.message.contains("exactly one request message"),
+        "{status}"
+    );
+    assert!(pair
+        .server_log
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Cancelled { .. })));
+    assert_eq!(pair.server.in_flight(), 0);
 }

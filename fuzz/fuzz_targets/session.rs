@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use reaper_core::config::RpcConfig;
-use reaper_core::rpc::{ClientCallId, RpcClient, RpcServer, ServerEvent, ServerSettings};
+use reaper_core::rpc::{CallId, ClientCallId, RpcClient, RpcServer, Sent, ServerEvent, ServerSettings};
 use reaper_core::schema::Method;
 use reaper_core::wire::RequestHead;
 use reaper_core::{transport, Encoding, Status, Token};
@@ -70,6 +70,8 @@ struct World {
     fault: Fault,
     calls: Vec<ClientCallId>,
     answered: u64,
+    /// Streamed calls the server is still producing for, with the messages left to send.
+    streaming: Vec<(CallId, u32)>,
 }
 
 impl World {
@@ -135,8 +137,18 @@ impl World {
     /// Answers calls the way services do: some with a message, some with a status, some left
     /// open (to be cancelled or to time out).
     fn serve(&mut self, event: ServerEvent) {
+        if let ServerEvent::Writable { id } = event {
+            self.produce(id);
+            return;
+        }
         if let ServerEvent::Call(call) = event {
             self.answered += 1;
+            if call.method.server_streams() && self.answered % 2 == 0 {
+                // A stream of 1 KiB messages, held back by the client's reading.
+                self.streaming.push((call.id, 200));
+                self.produce(call.id);
+                return;
+            }
             match self.answered % 3 {
                 0 => {
                     self.server.respond(call.id, |out| {
@@ -152,13 +164,38 @@ impl World {
             }
         }
     }
+
+    /// Sends a streamed call's messages until refused, and its trailer after the last.
+    fn produce(&mut self, id: CallId) {
+        let Some(at) = self.streaming.iter().position(|(c, _)| *c == id) else {
+            return;
+        };
+        loop {
+            let left = self.streaming[at].1;
+            if left == 0 {
+                self.server.finish(id, &Status::ok());
+                self.streaming.swap_remove(at);
+                return;
+            }
+            match self.server.send_message(id, |out| out.resize(out.len() + 1024, b'x')) {
+                Sent::Sent => self.streaming[at].1 -= 1,
+                Sent::WouldBlock => return,
+                Sent::Closed => {
+                    self.streaming.swap_remove(at);
+                    return;
+                }
+            }
+        }
+    }
 }
 
-const METHODS: [Method; 4] = [
+const METHODS: [Method; 6] = [
     Method::HealthCheck,
     Method::CompletionComplete,
     Method::ProviderList,
     Method::CompletionFeedback,
+    Method::ChatSend,
+    Method::AgentExecute,
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -186,6 +223,7 @@ fuzz_target!(|data: &[u8]| {
         fault: Fault::None,
         calls: Vec::new(),
         answered: 0,
+        streaming: Vec::new(),
     };
     world.pump();
     let mut script = Script(data);
@@ -225,7 +263,12 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let k = script.byte() as usize;
-                if !world.calls.is_empty() {
+                if k & 0x80 != 0 {
+                    // Stop or resume reading a call's response.
+                    if let Some(&call) = world.calls.get(k % world.calls.len().max(1)) {
+                        world.client.set_reading(call, k & 0x40 == 0);
+                    }
+                } else if !world.calls.is_empty() {
                     let call = world.calls.remove(k % world.calls.len());
                     world.client.cancel(call);
                 }

@@ -60,6 +60,9 @@ struct Call {
     outbox: Outbox,
     /// Whether our side has been finished (FIN queued).
     finished: bool,
+    /// Whether arriving bytes are read (a paused call leaves them to QUIC, whose flow control
+    /// then stops the server).
+    reading: bool,
 }
 
 /// A client connection that makes calls (see [`crate::rpc::RpcServer`] for the polling order,
@@ -120,6 +123,7 @@ impl RpcClient {
             decoder: FrameDecoder::new(Side::Response, self.max_message_size),
             outbox: Outbox::default(),
             finished: finish,
+            reading: true,
         };
         // A fresh stream cannot have been stopped yet.
         let _ = call.outbox.write(&mut self.quic, stream, &out, finish);
@@ -135,6 +139,7 @@ impl RpcClient {
             decoder: FrameDecoder::new(Side::Response, self.max_message_size),
             outbox: Outbox::default(),
             finished: finish,
+            reading: true,
         };
         let _ = call.outbox.write(&mut self.quic, stream, bytes, finish);
         self.calls.insert(stream, call);
@@ -156,6 +161,20 @@ impl RpcClient {
         if self.calls.remove(&call).is_some() {
             let _ = self.quic.send_stream(call).reset(CANCEL_CODE);
             let _ = self.quic.recv_stream(call).stop(CANCEL_CODE);
+        }
+    }
+
+    /// Stops reading a call's response (`false`) or reads it again (`true`). While paused,
+    /// what arrives stays in QUIC's receive buffer and no more credit is given, so the server
+    /// soon cannot send: a reader that stops reading, for tests of the server's flow control.
+    pub fn set_reading(&mut self, call: ClientCallId, reading: bool) {
+        let Some(state) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let resumed = reading && !state.reading;
+        state.reading = reading;
+        if resumed {
+            self.read(call);
         }
     }
 
@@ -238,7 +257,7 @@ impl RpcClient {
     }
 
     fn read(&mut self, id: StreamId) {
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some(call) = self.calls.get_mut(&id).filter(|c| c.reading) else {
             return;
         };
         let recv = read_into(&mut self.quic, id, &mut call.decoder);

@@ -6,5 +6,6 @@ pub mod stream;
 
 pub use client::{ClientCallId, ClientEvent, ConnectError, RpcClient};
 pub use server::{
-    CallId, ConnId, IncomingCall, RpcServer, ServerEvent, ServerSettings, SILENT_GIVES_WAY_AFTER,
+    CallId, ConnId, IncomingCall, RpcServer, Sent, ServerEvent, ServerSettings,
+    MAX_UNSENT_PER_CALL, SILENT_GIVES_WAY_AFTER,
 };

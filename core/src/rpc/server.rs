@@ -117,6 +117,28 @@ const REQUEST_SWEEP: Duration = Duration::from_secs(1);
 /// a client killed without closing sends nothing, and a client that asks for a long idle
 /// timeout would otherwise hold its slot for all of it (300 s by default).
 pub const SILENT_GIVES_WAY_AFTER: Duration = Duration::from_secs(15);
+/// Bytes of one call's response the server holds beyond what QUIC has taken, at most (plus
+/// one message): past it, [`RpcServer::send_message`] answers [`Sent::WouldBlock`] and the
+/// producer waits for [`ServerEvent::Writable`]. What QUIC itself holds is bounded by the
+/// client's stream window, so a reader that stops reading costs the daemon at most that window
+/// and this per streamed call, however long the producer goes on.
+pub const MAX_UNSENT_PER_CALL: usize = 64 * 1024;
+/// A producer told to wait is told to go on once the call's unsent bytes are down to this:
+/// half the budget, so that a slow reader wakes it once per half budget, not per datagram.
+const WRITABLE_AT: usize = MAX_UNSENT_PER_CALL / 2;
+
+/// What became of a message given to [`RpcServer::send_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a message refused with WouldBlock must be sent again after ServerEvent::Writable"]
+pub enum Sent {
+    /// Queued for the client.
+    Sent,
+    /// Not taken: the call already holds [`MAX_UNSENT_PER_CALL`] bytes the client has not
+    /// read. Keep the message, and send it again on [`ServerEvent::Writable`] for the call.
+    WouldBlock,
+    /// The call is over (cancelled, or already answered): stop producing for it.
+    Closed,
+}
 
 /// One call: a stream on a connection. Cheap to copy; stays unique while the call lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,12 +224,18 @@ pub enum ServerEvent {
     },
     /// A new call to serve.
     Call(IncomingCall),
-    /// A further message on a call already started (agent control messages).
+    /// A further message on a call already started (agent control messages: only methods
+    /// whose client streams get further messages; on the others a second message is refused).
     Message {
         /// The call.
         id: CallId,
         /// The message.
         message: Bytes,
+    },
+    /// A call whose producer was told [`Sent::WouldBlock`] can take messages again.
+    Writable {
+        /// The call.
+        id: CallId,
     },
     /// The client has sent everything it will send on this call.
     HalfClosed {
@@ -256,6 +284,8 @@ struct CallState {
     outbox: Outbox,
     received_at: Instant,
     recv_done: bool,
+    /// A producer was told [`Sent::WouldBlock`] and waits for [`ServerEvent::Writable`].
+    blocked: bool,
 }
 
 struct Conn {
@@ -481,14 +511,25 @@ impl RpcServer {
         Some(status)
     }
 
-    /// Sends one message of a streamed response, encoded by `encode`. Returns false if the call
-    /// is no longer open.
-    pub fn send_message<F>(&mut self, id: CallId, encode: F) -> bool
+    /// Sends one message of a streamed response, encoded by `encode` (called only if the
+    /// message is taken). A call whose client reads slower than the producer writes holds at
+    /// most [`MAX_UNSENT_PER_CALL`] bytes here: past that the message is refused with
+    /// [`Sent::WouldBlock`], and [`ServerEvent::Writable`] follows once the client has read.
+    pub fn send_message<F>(&mut self, id: CallId, encode: F) -> Sent
     where
         F: FnOnce(&mut Vec<u8>),
     {
-        if !self.is_open(id) {
-            return false;
+        let Some(call) = self
+            .conns
+            .get_mut(&id.conn)
+            .and_then(|c| c.calls.get_mut(&id.stream))
+            .filter(|call| matches!(call.phase, Phase::Started { .. }))
+        else {
+            return Sent::Closed;
+        };
+        if call.outbox.unsent() >= MAX_UNSENT_PER_CALL {
+            call.blocked = true;
+            return Sent::WouldBlock;
         }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
@@ -497,6 +538,44 @@ impl RpcServer {
         wire::patch_message_len(&mut out, 0);
         self.write(id, &out, false);
         self.scratch = out;
+        if self.is_open(id) {
+            Sent::Sent
+        } else {
+            // The client had stopped the stream: the write found out.
+            Sent::Closed
+        }
+    }
+
+    /// Bytes of a call's response written and not yet taken by QUIC (0 for a call that is
+    /// over).
+    pub fn unsent(&self, id: CallId) -> usize {
+        self.conns
+            .get(&id.conn)
+            .and_then(|c| c.calls.get(&id.stream))
+            .map_or(0, |call| call.outbox.unsent())
+    }
+
+    /// Abandons a call without a trailer: its stream is reset (code 1) both ways, and the
+    /// client sees it cancelled. For a call the daemon can no longer answer at all; any call
+    /// that can be answered gets a trailer instead ([`RpcServer::finish`]), which says why.
+    /// Returns false if the call was no longer open.
+    pub fn reset(&mut self, id: CallId) -> bool {
+        if !self.is_open(id) {
+            return false;
+        }
+        let Some(conn) = self.conns.get_mut(&id.conn) else {
+            return false;
+        };
+        let _ = conn.quic.send_stream(id.stream).reset(CANCEL_CODE);
+        if let Some(call) = conn.calls.remove(&id.stream) {
+            if !call.recv_done {
+                let _ = conn.quic.recv_stream(id.stream).stop(CANCEL_CODE);
+            }
+        }
+        self.in_flight -= 1;
+        if self.transmit_order.last() != Some(&id.conn) {
+            self.transmit_order.push(id.conn);
+        }
         true
     }
 
@@ -770,6 +849,7 @@ impl RpcServer {
                                 outbox: Outbox::default(),
                                 received_at: now,
                                 recv_done: false,
+                                blocked: false,
                             },
                         );
                         Self::read_call(
@@ -796,7 +876,28 @@ impl RpcServer {
                     if let Some(call) = conn.calls.get_mut(&id) {
                         if call.outbox.flush(&mut conn.quic, id).is_err() {
                             let _ = conn.quic.send_stream(id).reset(CANCEL_CODE);
-                            conn.calls.remove(&id);
+                            if let Some(call) = conn.calls.remove(&id) {
+                                if matches!(call.phase, Phase::Started { .. }) {
+                                    self.in_flight -= 1;
+                                    self.events.push_back(ServerEvent::Cancelled {
+                                        id: CallId {
+                                            conn: handle,
+                                            stream: id,
+                                        },
+                                    });
+                                }
+                            }
+                        } else if call.blocked
+                            && call.outbox.unsent() <= WRITABLE_AT
+                            && matches!(call.phase, Phase::Started { .. })
+                        {
+                            call.blocked = false;
+                            self.events.push_back(ServerEvent::Writable {
+                                id: CallId {
+                                    conn: handle,
+                                    stream: id,
+                                },
+                            });
                         }
                     }
                 }
@@ -1020,26 +1121,40 @@ impl RpcServer {
                         deadline,
                     };
                 }
-                Ok(Some(Frame::Message(message))) => match call.phase {
-                    Phase::Message {
-                        method,
-                        encoding,
-                        deadline,
-                    } => {
-                        call.phase = Phase::Started { method, encoding };
-                        *in_flight += 1;
-                        events.push_back(ServerEvent::Call(IncomingCall {
-                            id,
+                Ok(Some(Frame::Message(message))) => {
+                    match call.phase {
+                        Phase::Message {
                             method,
                             encoding,
                             deadline,
-                            received_at: call.received_at,
-                            message,
-                        }));
+                        } => {
+                            call.phase = Phase::Started { method, encoding };
+                            *in_flight += 1;
+                            events.push_back(ServerEvent::Call(IncomingCall {
+                                id,
+                                method,
+                                encoding,
+                                deadline,
+                                received_at: call.received_at,
+                                message,
+                            }));
+                        }
+                        Phase::Started { method, .. } if method.client_streams() => {
+                            events.push_back(ServerEvent::Message { id, message })
+                        }
+                        Phase::Started { method, .. } => {
+                            rejection = Some((
+                            Some(method),
+                            Status::new(
+                                Code::InvalidArgument,
+                                format!("{method} takes exactly one request message: send FIN after it"),
+                            ),
+                        ));
+                            break;
+                        }
+                        Phase::Head | Phase::Answered => {}
                     }
-                    Phase::Started { .. } => events.push_back(ServerEvent::Message { id, message }),
-                    Phase::Head | Phase::Answered => {}
-                },
+                }
                 Ok(Some(Frame::Trailer(_))) => {}
                 Ok(None) => break,
                 Err(error) => {

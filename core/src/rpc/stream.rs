@@ -1,5 +1,7 @@
 //! Moving one call's bytes between a QUIC stream and the framing layer, for both ends.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use quinn_proto::{Connection, ReadError, StreamId, VarInt, WriteError};
 
@@ -42,11 +44,17 @@ pub fn read_into(conn: &mut Connection, id: StreamId, decoder: &mut FrameDecoder
     state
 }
 
-/// Bytes of one direction of a call that QUIC has not taken yet (flow control), and whether the
-/// stream is to be finished once they are out.
+/// Bytes of one direction of a call that QUIC has not taken yet (flow control), as a queue of
+/// chunks, and whether the stream is to be finished once they are out.
+///
+/// A chunk is queued as written and handed to QUIC as is (`write_chunks`), so a slow reader
+/// costs one copy of what did not fit, never a copy of everything pending per write.
+/// [`Outbox::unsent`] is what a producer checks against its budget before writing more.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    pending: Bytes,
+    queue: VecDeque<Bytes>,
+    /// Bytes in `queue`.
+    unsent: usize,
     finish: bool,
 }
 
@@ -64,32 +72,41 @@ impl Outbox {
         finish: bool,
     ) -> Result<(), PeerStopped> {
         self.finish |= finish;
-        if self.pending.is_empty() {
+        if self.queue.is_empty() {
+            // Straight to QUIC; only what it cannot take yet is copied and queued.
             let written = match conn.send_stream(id).write(data) {
                 Ok(n) => n,
                 Err(WriteError::Blocked) => 0,
                 Err(_) => return Err(PeerStopped),
             };
-            self.pending = Bytes::copy_from_slice(&data[written..]);
+            self.push(Bytes::copy_from_slice(&data[written..]));
         } else {
-            let mut joined = Vec::with_capacity(self.pending.len() + data.len());
-            joined.extend_from_slice(&self.pending);
-            joined.extend_from_slice(data);
-            self.pending = Bytes::from(joined);
+            self.push(Bytes::copy_from_slice(data));
         }
         self.flush(conn, id)
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.unsent += chunk.len();
+            self.queue.push_back(chunk);
+        }
     }
 
     /// Retries after QUIC reported the stream writable.
     pub fn flush(&mut self, conn: &mut Connection, id: StreamId) -> Result<(), PeerStopped> {
         let mut send = conn.send_stream(id);
-        while !self.pending.is_empty() {
-            match send.write(&self.pending) {
-                Ok(n) => {
-                    let _ = self.pending.split_to(n);
-                }
+        if !self.queue.is_empty() {
+            let written = match send.write_chunks(self.queue.make_contiguous()) {
+                Ok(written) => written,
                 Err(WriteError::Blocked) => return Ok(()),
                 Err(_) => return Err(PeerStopped),
+            };
+            self.unsent -= written.bytes;
+            // Whole chunks written are left empty at the front; a partial one is advanced.
+            self.queue.drain(..written.chunks);
+            if !self.queue.is_empty() {
+                return Ok(());
             }
         }
         if self.finish {
@@ -102,6 +119,11 @@ impl Outbox {
 
     /// Whether everything has been handed to QUIC.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && !self.finish
+        self.queue.is_empty() && !self.finish
+    }
+
+    /// Bytes written that QUIC has not taken yet.
+    pub fn unsent(&self) -> usize {
+        self.unsent
     }
 }

@@ -288,7 +288,9 @@ fn serve(
                 tracing::debug!(call = %id, "call cancelled by the client");
                 services.on_cancelled(id, now);
             }
-            ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
+            ServerEvent::Message { .. }
+            | ServerEvent::HalfClosed { .. }
+            | ServerEvent::Writable { .. } => {}
         }
     }
     false
