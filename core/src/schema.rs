@@ -224,22 +224,46 @@ wire_type! {
 wire_type! {
     /// `reaper.Chat/send` request.
     pub struct ChatRequest {
-        /// The conversation so far.
+        /// The conversation so far; the last message is the one to answer.
         pub messages: Vec<ChatMessage>,
-        /// Preferred model.
+        /// The model to answer with: a provider whose chat model this is answers.
         pub model: Option<String>,
         /// Upper bound on generated tokens.
         pub max_tokens: Option<u32>,
+        /// The provider to answer with, by its name in `reaper.toml` (added).
+        #[serde(default)]
+        pub provider: Option<String>,
+    }
+}
+
+wire_type! {
+    /// Tokens a chat answer cost, as the provider's server counted them (added).
+    #[derive(Copy, Default)]
+    pub struct ChatUsage {
+        /// Tokens of the prompt (the conversation).
+        pub input_tokens: u32,
+        /// Tokens generated.
+        pub output_tokens: u32,
     }
 }
 
 wire_type! {
     /// One streamed piece of a chat answer.
     pub struct ChatChunk {
-        /// Text to append.
+        /// Text to append (may be empty, as in the last chunk).
         pub delta: String,
         /// Whether this is the last chunk.
         pub done: bool,
+        /// On the last chunk: the provider that answered, by its name in `reaper.toml`
+        /// (added; absent from JSON on the others).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub provider: Option<String>,
+        /// On the last chunk: the model that answered (added).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<String>,
+        /// On the last chunk, when the provider counted them: the tokens used (added).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub usage: Option<ChatUsage>,
     }
 }
 

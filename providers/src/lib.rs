@@ -14,6 +14,7 @@
 //! generating. This crate runs on tokio (reqwest needs it) and never touches the daemon's
 //! event loop; its tests need no daemon.
 
+mod chat;
 mod error;
 mod gather;
 mod http;
@@ -25,6 +26,7 @@ mod provider;
 mod state;
 mod stream;
 
+pub use chat::{ChatAnswer, ChatAsk, ChatError, DEFAULT_CHAT_MAX_TOKENS, MAX_CHAT_TOKENS};
 pub use error::ProviderError;
 pub use kinds::Secret;
 pub use offline::OfflineProvider;
@@ -33,6 +35,6 @@ pub use pool::{
     OFFLINE_SURE,
 };
 pub use provider::{
-    BoxFuture, Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
-    Provider,
+    BoxFuture, Capabilities, ChatInput, ChatPiece, ChatStream, CompletionInput, ProbeReport,
+    Proposal, Provider, TokenUsage,
 };

@@ -64,20 +64,27 @@ pub struct Placement {
     pub max_in_flight: usize,
     /// Whether it is asked at all.
     pub enabled: bool,
+    /// Slots of `max_in_flight` chats may never take, kept for completions (at least one slot
+    /// is left to chats).
+    pub completion_reserve: usize,
 }
 
 /// A provider in the pool.
-struct Entry {
-    provider: Arc<dyn Provider>,
-    placement: Placement,
+pub(crate) struct Entry {
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) placement: Placement,
     /// The offline model: asked last, never hedged to, never probed.
-    last_resort: bool,
-    slots: Semaphore,
-    state: Mutex<ProviderState>,
+    pub(crate) last_resort: bool,
+    /// `max_in_flight` requests at once, completions and chats together.
+    pub(crate) slots: Semaphore,
+    /// What chats may hold of `slots`: all but `completion_reserve` of them, so a keystroke's
+    /// completion never waits behind chats for a slot (`crate::chat`).
+    pub(crate) chat_slots: Semaphore,
+    pub(crate) state: Mutex<ProviderState>,
 }
 
 impl Entry {
-    fn state(&self) -> MutexGuard<'_, ProviderState> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, ProviderState> {
         // A panic while holding the lock leaves plain counters behind: still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,7 +120,7 @@ pub struct Skipped {
     pub error: Option<ProviderError>,
 }
 
-fn describe(failures: &[(String, ProviderError)], skipped: &[Skipped]) -> String {
+pub(crate) fn describe(failures: &[(String, ProviderError)], skipped: &[Skipped]) -> String {
     let mut parts: Vec<String> = failures
         .iter()
         .map(|(name, e)| format!("{name}: {e}"))
@@ -153,7 +160,7 @@ pub enum BuildError {
 
 /// Picks and calls providers; shared by every completion in flight.
 pub struct Pool {
-    entries: Vec<Arc<Entry>>,
+    pub(crate) entries: Vec<Arc<Entry>>,
     injected_delay: Duration,
     context: Gatherer,
 }
@@ -195,6 +202,7 @@ impl Pool {
                 timeout: Duration::from_millis(s.timeout_ms.get()),
                 max_in_flight: s.max_in_flight.get() as usize,
                 enabled: s.enabled,
+                completion_reserve: s.completion_reserve as usize,
             };
             let needs_key = s.api_key_env.is_some() || s.kind == ProviderKind::Copilot;
             let provider = crate::kinds::build(&remote.name, s, env)?;
@@ -231,6 +239,7 @@ impl Pool {
             timeout: Duration::MAX,
             max_in_flight: Semaphore::MAX_PERMITS,
             enabled,
+            completion_reserve: 0,
         };
         self.push(provider, placement, true, false);
         // It needs nothing to work: available from the start.
@@ -246,11 +255,14 @@ impl Pool {
         last_resort: bool,
         needs_key: bool,
     ) {
+        let slots = placement.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let chat_slots = slots.saturating_sub(placement.completion_reserve).max(1);
         self.entries.push(Arc::new(Entry {
             provider,
             placement,
             last_resort,
-            slots: Semaphore::new(placement.max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
+            slots: Semaphore::new(slots),
+            chat_slots: Semaphore::new(chat_slots),
             state: Mutex::new(ProviderState::new(placement.enabled, needs_key)),
         }));
     }
@@ -384,7 +396,7 @@ impl Pool {
     }
 
     /// Providers to ask now, best first, and those passed over with why.
-    fn candidates(&self, now: Instant) -> (Vec<Arc<Entry>>, Vec<Skipped>) {
+    pub(crate) fn candidates(&self, now: Instant) -> (Vec<Arc<Entry>>, Vec<Skipped>) {
         let mut ready = Vec::new();
         let mut skipped = Vec::new();
         for entry in &self.entries {
@@ -833,6 +845,7 @@ mod tests {
                     placement: e.placement,
                     last_resort: e.last_resort,
                     slots: Semaphore::new(e.placement.max_in_flight),
+                    chat_slots: Semaphore::new(e.placement.max_in_flight),
                     state: Mutex::new(learnt),
                 })
             })
@@ -850,6 +863,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             max_in_flight: 4,
             enabled: true,
+            completion_reserve: 1,
         }
     }
 

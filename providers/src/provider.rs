@@ -20,8 +20,27 @@ use crate::prompt::RepoContext;
 /// A boxed future, so that providers can sit behind `dyn Provider`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The text deltas of a streamed chat answer, in order; it ends after the last one.
-pub type ChatStream<'a> = Pin<Box<dyn Stream<Item = Result<String, ProviderError>> + Send + 'a>>;
+/// The pieces of a streamed chat answer, in order; it ends after the last one.
+pub type ChatStream<'a> = Pin<Box<dyn Stream<Item = Result<ChatPiece, ProviderError>> + Send + 'a>>;
+
+/// One piece of a streamed chat answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatPiece {
+    /// Text to append to the answer (never empty).
+    Text(String),
+    /// Tokens counted so far, as the server reports them (usually once, at the end; a later
+    /// report replaces an earlier one).
+    Usage(TokenUsage),
+}
+
+/// Tokens a chat answer cost, as the provider's server counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// Tokens of the prompt (the conversation and the system instruction).
+    pub input: u32,
+    /// Tokens generated.
+    pub output: u32,
+}
 
 /// What a provider can do. Fixed per kind, except `fim`, which the provider learns from its
 /// server (a model without FIM tokens completes from the prefix alone).
@@ -112,6 +131,11 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The model it asks.
     fn model(&self) -> &str;
+    /// The model it asks for chat answers (the same, but for Copilot, whose chat models are
+    /// not its completion model).
+    fn chat_model(&self) -> &str {
+        self.model()
+    }
     /// What it can do now.
     fn capabilities(&self) -> Capabilities;
     /// Proposes a completion.

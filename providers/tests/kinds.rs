@@ -9,7 +9,9 @@ use futures::StreamExt;
 use reaper_core::config::Config;
 use reaper_core::schema::{ChatMessage, CompletionRequest, Role};
 use reaper_providers::prompt::RepoContext;
-use reaper_providers::{ChatInput, CompletionInput, Provider, ProviderError};
+use reaper_providers::{
+    ChatInput, ChatPiece, CompletionInput, Provider, ProviderError, TokenUsage,
+};
 use reaper_testkit::ollama::{self, OllamaServer, Trouble};
 use reaper_testkit::{copilot, CopilotServer, LlamaOptions, LlamaServer, Reply, WireServer};
 
@@ -50,6 +52,14 @@ async fn complete(
 }
 
 async fn chat(provider: &dyn Provider, question: &str) -> Result<String, ProviderError> {
+    chat_counted(provider, question).await.map(|(text, _)| text)
+}
+
+/// A chat answer's text, and the token counts the server reported.
+async fn chat_counted(
+    provider: &dyn Provider,
+    question: &str,
+) -> Result<(String, Option<TokenUsage>), ProviderError> {
     let messages = [ChatMessage {
         role: Role::User,
         content: question.into(),
@@ -63,15 +73,22 @@ async fn chat(provider: &dyn Provider, question: &str) -> Result<String, Provide
     let mut stream = provider.chat(input).await?;
     let mut text = String::new();
     let mut deltas = 0;
-    while let Some(delta) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+    let mut usage = None;
+    while let Some(piece) = tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
-        .expect("a chat delta within 30 s")
+        .expect("a chat piece within 30 s")
     {
-        text.push_str(&delta?);
-        deltas += 1;
+        match piece? {
+            ChatPiece::Text(delta) => {
+                assert!(usage.is_none(), "the counts come after the text");
+                text.push_str(&delta);
+                deltas += 1;
+            }
+            ChatPiece::Usage(counted) => usage = Some(counted),
+        }
     }
     assert!(deltas >= 1);
-    Ok(text)
+    Ok((text, usage))
 }
 
 // ---- Ollama (a local server in Ollama's documented format) ----
@@ -177,7 +194,16 @@ async fn an_ollama_model_that_is_not_pulled_says_how_to_pull_it() {
 async fn ollama_chat_streams_its_deltas() {
     let server = OllamaServer::start(ollama::Script::answering(CODER, "Use a mutex here."));
     let p = provider(&ollama_table(&server.url(), CODER), &[]);
-    assert_eq!(chat(&*p, "How?").await.unwrap(), "Use a mutex here.");
+    let (text, usage) = chat_counted(&*p, "How?").await.unwrap();
+    assert_eq!(text, "Use a mutex here.");
+    // Ollama's last line counts the prompt (26 in the test server) and the answer's tokens.
+    assert_eq!(
+        usage,
+        Some(TokenUsage {
+            input: 26,
+            output: ollama::tokens("Use a mutex here.").len() as u32
+        })
+    );
     let body = server.wire().seen()[0].request.json();
     assert_eq!(body["messages"][0]["role"], "system");
     assert_eq!(body["messages"][1]["content"], "How?");
@@ -518,8 +544,14 @@ async fn openai_kind_completes_against_llama_cpp_falling_back_from_infill() {
     assert!(!p.capabilities().fim);
     let note = p.probe().await.unwrap().note.unwrap();
     assert!(note.contains("no FIM"), "{note}");
-    let answer = chat(&*p, "Say hello.").await.unwrap();
+    let (answer, usage) = chat_counted(&*p, "Say hello.").await.unwrap();
     assert!(!answer.trim().is_empty());
+    // Asked for with stream_options.include_usage: llama.cpp counts both sides.
+    let usage = usage.expect("llama.cpp reports the tokens used");
+    assert!(
+        usage.input > 0 && usage.output > 0 && usage.output <= 24,
+        "{usage:?}"
+    );
 }
 
 #[tokio::test]
@@ -550,8 +582,14 @@ async fn anthropic_kind_fills_the_hole_and_chats_against_llama_cpp() {
     let text = complete(&*p, &request("fn main() {\n    println!(", ");\n}\n")).await;
     // A 135M model may answer with nothing worth proposing; the stream must still parse.
     text.unwrap();
-    let answer = chat(&*p, "Say hello.").await.unwrap();
+    let (answer, usage) = chat_counted(&*p, "Say hello.").await.unwrap();
     assert!(!answer.trim().is_empty());
+    // message_start counts the prompt, message_delta the answer.
+    let usage = usage.expect("the Messages stream reports the tokens used");
+    assert!(
+        usage.input > 0 && usage.output > 0 && usage.output <= 24,
+        "{usage:?}"
+    );
 }
 
 #[tokio::test]

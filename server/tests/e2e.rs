@@ -63,6 +63,7 @@ async fn unbuilt_services_answer_unimplemented() {
         messages: vec![],
         model: None,
         max_tokens: None,
+        provider: None,
     };
     let mut stream = client.chat(&chat, CallOptions::default()).await.unwrap();
     use futures::StreamExt;

@@ -217,6 +217,9 @@ pub struct RemoteSettings {
     pub timeout_ms: NonZeroU64,
     /// Requests to this provider in flight at once; more wait for a slot.
     pub max_in_flight: NonZeroU32,
+    /// Slots of `max_in_flight` that chats never take, so a keystroke's completion never
+    /// waits behind chats for one (chats always get at least one slot).
+    pub completion_reserve: u32,
     /// Longest completion, in tokens.
     pub max_tokens: NonZeroU32,
     /// How completion prompts are written instead of the family recognised from the model's
@@ -247,6 +250,7 @@ pub const FIM_FAMILIES: &[&str] = &[
 const DEFAULT_PRIORITY: u32 = 0;
 const DEFAULT_TIMEOUT_MS: u64 = 3_000;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 2;
+const DEFAULT_COMPLETION_RESERVE: u32 = 1;
 const DEFAULT_MAX_TOKENS: u32 = 64;
 /// Ollama unloads an idle model after 5 minutes by default; an editor asks in bursts with
 /// pauses longer than that, and reloading costs seconds.
@@ -271,6 +275,11 @@ struct RemoteTable {
         deserialize_with = "super::range::within_opt::<_, _, 1, 1_024>"
     )]
     max_in_flight: Option<NonZeroU32>,
+    #[serde(
+        default,
+        deserialize_with = "super::range::within_opt::<_, _, 0, 1_024>"
+    )]
+    completion_reserve: Option<u32>,
     #[serde(
         default,
         deserialize_with = "super::range::within_opt::<_, _, 1, 32_768>"
@@ -354,6 +363,7 @@ impl TryFrom<RemoteTable> for RemoteSettings {
             priority: t.priority.unwrap_or(DEFAULT_PRIORITY),
             timeout_ms: t.timeout_ms.unwrap_or(nonzero64(DEFAULT_TIMEOUT_MS)),
             max_in_flight: t.max_in_flight.unwrap_or(nonzero32(DEFAULT_MAX_IN_FLIGHT)),
+            completion_reserve: t.completion_reserve.unwrap_or(DEFAULT_COMPLETION_RESERVE),
             max_tokens: t.max_tokens.unwrap_or(nonzero32(DEFAULT_MAX_TOKENS)),
             fim_template: t.fim_template,
             keep_alive,

@@ -17,7 +17,8 @@ use crate::http::{Body, DEFAULT_RETRY_AFTER};
 use crate::kinds::openai::proposal;
 use crate::prompt::{self, Around};
 use crate::provider::{
-    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Capabilities, ChatInput, ChatPiece, ChatStream, CompletionInput, ProbeReport, Proposal,
+    TokenUsage,
 };
 use crate::stream::{SseItem, SseReader};
 
@@ -59,7 +60,13 @@ impl Anthropic {
             .await?;
         Ok(Deltas {
             events: SseReader::new(Body::new(&url, response, MAX_STREAM)),
+            usage: TokenUsage::default(),
         })
+    }
+
+    /// The model chat answers come from.
+    fn chat_model_now(&self) -> &str {
+        &self.remote.settings.model
     }
 
     /// What it can do now.
@@ -79,8 +86,10 @@ impl Anthropic {
         });
         let mut deltas = self.messages(body).await?;
         let mut text = String::new();
-        while let Some(delta) = deltas.next().await? {
-            text.push_str(&delta);
+        while let Some(piece) = deltas.next().await? {
+            if let ChatPiece::Text(delta) = piece {
+                text.push_str(&delta);
+            }
         }
         Ok(proposal(input.request, prompt::strip_fences(&text)))
     }
@@ -130,14 +139,18 @@ impl Anthropic {
 
 remote_provider!(Anthropic, "anthropic");
 
-/// The text deltas of a Messages stream.
+/// The pieces of a Messages stream.
 struct Deltas {
     events: SseReader,
+    /// The counts so far: the prompt's from `message_start`, the answer's from
+    /// `message_delta` (cumulative).
+    usage: TokenUsage,
 }
 
 impl Deltas {
-    /// The next piece of text; `None` after `message_stop`.
-    async fn next(&mut self) -> Result<Option<String>, ProviderError> {
+    /// The next piece: text, or the counts after a `message_delta`; `None` after
+    /// `message_stop`.
+    async fn next(&mut self) -> Result<Option<ChatPiece>, ProviderError> {
         loop {
             let item = self.events.next_json::<serde_json::Value>().await?;
             let url = self.events.url().to_owned();
@@ -165,7 +178,8 @@ impl Deltas {
                             429
                         },
                         retry_after: DEFAULT_RETRY_AFTER,
-                        message: error.message,
+                        // The API's own name for it, as its documentation and status page use.
+                        message: format!("{}: {}", error.kind, error.message),
                     },
                     _ => ProviderError::Stream {
                         url,
@@ -183,12 +197,23 @@ impl Deltas {
                     delta: Delta::TextDelta { text },
                 } => {
                     if !text.is_empty() {
-                        return Ok(Some(text));
+                        return Ok(Some(ChatPiece::Text(text)));
+                    }
+                }
+                Event::MessageStart { message } => {
+                    if let Some(usage) = message.usage {
+                        self.usage.input = usage.input_tokens;
+                    }
+                }
+                Event::MessageDelta { usage } => {
+                    if let Some(usage) = usage {
+                        self.usage.output = usage.output_tokens;
+                        return Ok(Some(ChatPiece::Usage(self.usage)));
                     }
                 }
                 Event::MessageStop => return Ok(None),
-                // message_start, content_block_start/stop, message_delta, ping, thinking and
-                // tool deltas, and event types added after this was written.
+                // content_block_start/stop, ping, thinking and tool deltas, and event types
+                // added after this was written.
                 Event::ContentBlockDelta {
                     delta: Delta::Other,
                 }
@@ -205,9 +230,31 @@ enum Event {
     ContentBlockDelta {
         delta: Delta,
     },
+    MessageStart {
+        message: StartMessage,
+    },
+    MessageDelta {
+        usage: Option<Usage>,
+    },
     MessageStop,
     #[serde(other)]
     Other,
+}
+
+/// The parts of `message_start`'s message read here.
+#[derive(Debug, Deserialize)]
+struct StartMessage {
+    usage: Option<Usage>,
+}
+
+/// Token counts: `input_tokens` in `message_start`, the cumulative `output_tokens` in
+/// `message_delta`.
+#[derive(Debug, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
 }
 
 #[derive(Debug, Deserialize)]

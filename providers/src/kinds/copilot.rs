@@ -36,6 +36,9 @@ use crate::stream::SseReader;
 const EDITOR_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
 const EDITOR_PLUGIN_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
 const INTEGRATION_ID: &str = "vscode-chat";
+/// The model Copilot's chat is asked for (Copilot picks its chat models itself; the configured
+/// model is its completion model).
+const CHAT_MODEL: &str = "gpt-4o";
 /// Refresh the Copilot token this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(120);
 /// Bounds on how long a Copilot token is used before it is exchanged again.
@@ -204,6 +207,11 @@ impl Copilot {
         }
     }
 
+    /// The model chat answers come from.
+    fn chat_model_now(&self) -> &str {
+        CHAT_MODEL
+    }
+
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
         Capabilities::remote(true)
@@ -257,7 +265,7 @@ impl Copilot {
         input: ChatInput<'a>,
     ) -> Result<ChatStream<'a>, ProviderError> {
         // Copilot's chat models are its own choice; the completion model is not one of them.
-        let body = chat_body("gpt-4o", input);
+        let body = chat_body(CHAT_MODEL, input, false);
         let (url, response) = self
             .call(|session| {
                 let url = format!("{}/chat/completions", session.api);

@@ -2,7 +2,8 @@
 //! settings, one HTTP client, and the API key read once from the environment.
 
 /// The `Provider` impl every remote kind shares: its identity from its `Remote`, its work
-/// from its own `capabilities_now`, `complete_inner`, `chat_inner` and `probe_inner`.
+/// from its own `capabilities_now`, `chat_model_now`, `complete_inner`, `chat_inner` and
+/// `probe_inner`.
 macro_rules! remote_provider {
     ($type:ty, $kind:literal) => {
         impl crate::provider::Provider for $type {
@@ -16,6 +17,10 @@ macro_rules! remote_provider {
 
             fn model(&self) -> &str {
                 &self.remote.settings.model
+            }
+
+            fn chat_model(&self) -> &str {
+                self.chat_model_now()
             }
 
             fn capabilities(&self) -> crate::provider::Capabilities {
@@ -65,7 +70,7 @@ use reaper_core::schema::Role;
 use crate::error::ProviderError;
 use crate::http::Http;
 use crate::pool::BuildError;
-use crate::provider::Provider;
+use crate::provider::{ChatPiece, ChatStream, Provider};
 
 /// The provider `[providers.name]` describes, its key (if any) looked up with `env`.
 pub fn build(
@@ -249,6 +254,17 @@ pub(crate) fn role_name(role: &Role) -> &'static str {
         Role::Assistant => "assistant",
         Role::System => "system",
     }
+}
+
+/// The whole text of a chat answer (a completion asked of a chat model).
+pub(crate) async fn answer_text(mut stream: ChatStream<'_>) -> Result<String, ProviderError> {
+    let mut text = String::new();
+    while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+        if let ChatPiece::Text(delta) = piece? {
+            text.push_str(&delta);
+        }
+    }
+    Ok(text)
 }
 
 /// Milliseconds left until `deadline`, at least 1 (for servers that take a time limit).

@@ -10,6 +10,7 @@
 //! bursts of typing. Chat is `/api/chat`; the probe reads `/api/tags` (is the model pulled?)
 //! and `/api/show` (can it fill in the middle?).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
@@ -21,7 +22,8 @@ use crate::http::Body;
 use crate::kinds::openai::proposal;
 use crate::prompt::{Around, Family, RepoContext, Template};
 use crate::provider::{
-    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Capabilities, ChatInput, ChatPiece, ChatStream, CompletionInput, ProbeReport, Proposal,
+    TokenUsage,
 };
 use crate::stream::NdjsonReader;
 
@@ -53,6 +55,11 @@ impl Ollama {
             template,
             fim: AtomicBool::new(true),
         }
+    }
+
+    /// The model chat answers come from.
+    fn chat_model_now(&self) -> &str {
+        &self.remote.settings.model
     }
 
     /// What it can do now.
@@ -205,10 +212,19 @@ impl Ollama {
         }
         let response = self.send(&url, &body).await?;
         let lines = NdjsonReader::new(Body::new(&url, response, MAX_CHAT_STREAM));
+        // A line may carry text, and the last one the counts too: what is read waits in
+        // `pending` to go out one piece at a time.
+        let state = (lines, url, VecDeque::new(), false);
         Ok(Box::pin(futures::stream::try_unfold(
-            (lines, url),
-            |(mut lines, url)| async move {
+            state,
+            |(mut lines, url, mut pending, mut done)| async move {
                 loop {
+                    if let Some(piece) = pending.pop_front() {
+                        return Ok(Some((piece, (lines, url, pending, done))));
+                    }
+                    if done {
+                        return Ok(None);
+                    }
                     let Some(line) = lines.next::<ChatLine>().await? else {
                         return Err(ProviderError::Dropped {
                             url,
@@ -220,10 +236,13 @@ impl Ollama {
                     }
                     let delta = line.message.map(|m| m.content).unwrap_or_default();
                     if !delta.is_empty() {
-                        return Ok(Some((delta, (lines, url))));
+                        pending.push_back(ChatPiece::Text(delta));
                     }
                     if line.done {
-                        return Ok(None);
+                        done = true;
+                        if let Some((input, output)) = line.prompt_eval_count.zip(line.eval_count) {
+                            pending.push_back(ChatPiece::Usage(TokenUsage { input, output }));
+                        }
                     }
                 }
             },
@@ -297,6 +316,10 @@ struct ChatLine {
     #[serde(default)]
     done: bool,
     error: Option<String>,
+    /// Tokens of the prompt (on the last line).
+    prompt_eval_count: Option<u32>,
+    /// Tokens generated (on the last line).
+    eval_count: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

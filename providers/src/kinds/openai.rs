@@ -15,12 +15,13 @@ use reaper_core::schema::CompletionRequest;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{millis_until, role_name, Remote, MODEL_CONFIDENCE};
+use super::{answer_text, millis_until, role_name, Remote, MODEL_CONFIDENCE};
 use crate::error::ProviderError;
 use crate::http::Body;
 use crate::prompt::{self, Around, Family, Template};
 use crate::provider::{
-    Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
+    Capabilities, ChatInput, ChatPiece, ChatStream, CompletionInput, ProbeReport, Proposal,
+    TokenUsage,
 };
 use crate::stream::{SseItem, SseReader};
 
@@ -72,6 +73,11 @@ impl OpenAi {
     fn root_url(&self, path: &str) -> String {
         let base = &self.remote.settings.base_url;
         format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
+    }
+
+    /// The model chat answers come from.
+    fn chat_model_now(&self) -> &str {
+        &self.remote.settings.model
     }
 
     /// What it can do now.
@@ -188,11 +194,8 @@ impl OpenAi {
             "temperature": 0.0,
             "stream": true,
         });
-        let mut deltas = chat_deltas(self.stream(&url, &body, MAX_COMPLETION_STREAM).await?);
-        let mut text = String::new();
-        while let Some(delta) = futures::StreamExt::next(&mut deltas).await {
-            text.push_str(&delta?);
-        }
+        let deltas = chat_deltas(self.stream(&url, &body, MAX_COMPLETION_STREAM).await?);
+        let text = answer_text(deltas).await?;
         Ok(proposal(input.request, prompt::strip_fences(&text)))
     }
 
@@ -254,7 +257,7 @@ impl OpenAi {
         input: ChatInput<'a>,
     ) -> Result<ChatStream<'a>, ProviderError> {
         let url = self.remote.url("/chat/completions");
-        let body = chat_body(&self.remote.settings.model, input);
+        let body = chat_body(&self.remote.settings.model, input, true);
         Ok(chat_deltas(
             self.stream(&url, &body, MAX_CHAT_STREAM).await?,
         ))
@@ -331,8 +334,14 @@ pub(crate) fn proposal(request: &CompletionRequest, answer: &str) -> Proposal {
     Proposal { text, confidence }
 }
 
-/// The body of an OpenAI-style streamed chat request (Copilot's chat speaks it too).
-pub(crate) fn chat_body(model: &str, input: ChatInput<'_>) -> serde_json::Value {
+/// The body of an OpenAI-style streamed chat request (Copilot's chat speaks it too). With
+/// `include_usage` the server is asked for the token counts in a last chunk (OpenAI sends
+/// them only when asked; llama.cpp and vLLM honour the same option).
+pub(crate) fn chat_body(
+    model: &str,
+    input: ChatInput<'_>,
+    include_usage: bool,
+) -> serde_json::Value {
     let mut messages = Vec::with_capacity(input.messages.len() + 1);
     if let Some(system) = input.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -340,52 +349,72 @@ pub(crate) fn chat_body(model: &str, input: ChatInput<'_>) -> serde_json::Value 
     for m in input.messages {
         messages.push(json!({"role": role_name(&m.role), "content": m.content}));
     }
-    json!({
+    let mut body = json!({
         "model": model,
         "messages": messages,
         "max_tokens": input.max_tokens,
         "stream": true,
-    })
+    });
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
 }
 
-/// The text deltas of an OpenAI-style chat stream, ending at `[DONE]`.
+/// The pieces of an OpenAI-style chat stream (text deltas, and the token counts if the server
+/// sends them), ending at `[DONE]`.
 pub(crate) fn chat_deltas(events: SseReader) -> ChatStream<'static> {
-    Box::pin(futures::stream::try_unfold(
-        (events, false),
-        |(mut events, mut finished)| async move {
-            loop {
-                match events.next_json::<ChatChunk>().await? {
-                    // Some servers end the stream after the last choice without [DONE].
-                    None if finished => return Ok(None),
-                    None => {
-                        return Err(ProviderError::Dropped {
-                            url: events.url().to_owned(),
-                            detail: "no [DONE] and no finish_reason".to_owned(),
-                        })
+    struct State {
+        events: SseReader,
+        finished: bool,
+        /// A chunk can carry text and the counts at once: the counts wait here.
+        usage: Option<TokenUsage>,
+    }
+    let state = State {
+        events,
+        finished: false,
+        usage: None,
+    };
+    Box::pin(futures::stream::try_unfold(state, |mut state| async move {
+        loop {
+            if let Some(usage) = state.usage.take() {
+                return Ok(Some((ChatPiece::Usage(usage), state)));
+            }
+            match state.events.next_json::<ChatChunk>().await? {
+                // Some servers end the stream after the last choice without [DONE].
+                None if state.finished => return Ok(None),
+                None => {
+                    return Err(ProviderError::Dropped {
+                        url: state.events.url().to_owned(),
+                        detail: "no [DONE] and no finish_reason".to_owned(),
+                    })
+                }
+                Some(SseItem::Done) => return Ok(None),
+                Some(SseItem::Data { data, .. }) => {
+                    if let Some(error) = data.error {
+                        return Err(ProviderError::Stream {
+                            url: state.events.url().to_owned(),
+                            message: error.message(),
+                        });
                     }
-                    Some(SseItem::Done) => return Ok(None),
-                    Some(SseItem::Data { data, .. }) => {
-                        if let Some(error) = data.error {
-                            return Err(ProviderError::Stream {
-                                url: events.url().to_owned(),
-                                message: error.message(),
-                            });
+                    state.usage = data.usage.map(|u| TokenUsage {
+                        input: u.prompt_tokens,
+                        output: u.completion_tokens,
+                    });
+                    let mut delta = String::new();
+                    for choice in data.choices {
+                        if let Some(text) = choice.delta.and_then(|d| d.content) {
+                            delta.push_str(&text);
                         }
-                        let mut delta = String::new();
-                        for choice in data.choices {
-                            if let Some(text) = choice.delta.and_then(|d| d.content) {
-                                delta.push_str(&text);
-                            }
-                            finished |= choice.finish_reason.is_some();
-                        }
-                        if !delta.is_empty() {
-                            return Ok(Some((delta, (events, finished))));
-                        }
+                        state.finished |= choice.finish_reason.is_some();
+                    }
+                    if !delta.is_empty() {
+                        return Ok(Some((ChatPiece::Text(delta), state)));
                     }
                 }
             }
-        },
-    ))
+        }
+    }))
 }
 
 /// A streamed `/v1/completions` chunk.
@@ -420,6 +449,16 @@ pub(crate) struct ChatChunk {
     #[serde(default)]
     choices: Vec<ChatChoice>,
     error: Option<ApiError>,
+    usage: Option<Usage>,
+}
+
+/// Token counts (`usage` of a last chunk, when asked for with `include_usage`).
+#[derive(Debug, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
 }
 
 #[derive(Debug, Deserialize)]

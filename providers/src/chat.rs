@@ -1,0 +1,714 @@
+//! A chat answer from the pool: which provider answers, the fallback while nothing has been
+//! said yet, and the slot the answer holds on its provider.
+//!
+//! The provider is the one the request names (`provider`), else the first by priority and
+//! measured latency whose chat model is the one asked for (`model`), else the first that can
+//! chat. One that fails before its first piece of text is passed over for the next that
+//! qualifies: the user has seen nothing, so nothing is lost. Once text has gone out, an error
+//! ends the answer with the provider's own words ([`ChatError::Interrupted`]): starting again
+//! elsewhere would repeat or contradict what the user already read.
+//!
+//! A chat holds one of its provider's `max_in_flight` slots for as long as it streams, but
+//! never one of the `completion_reserve` slots kept for completions: a keystroke's completion
+//! does not queue behind a long answer. Dropping the answer drops its HTTP request (the model
+//! server stops generating) and gives the slot back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use reaper_core::schema::ChatMessage;
+use tokio::sync::SemaphorePermit;
+
+use crate::error::ProviderError;
+use crate::pool::{describe, Entry, Pool, PoolError, Skipped};
+use crate::provider::{ChatInput, ChatPiece, ChatStream};
+
+/// Longest answer when the request sets no `max_tokens`.
+pub const DEFAULT_CHAT_MAX_TOKENS: u32 = 1024;
+/// Most tokens a request may ask for.
+pub const MAX_CHAT_TOKENS: u32 = 32_768;
+
+/// What to answer and whom to ask.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatAsk<'a> {
+    /// The conversation; the last message is the one to answer.
+    pub messages: &'a [ChatMessage],
+    /// Longest answer, in tokens.
+    pub max_tokens: u32,
+    /// The model wanted, if the user said.
+    pub model: Option<&'a str>,
+    /// The provider wanted (its name in `reaper.toml`), if the user said.
+    pub provider: Option<&'a str>,
+}
+
+/// Why a chat could not be answered, or stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// The request names a provider that is not configured.
+    #[error("no provider is named {name:?}: {}", known_providers(.known))]
+    UnknownProvider {
+        /// The name asked for.
+        name: String,
+        /// The providers that can chat.
+        known: Vec<String>,
+    },
+    /// The request names a provider that cannot chat (the offline model).
+    #[error("provider {name:?} (kind {kind}) does not chat: {}", known_providers(.known))]
+    CannotChat {
+        /// The name asked for.
+        name: String,
+        /// Its kind.
+        kind: String,
+        /// The providers that can chat.
+        known: Vec<String>,
+    },
+    /// The request names a provider that is disabled in `reaper.toml`.
+    #[error("provider {name:?} is disabled (enabled = false in reaper.toml)")]
+    Disabled {
+        /// The name asked for.
+        name: String,
+    },
+    /// No provider's chat model is the one asked for.
+    #[error("no provider serves model {model:?}: {}", known_models(.known))]
+    UnknownModel {
+        /// The model asked for.
+        model: String,
+        /// `(model, provider)` of every provider that can chat.
+        known: Vec<(String, String)>,
+    },
+    /// No enabled provider can chat.
+    #[error("no chat provider is configured (the embedded offline model completes code, it does not chat): add one to reaper.toml, e.g. [providers.local] with kind = \"openai\", base_url = \"http://127.0.0.1:8080/v1\" and model = \"...\" for a llama.cpp server, then restart reaperd")]
+    NoChatProvider,
+    /// Every provider tried failed before saying anything.
+    #[error("no provider could answer: {}", describe(&.0.failures, &.0.skipped))]
+    Failed(PoolError),
+    /// The answer broke off after it had started; the message is the provider's own.
+    #[error("{provider} stopped mid-answer: {error}")]
+    Interrupted {
+        /// The provider that was answering.
+        provider: String,
+        /// Why it stopped.
+        error: ProviderError,
+    },
+}
+
+fn known_providers(known: &[String]) -> String {
+    if known.is_empty() {
+        "no provider can chat (configure one in reaper.toml)".to_owned()
+    } else {
+        format!("the chat providers are {}", known.join(", "))
+    }
+}
+
+fn known_models(known: &[(String, String)]) -> String {
+    if known.is_empty() {
+        "no provider can chat (configure one in reaper.toml)".to_owned()
+    } else {
+        let models: Vec<String> = known
+            .iter()
+            .map(|(model, provider)| format!("{model} ({provider})"))
+            .collect();
+        format!("the models are {}", models.join(", "))
+    }
+}
+
+/// Whether `asked` names `served` (case aside; Ollama's `:latest` may be left out).
+fn model_matches(served: &str, asked: &str) -> bool {
+    served.eq_ignore_ascii_case(asked)
+        || served
+            .strip_suffix(":latest")
+            .is_some_and(|s| s.eq_ignore_ascii_case(asked))
+}
+
+impl Pool {
+    /// Starts answering `ask`: picks who may answer, best first. Nothing is sent until the
+    /// answer's first [`ChatAnswer::next`]. An error names what the user can ask for instead.
+    pub fn chat<'a>(&'a self, ask: ChatAsk<'a>) -> Result<ChatAnswer<'a>, ChatError> {
+        let chatty = |e: &Entry| !e.last_resort && e.provider.capabilities().chat;
+        let known = || -> Vec<String> {
+            self.entries
+                .iter()
+                .filter(|e| chatty(e) && e.placement.enabled)
+                .map(|e| e.provider.name().to_owned())
+                .collect()
+        };
+        let (ready, skipped) = self.candidates(Instant::now());
+        let mut order: Vec<&'a Entry> = Vec::new();
+        let mut passed_over = Vec::new();
+        if let Some(name) = ask.provider {
+            let Some(entry) = self.entries.iter().find(|e| e.provider.name() == name) else {
+                return Err(ChatError::UnknownProvider {
+                    name: name.to_owned(),
+                    known: known(),
+                });
+            };
+            if !chatty(entry) {
+                return Err(ChatError::CannotChat {
+                    name: name.to_owned(),
+                    kind: entry.provider.kind().to_owned(),
+                    known: known(),
+                });
+            }
+            if !entry.placement.enabled {
+                return Err(ChatError::Disabled {
+                    name: name.to_owned(),
+                });
+            }
+            // Named by the user: asked even while set aside (its state may be stale), unless
+            // a model was named too that it does not serve.
+            if let Some(model) = ask
+                .model
+                .filter(|m| !model_matches(entry.provider.chat_model(), m))
+            {
+                return Err(ChatError::UnknownModel {
+                    model: model.to_owned(),
+                    known: vec![(
+                        entry.provider.chat_model().to_owned(),
+                        entry.provider.name().to_owned(),
+                    )],
+                });
+            }
+            order.push(entry);
+        } else {
+            let wanted = |e: &Entry| {
+                chatty(e)
+                    && ask
+                        .model
+                        .is_none_or(|m| model_matches(e.provider.chat_model(), m))
+            };
+            let any = self
+                .entries
+                .iter()
+                .any(|e| wanted(e) && e.placement.enabled);
+            if !any {
+                return Err(match ask.model {
+                    Some(model) => ChatError::UnknownModel {
+                        model: model.to_owned(),
+                        known: self
+                            .entries
+                            .iter()
+                            .filter(|e| chatty(e) && e.placement.enabled)
+                            .map(|e| {
+                                (
+                                    e.provider.chat_model().to_owned(),
+                                    e.provider.name().to_owned(),
+                                )
+                            })
+                            .collect(),
+                    },
+                    None => ChatError::NoChatProvider,
+                });
+            }
+            for entry in ready {
+                if wanted(&entry) {
+                    // The pool's entries live as long as the pool: borrowed from there, not
+                    // from the temporary list.
+                    let index = self
+                        .entries
+                        .iter()
+                        .position(|e| Arc::ptr_eq(e, &entry))
+                        .unwrap_or(0);
+                    order.push(&self.entries[index]);
+                }
+            }
+            passed_over = skipped
+                .into_iter()
+                .filter(|s| {
+                    self.entries
+                        .iter()
+                        .any(|e| e.provider.name() == s.name && wanted(e))
+                })
+                .collect();
+        }
+        Ok(ChatAnswer {
+            input: ChatInput {
+                messages: ask.messages,
+                system: None,
+                max_tokens: ask.max_tokens,
+            },
+            order,
+            next: 0,
+            current: None,
+            said_anything: false,
+            ended: false,
+            failures: Vec::new(),
+            skipped: passed_over,
+        })
+    }
+}
+
+/// A provider answering, with the slots it holds.
+struct Answering<'a> {
+    entry: &'a Entry,
+    stream: ChatStream<'a>,
+    _slots: (SemaphorePermit<'a>, SemaphorePermit<'a>),
+}
+
+/// A chat answer in progress: read it with [`ChatAnswer::next`]; drop it to stop.
+pub struct ChatAnswer<'a> {
+    input: ChatInput<'a>,
+    /// Who may answer, best first.
+    order: Vec<&'a Entry>,
+    next: usize,
+    current: Option<Answering<'a>>,
+    said_anything: bool,
+    ended: bool,
+    failures: Vec<(String, ProviderError)>,
+    skipped: Vec<Skipped>,
+}
+
+impl std::fmt::Debug for ChatAnswer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatAnswer")
+            .field("provider", &self.provider())
+            .field("said_anything", &self.said_anything)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ChatAnswer<'a> {
+    /// The provider answering (or about to), and its chat model.
+    pub fn provider(&self) -> Option<(&str, &str)> {
+        let entry = match &self.current {
+            Some(answering) => answering.entry,
+            None => self.order.get(self.next).copied()?,
+        };
+        Some((entry.provider.name(), entry.provider.chat_model()))
+    }
+
+    /// The next piece of the answer; `None` once it is complete. After an error, `None`.
+    /// Cancel-safe: a call dropped before it returns loses nothing.
+    pub async fn next(&mut self) -> Option<Result<ChatPiece, ChatError>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            let Some(answering) = self.current.as_mut() else {
+                if let Err(error) = self.start_next().await {
+                    self.ended = true;
+                    return Some(Err(error));
+                }
+                continue;
+            };
+            let entry = answering.entry;
+            match answering.stream.next().await {
+                Some(Ok(piece)) => {
+                    if matches!(piece, ChatPiece::Text(_)) && !self.said_anything {
+                        self.said_anything = true;
+                        entry.state().succeeded();
+                    }
+                    return Some(Ok(piece));
+                }
+                Some(Err(error)) => {
+                    entry.state().failed(&error, Instant::now());
+                    self.current = None;
+                    if self.said_anything {
+                        self.ended = true;
+                        return Some(Err(ChatError::Interrupted {
+                            provider: entry.provider.name().to_owned(),
+                            error,
+                        }));
+                    }
+                    tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
+                    self.failures
+                        .push((entry.provider.name().to_owned(), error));
+                }
+                None => {
+                    // An answer may be empty (the model said nothing): that is an answer.
+                    if !self.said_anything {
+                        entry.state().succeeded();
+                    }
+                    self.current = None;
+                    self.ended = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Asks the next provider in order; the error of all of them when none is left.
+    /// Cancel-safe: dropped while it waits (for a slot, or for the provider), it starts that
+    /// provider again when called again.
+    async fn start_next(&mut self) -> Result<(), ChatError> {
+        while let Some(&entry) = self.order.get(self.next) {
+            // A chat slot first, then the slot it stands for: at most `max_in_flight` minus
+            // the reserve of chats hold provider slots, whatever the completions do.
+            let chat_slot = entry.chat_slots.acquire().await;
+            let slot = entry.slots.acquire().await;
+            let started = entry.provider.chat(self.input).await;
+            self.next += 1;
+            let (Ok(chat_slot), Ok(slot)) = (chat_slot, slot) else {
+                continue; // closed semaphores: never, the pool never closes them
+            };
+            match started {
+                Ok(stream) => {
+                    self.current = Some(Answering {
+                        entry,
+                        stream,
+                        _slots: (chat_slot, slot),
+                    });
+                    return Ok(());
+                }
+                Err(error) => {
+                    entry.state().failed(&error, Instant::now());
+                    tracing::debug!(provider = entry.provider.name(), %error, "chat failed; asking the next provider");
+                    self.failures
+                        .push((entry.provider.name().to_owned(), error));
+                }
+            }
+        }
+        Err(ChatError::Failed(PoolError {
+            failures: std::mem::take(&mut self.failures),
+            skipped: std::mem::take(&mut self.skipped),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use reaper_core::schema::{CompletionRequest, Role};
+
+    use super::*;
+    use crate::pool::Placement;
+    use crate::provider::{
+        BoxFuture, Capabilities, CompletionInput, ProbeReport, Proposal, Provider, TokenUsage,
+    };
+
+    /// A chat provider whose answer the test scripts: pieces of text at a pace, then the end,
+    /// or an error after `fail_after` pieces.
+    struct Talker {
+        name: &'static str,
+        model: &'static str,
+        words: Vec<&'static str>,
+        pace: Duration,
+        fail_after: Option<usize>,
+        /// Chats started, and streams dropped before their end.
+        started: AtomicU32,
+        dropped: Arc<AtomicU32>,
+    }
+
+    impl Talker {
+        fn new(name: &'static str, model: &'static str, words: &[&'static str]) -> Talker {
+            Talker {
+                name,
+                model,
+                words: words.to_vec(),
+                pace: Duration::from_millis(1),
+                fail_after: None,
+                started: AtomicU32::new(0),
+                dropped: Arc::new(AtomicU32::new(0)),
+            }
+        }
+    }
+
+    /// Counts a stream dropped before it ended.
+    struct DropCount(Arc<AtomicU32>, bool);
+
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn boom() -> ProviderError {
+        ProviderError::Stream {
+            url: "http://x/v1/messages".into(),
+            message: "overloaded_error: Overloaded".into(),
+        }
+    }
+
+    impl Provider for Talker {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn kind(&self) -> &'static str {
+            "openai"
+        }
+        fn model(&self) -> &str {
+            self.model
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::remote(false)
+        }
+        fn complete<'a>(
+            &'a self,
+            _: CompletionInput<'a>,
+        ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
+            Box::pin(async {
+                Ok(Proposal {
+                    text: "done".into(),
+                    confidence: 0.5,
+                })
+            })
+        }
+        fn chat<'a>(
+            &'a self,
+            _: ChatInput<'a>,
+        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                if self.fail_after == Some(0) {
+                    return Err(boom());
+                }
+                let guard = DropCount(self.dropped.clone(), false);
+                let stream =
+                    futures::stream::unfold((0, guard), move |(n, mut guard)| async move {
+                        tokio::time::sleep(self.pace).await;
+                        if self.fail_after == Some(n) {
+                            guard.1 = true;
+                            return Some((Err(boom()), (n + 1, guard)));
+                        }
+                        match self.words.get(n) {
+                            Some(word) => {
+                                Some((Ok(ChatPiece::Text(word.to_string())), (n + 1, guard)))
+                            }
+                            None if n == self.words.len() => Some((
+                                Ok(ChatPiece::Usage(TokenUsage {
+                                    input: 7,
+                                    output: n as u32,
+                                })),
+                                (n + 1, guard),
+                            )),
+                            None => {
+                                // The stream ended: not a drop.
+                                guard.1 = true;
+                                drop(guard);
+                                None
+                            }
+                        }
+                    });
+                Ok(Box::pin(stream) as ChatStream<'a>)
+            })
+        }
+        fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
+            Box::pin(async { Ok(ProbeReport::default()) })
+        }
+    }
+
+    fn placement(priority: u32, max_in_flight: usize) -> Placement {
+        Placement {
+            priority,
+            timeout: Duration::from_secs(2),
+            max_in_flight,
+            enabled: true,
+            completion_reserve: 1,
+        }
+    }
+
+    fn question() -> Vec<ChatMessage> {
+        vec![ChatMessage {
+            role: Role::User,
+            content: "Why?".into(),
+            timestamp: 0,
+        }]
+    }
+
+    fn ask<'a>(messages: &'a [ChatMessage]) -> ChatAsk<'a> {
+        ChatAsk {
+            messages,
+            max_tokens: 64,
+            model: None,
+            provider: None,
+        }
+    }
+
+    /// The whole answer: its text, its usage, and the error that ended it, if one did.
+    async fn read(answer: &mut ChatAnswer<'_>) -> (String, Option<TokenUsage>, Option<ChatError>) {
+        let (mut text, mut usage) = (String::new(), None);
+        while let Some(piece) = answer.next().await {
+            match piece {
+                Ok(ChatPiece::Text(t)) => text.push_str(&t),
+                Ok(ChatPiece::Usage(u)) => usage = Some(u),
+                Err(e) => return (text, usage, Some(e)),
+            }
+        }
+        (text, usage, None)
+    }
+
+    #[tokio::test]
+    async fn the_named_provider_or_model_answers_and_unknown_names_list_what_exists() {
+        let mut pool = Pool::new();
+        pool.add(
+            Arc::new(Talker::new("first", "qwen", &["from ", "first"])),
+            placement(1, 2),
+            false,
+        );
+        pool.add(
+            Arc::new(Talker::new("second", "llama:latest", &["from ", "second"])),
+            placement(2, 2),
+            false,
+        );
+        let messages = question();
+
+        let mut answer = pool.chat(ask(&messages)).unwrap();
+        assert_eq!(answer.provider(), Some(("first", "qwen")));
+        let (text, usage, error) = read(&mut answer).await;
+        assert_eq!(text, "from first");
+        assert_eq!(
+            usage,
+            Some(TokenUsage {
+                input: 7,
+                output: 2
+            })
+        );
+        assert!(error.is_none());
+
+        let by_model = pool.chat(ChatAsk {
+            model: Some("llama"),
+            ..ask(&messages)
+        });
+        assert_eq!(read(&mut by_model.unwrap()).await.0, "from second");
+        let by_name = pool.chat(ChatAsk {
+            provider: Some("second"),
+            ..ask(&messages)
+        });
+        assert_eq!(read(&mut by_name.unwrap()).await.0, "from second");
+
+        let error = pool
+            .chat(ChatAsk {
+                model: Some("gpt-5"),
+                ..ask(&messages)
+            })
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no provider serves model \"gpt-5\": the models are qwen (first), llama:latest (second)"
+        );
+        let error = pool
+            .chat(ChatAsk {
+                provider: Some("third"),
+                ..ask(&messages)
+            })
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no provider is named \"third\": the chat providers are first, second"
+        );
+        let error = pool
+            .chat(ChatAsk {
+                provider: Some("first"),
+                model: Some("llama"),
+                ..ask(&messages)
+            })
+            .unwrap_err();
+        assert!(matches!(error, ChatError::UnknownModel { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_pool_without_a_chat_provider_says_how_to_add_one() {
+        let mut pool = Pool::new();
+        pool.add_offline(
+            Arc::new(crate::OfflineProvider::new(&Default::default())),
+            None,
+            true,
+        );
+        let messages = question();
+        let error = pool.chat(ask(&messages)).unwrap_err();
+        assert!(matches!(error, ChatError::NoChatProvider));
+        assert!(error.to_string().contains("[providers.local]"), "{error}");
+        let error = pool
+            .chat(ChatAsk {
+                provider: Some("offline"),
+                ..ask(&messages)
+            })
+            .unwrap_err();
+        assert!(matches!(error, ChatError::CannotChat { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_first_words_falls_back_and_one_after_them_ends_the_answer() {
+        let mut refuses = Talker::new("refuses", "m", &["never"]);
+        refuses.fail_after = Some(0);
+        let mut breaks = Talker::new("breaks", "m", &["never"]);
+        breaks.fail_after = Some(0);
+        let steady = Talker::new("steady", "m", &["all ", "of ", "it"]);
+        let mut pool = Pool::new();
+        pool.add(Arc::new(refuses), placement(1, 2), false);
+        pool.add(Arc::new(breaks), placement(2, 2), false);
+        pool.add(Arc::new(steady), placement(3, 2), false);
+        let messages = question();
+        let (text, _, error) = read(&mut pool.chat(ask(&messages)).unwrap()).await;
+        assert_eq!(text, "all of it");
+        assert!(error.is_none());
+
+        // Mid-answer: the words said stand, and the provider's own words end the answer.
+        let mut stumbles = Talker::new("stumbles", "m", &["half ", "an ", "answer"]);
+        stumbles.fail_after = Some(2);
+        let backup = Arc::new(Talker::new("backup", "m", &["other"]));
+        let mut pool = Pool::new();
+        pool.add(Arc::new(stumbles), placement(1, 2), false);
+        pool.add(backup.clone(), placement(2, 2), false);
+        let (text, _, error) = read(&mut pool.chat(ask(&messages)).unwrap()).await;
+        assert_eq!(text, "half an ");
+        let error = error.expect("the answer ends with an error");
+        assert_eq!(
+            error.to_string(),
+            "stumbles stopped mid-answer: http://x/v1/messages reported an error mid-answer: overloaded_error: Overloaded"
+        );
+        assert_eq!(
+            backup.started.load(Ordering::Relaxed),
+            0,
+            "no second answer"
+        );
+
+        // Every one fails: each reason is named.
+        let mut alone = Talker::new("alone", "m", &[]);
+        alone.fail_after = Some(0);
+        let mut pool = Pool::new();
+        pool.add(Arc::new(alone), placement(1, 2), false);
+        let (_, _, error) = read(&mut pool.chat(ask(&messages)).unwrap()).await;
+        let text = error.unwrap().to_string();
+        assert!(
+            text.starts_with("no provider could answer: alone: "),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn chats_leave_the_reserved_slot_to_completions_and_dropping_one_stops_it() {
+        let mut slow = Talker::new("local", "m", &["a", "b", "c", "d", "e", "f"]);
+        slow.pace = Duration::from_millis(50);
+        let dropped = slow.dropped.clone();
+        let slow = Arc::new(slow);
+        let mut pool = Pool::new();
+        pool.add(slow.clone(), placement(1, 2), false);
+        let messages = question();
+        let mut first = pool.chat(ask(&messages)).unwrap();
+        assert!(matches!(first.next().await, Some(Ok(ChatPiece::Text(_)))));
+        // A second chat waits: the other slot is the completions'.
+        let mut second = pool.chat(ask(&messages)).unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(150), second.next()).await;
+        assert!(waited.is_err(), "the second chat waited for a slot");
+        // A completion does not.
+        let request = CompletionRequest {
+            prefix: "fn ".into(),
+            suffix: String::new(),
+            language: "rust".into(),
+            file_path: None,
+            context: None,
+        };
+        let started = Instant::now();
+        let answer = pool
+            .complete(&request, Instant::now() + Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(answer.provider, "local");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        // Dropping the first answer drops its stream and gives its slot to the second.
+        drop(first);
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        let (text, _, _) = read(&mut second).await;
+        assert_eq!(text, "abcdef");
+    }
+}
