@@ -1,5 +1,7 @@
 //! `reaper`: the command-line client of reaperd, and `reaper lsp`, the bridge for LSP editors.
 
+mod chat;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use reaper_client::schema::{
 };
 use reaper_client::{CallOptions, Client, ClientOptions, Code, Encoding, Error, Status};
 
-/// Talk to a running reaperd: check its health, list its providers, complete code.
+/// Talk to a running reaperd: check its health, list its providers, complete code, chat.
 ///
 /// The daemon's address, certificate and token are read from its state directory
 /// ($REAPER_STATE_DIR, else $XDG_RUNTIME_DIR/reaper, else ~/.local/state/reaper). On failure the
@@ -73,6 +75,27 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         suffix_file: Option<PathBuf>,
     },
+    /// Ask a question and print the answer as it streams; without one, a conversation at a
+    /// prompt (each line a question, answered with what was said before; Ctrl-C stops the
+    /// answer being written, Ctrl-D or /exit ends, /clear forgets). The answer comes from the
+    /// providers in reaper.toml (see `reaper providers`); --json prints each chunk as the
+    /// daemon sends it, the last with the provider, model and tokens used.
+    Chat {
+        /// The question (omit it for a conversation).
+        question: Option<String>,
+        /// Answer with this model (a provider whose chat model it is answers).
+        #[arg(long)]
+        model: Option<String>,
+        /// Answer with this provider (its name in reaper.toml).
+        #[arg(long)]
+        provider: Option<String>,
+        /// An instruction for the model, sent before the conversation.
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
+        /// Longest answer, in tokens (default 1024).
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<u32>,
+    },
     /// Serve an editor over the Language Server Protocol on stdin/stdout: reaper's completions
     /// as `textDocument/inlineCompletion` (LSP 3.18). Connects to the running reaperd, or
     /// starts one (exactly one, however many editors start at once) and reconnects if it
@@ -121,7 +144,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limit = args.timeout_ms;
+    // A conversation runs as long as the user talks: --timeout-ms bounds each answer instead.
+    let conversation = matches!(args.command, Command::Chat { question: None, .. });
+    let limit = args.timeout_ms.filter(|_| !conversation);
     let outcome = runtime.block_on(async move {
         match limit {
             // The call's own deadline is the same: this bounds what comes before it (connect
@@ -170,6 +195,30 @@ async fn run(args: Args) -> Result<(), Error> {
             .complete(&request, CallOptions::default())
             .await
             .map(|c| print_completion(&c, args.json)),
+        (
+            Command::Chat {
+                question,
+                model,
+                provider,
+                system,
+                max_tokens,
+            },
+            _,
+        ) => {
+            let chat = chat::ChatArgs {
+                question: question.clone(),
+                model: model.clone(),
+                provider: provider.clone(),
+                system: system.clone(),
+                max_tokens: *max_tokens,
+                json: args.json,
+                deadline: args.timeout_ms.map(Duration::from_millis),
+            };
+            match &chat.question {
+                Some(question) => chat::ask_once(&client, &chat, question.clone()).await,
+                None => chat::converse(&client, &chat).await,
+            }
+        }
         (Command::Providers, _) => client
             .providers()
             .await

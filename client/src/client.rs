@@ -314,23 +314,29 @@ impl Client {
         let deadline_ms = limit.map_or(0, |d| d.as_millis() as u64);
         let deadline = limit.map(|d| tokio::time::Instant::now() + d);
         let reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
-        let state = Some((reader, recv, send));
+        // Dropping the stream before its trailer cancels the call (code 1), so the daemon
+        // stops the work behind it (for a chat: the model's generation).
+        let state = Some((reader, CancelOnDrop(Some(recv)), send));
         Box::pin(futures::stream::unfold(state, move |state| async move {
             let (mut reader, mut recv, send) = state?;
             let next = match deadline {
-                Some(at) => match tokio::time::timeout_at(at, reader.next_message(&mut recv)).await
-                {
-                    Ok(next) => next,
-                    Err(_) => {
-                        let _ = recv.stop(CANCEL_CODE);
-                        if let Some(mut send) = send {
-                            let _ = send.reset(CANCEL_CODE);
+                Some(at) => {
+                    match tokio::time::timeout_at(at, reader.next_message(recv.stream())).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            drop(recv);
+                            if let Some(mut send) = send {
+                                let _ = send.reset(CANCEL_CODE);
+                            }
+                            return Some((Err(Error::DeadlineExceeded(deadline_ms)), None));
                         }
-                        return Some((Err(Error::DeadlineExceeded(deadline_ms)), None));
                     }
-                },
-                None => reader.next_message(&mut recv).await,
+                }
+                None => reader.next_message(recv.stream()).await,
             };
+            if reader.done {
+                recv.disarm();
+            }
             match next {
                 Ok(Some(bytes)) => {
                     let item =

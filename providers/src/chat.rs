@@ -231,6 +231,7 @@ impl Pool {
             order,
             next: 0,
             current: None,
+            answered_by: None,
             said_anything: false,
             ended: false,
             failures: Vec::new(),
@@ -253,6 +254,8 @@ pub struct ChatAnswer<'a> {
     order: Vec<&'a Entry>,
     next: usize,
     current: Option<Answering<'a>>,
+    /// The provider whose stream was read last (the one that answered, once it is over).
+    answered_by: Option<&'a Entry>,
     said_anything: bool,
     ended: bool,
     failures: Vec<(String, ProviderError)>,
@@ -271,9 +274,10 @@ impl std::fmt::Debug for ChatAnswer<'_> {
 impl<'a> ChatAnswer<'a> {
     /// The provider answering (or about to), and its chat model.
     pub fn provider(&self) -> Option<(&str, &str)> {
-        let entry = match &self.current {
-            Some(answering) => answering.entry,
-            None => self.order.get(self.next).copied()?,
+        let entry = match (&self.current, self.answered_by) {
+            (Some(answering), _) => answering.entry,
+            (None, Some(entry)) => entry,
+            (None, None) => self.order.get(self.next).copied()?,
         };
         Some((entry.provider.name(), entry.provider.chat_model()))
     }
@@ -311,6 +315,7 @@ impl<'a> ChatAnswer<'a> {
                             error,
                         }));
                     }
+                    self.answered_by = None;
                     tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
                     self.failures
                         .push((entry.provider.name().to_owned(), error));
@@ -344,6 +349,7 @@ impl<'a> ChatAnswer<'a> {
             };
             match started {
                 Ok(stream) => {
+                    self.answered_by = Some(entry);
                     self.current = Some(Answering {
                         entry,
                         stream,
@@ -559,6 +565,7 @@ mod tests {
             })
         );
         assert!(error.is_none());
+        assert_eq!(answer.provider(), Some(("first", "qwen")), "who answered");
 
         let by_model = pool.chat(ChatAsk {
             model: Some("llama"),
@@ -634,9 +641,11 @@ mod tests {
         pool.add(Arc::new(breaks), placement(2, 2), false);
         pool.add(Arc::new(steady), placement(3, 2), false);
         let messages = question();
-        let (text, _, error) = read(&mut pool.chat(ask(&messages)).unwrap()).await;
+        let mut answer = pool.chat(ask(&messages)).unwrap();
+        let (text, _, error) = read(&mut answer).await;
         assert_eq!(text, "all of it");
         assert!(error.is_none());
+        assert_eq!(answer.provider(), Some(("steady", "m")));
 
         // Mid-answer: the words said stand, and the provider's own words end the answer.
         let mut stumbles = Talker::new("stumbles", "m", &["half ", "an ", "answer"]);

@@ -11,23 +11,31 @@
 //!   a stream dropped mid-answer, a slow first byte). It records whether the client went away
 //!   before a stream finished, which is how a test sees that cancellation reached the model.
 //! - [`ollama`] and [`copilot`]: the two APIs no installable server speaks here, following
-//!   their documented formats on top of [`WireServer`].
+//!   their documented formats on top of [`WireServer`]; [`openai`] and [`anthropic`]: the two
+//!   llama.cpp speaks, for exact tokens at a set pace, answers of any size and faults (a
+//!   [`Trouble`]) that a real server does not produce on demand.
 //! - [`workspace`]: a small repository on disk for the repository-context tests.
 //!
 //! Everything listens on loopback only, every loop is bounded, and every process and thread
 //! started here ends when its handle is dropped.
 
+pub mod anthropic;
 mod binaries;
 pub mod copilot;
 mod llama;
 pub mod ollama;
+pub mod openai;
 mod peers;
+mod script;
 mod wire;
 pub mod workspace;
 
+pub use anthropic::AnthropicServer;
 pub use binaries::binaries;
 pub use copilot::CopilotServer;
 pub use llama::{LlamaOptions, LlamaServer};
 pub use ollama::OllamaServer;
+pub use openai::OpenAiServer;
 pub use peers::{node_modules, python};
+pub use script::Trouble;
 pub use wire::{Fault, Reply, Request, Seen, WireServer};

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::wire::{Fault, Reply, Request, WireServer};
+pub use crate::script::Trouble;
+use crate::script::{streamed, Answer, Format};
+use crate::wire::{Reply, Request, WireServer};
 
 /// How the server behaves.
 #[derive(Debug, Clone)]
@@ -53,31 +55,6 @@ pub fn tokens(text: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// What can go wrong at the generation endpoint.
-#[derive(Debug, Clone)]
-pub enum Trouble {
-    /// The request is read and never answered.
-    Hang,
-    /// An error status with Ollama's JSON body, and optional headers.
-    Status {
-        /// The status.
-        status: u16,
-        /// The `error` text.
-        error: String,
-        /// Extra headers (e.g. `Retry-After`).
-        headers: Vec<(String, String)>,
-    },
-    /// After two tokens, a line that is not JSON.
-    MalformedLine,
-    /// After two tokens, an `{"error": ...}` line and the end of the stream (what Ollama does
-    /// when the runner fails mid-answer).
-    ErrorLine(String),
-    /// After two tokens, the connection closes.
-    DropMidStream,
-    /// Nothing is sent for this long, then the answer.
-    SlowFirstByte(Duration),
 }
 
 /// An Ollama-format server; stopped when dropped.
@@ -222,59 +199,22 @@ fn stream(
             .replace('&', "\\u0026");
         format!("{text}\n").into_bytes()
     };
-    let mut pieces: Vec<(Duration, Vec<u8>)> = script
-        .tokens
-        .iter()
-        .map(|t| (script.pace, ndjson(line(t))))
-        .collect();
-    let mut fault = None;
-    match &script.trouble {
-        None => pieces.push((script.pace, ndjson(last(script.tokens.len())))),
-        Some(Trouble::Hang) => return Reply::Hang,
-        Some(Trouble::Status {
-            status,
-            error,
-            headers,
-        }) => {
-            let mut reply = Reply::json(*status, &json!({ "error": error }));
-            for (name, value) in headers {
-                reply = reply.with_header(name, value);
-            }
-            return reply;
-        }
-        Some(Trouble::MalformedLine) => {
-            pieces.truncate(2);
-            pieces.push((
-                script.pace,
-                b"{\"model\":\"x\",\"response\":\"unterminated\n".to_vec(),
-            ));
-            pieces.push((script.pace, ndjson(last(2))));
-        }
-        Some(Trouble::ErrorLine(error)) => {
-            pieces.truncate(2);
-            pieces.push((script.pace, ndjson(json!({ "error": error }))));
-        }
-        Some(Trouble::DropMidStream) => {
-            pieces.truncate(2);
-            fault = Some(Fault::Drop);
-        }
-        Some(Trouble::SlowFirstByte(delay)) => {
-            pieces.push((script.pace, ndjson(last(script.tokens.len()))));
-            return Reply::Delayed(
-                *delay,
-                Box::new(Reply::Stream {
-                    status: 200,
-                    content_type: "application/x-ndjson".into(),
-                    pieces,
-                    fault: None,
-                }),
-            );
-        }
-    }
-    Reply::Stream {
-        status: 200,
-        content_type: "application/x-ndjson".into(),
-        pieces,
-        fault,
-    }
+    let pieces = script.tokens.iter().map(|t| ndjson(line(t))).collect();
+    // A stream cut short (malformed, or an error) ends after two tokens.
+    let end = match script.trouble {
+        None | Some(Trouble::SlowFirstByte(_)) => last(script.tokens.len()),
+        Some(_) => last(2),
+    };
+    let format = Format {
+        content_type: "application/x-ndjson",
+        malformed: b"{\"model\":\"x\",\"response\":\"unterminated\n",
+        error_piece: &|error| ndjson(json!({ "error": error })),
+        error_reply: &|status, error| Reply::json(status, &json!({ "error": error })),
+    };
+    let answer = Answer {
+        head: Vec::new(),
+        tokens: pieces,
+        end: vec![ndjson(end)],
+    };
+    streamed(&format, script.pace, answer, script.trouble.as_ref())
 }

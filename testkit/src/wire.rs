@@ -373,7 +373,9 @@ async fn answer(
                 return (false, true, false);
             }
             for (delay, piece) in pieces {
-                if closed_within(read, delay).await {
+                // No pause, no wait: a timer of zero still waits for the timer's next tick
+                // (a millisecond), which would cap a stream at 1,000 pieces a second.
+                if !delay.is_zero() && closed_within(read, delay).await {
                     return (false, true, false);
                 }
                 let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();

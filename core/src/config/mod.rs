@@ -340,9 +340,6 @@ impl Config {
             ));
         }
         let pending = "the service it applies to is not built yet (it answers UNIMPLEMENTED)";
-        if self.rpc.chat_timeout != defaults.rpc.chat_timeout {
-            keys.push(("rpc.chat_timeout", pending));
-        }
         if self.rpc.agent_timeout != defaults.rpc.agent_timeout {
             keys.push(("rpc.agent_timeout", pending));
         }

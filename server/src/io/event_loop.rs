@@ -288,9 +288,8 @@ fn serve(
                 tracing::debug!(call = %id, "call cancelled by the client");
                 services.on_cancelled(id, now);
             }
-            ServerEvent::Message { .. }
-            | ServerEvent::HalfClosed { .. }
-            | ServerEvent::Writable { .. } => {}
+            ServerEvent::Writable { id } => services.on_writable(server, id, now),
+            ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
         }
     }
     false

@@ -3,19 +3,24 @@
 //! a client can act on.
 
 use reaper_core::{Code, Status};
-use reaper_providers::{PoolError, ProviderError};
+use reaper_providers::{ChatError, PoolError, ProviderError};
 
 /// The status a client gets when no provider answered. The code is that of the first
 /// provider asked (the one the user ranked first), else of the first one set aside by a
 /// failure (a missing key, say); the message lists every provider's reason.
 pub fn pool_status(error: &PoolError) -> Status {
+    let status = pool_code(error);
+    Status::new(status, error.to_string())
+}
+
+/// The code of [`pool_status`].
+fn pool_code(error: &PoolError) -> Code {
     let decisive = error
         .failures
         .first()
         .map(|(_, e)| e)
         .or_else(|| error.skipped.iter().find_map(|s| s.error.as_ref()));
-    let code = decisive.map_or(Code::Unavailable, code_for);
-    Status::new(code, error.to_string())
+    decisive.map_or(Code::Unavailable, code_for)
 }
 
 /// The code for one provider failure.
@@ -36,4 +41,20 @@ pub fn code_for(error: &ProviderError) -> Code {
         // Unreachable, 5xx, errors mid-stream, malformed or dropped streams: retrying may help.
         _ => Code::Unavailable,
     }
+}
+
+/// The status a chat ends with when it cannot be answered, or stops: a wrong name is the
+/// caller's to fix (INVALID_ARGUMENT, naming what exists); no chat provider is a setup to fix
+/// (FAILED_PRECONDITION); a provider's failure keeps its code, and its own words.
+pub fn chat_status(error: &ChatError) -> Status {
+    let code = match error {
+        ChatError::UnknownProvider { .. }
+        | ChatError::CannotChat { .. }
+        | ChatError::UnknownModel { .. } => Code::InvalidArgument,
+        ChatError::Disabled { .. } | ChatError::NoChatProvider => Code::FailedPrecondition,
+        ChatError::Failed(error) => pool_code(error),
+        ChatError::Interrupted { error, .. } => code_for(error),
+        _ => Code::Internal,
+    };
+    Status::new(code, error.to_string())
 }

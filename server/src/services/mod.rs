@@ -1,16 +1,18 @@
 //! The services behind the RPC state machine, one room each, and the routing of calls to
 //! them.
 //!
-//! Each room (`health`, `provider`, `completion`; `chat` and `agent` when they are built) is a
+//! Each room (`health`, `provider`, `completion`, `chat`; `agent` when it is built) is a
 //! module with one service type that the router calls with the call and the state machine.
-//! Health, Provider and Completion's feedback are answered inline, on the event loop, in the same pass that decoded
-//! the request: they touch only memory. Completion answers cache hits inline and sends misses
-//! to the provider pool, which runs on a tokio runtime of its own (`[rpc] worker_threads`
-//! threads: reqwest needs tokio, and the loop must never wait on a provider). Whatever work
-//! leaves the loop comes back on one channel, as a [`Finished`]. Chat and Agent are routed but
-//! not built yet; they answer UNIMPLEMENTED with a message rather than anything that looks
-//! like output.
+//! Health, Provider and Completion's feedback are answered inline, on the event loop, in the
+//! same pass that decoded the request: they touch only memory. Completion answers cache hits
+//! inline and sends misses to the provider pool, which runs on a tokio runtime of its own
+//! (`[rpc] worker_threads` threads: reqwest needs tokio, and the loop must never wait on a
+//! provider); Chat streams its answers from the same pool. Whatever work leaves the loop comes
+//! back on one channel, as a [`Finished`]: a completion's answer, or a step of a chat's. Agent
+//! is routed but not built yet; it answers UNIMPLEMENTED with a message rather than anything
+//! that looks like output.
 
+pub mod chat;
 pub mod completion;
 pub mod errors;
 pub mod health;
@@ -27,6 +29,7 @@ use reaper_core::{transport, Code, Encoding, Method, Status, WireMessage};
 use reaper_providers::{Pool, DELAY_ENV};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use self::chat::{ChatEvent, ChatService};
 use self::completion::{CompletionService, Feedback, JobDone, Outcome};
 use self::health::{HealthService, Snapshot};
 use self::provider::ProviderService;
@@ -46,6 +49,8 @@ pub struct TransportInfo {
 pub enum Finished {
     /// A completion the pool answered (or failed).
     Completion(JobDone),
+    /// A step of a chat answer: text, its end, or its failure.
+    Chat(ChatEvent),
 }
 
 /// All services, owned by the event loop.
@@ -55,6 +60,7 @@ pub struct Services {
     health: HealthService,
     provider: ProviderService,
     completion: CompletionService,
+    chat: ChatService,
     feedback: Feedback,
     pool: Arc<Pool>,
     /// The configured budgets, reported by Health beside their use.
@@ -118,13 +124,24 @@ impl Services {
         }
         runtime.spawn(pool.clone().watch());
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let completion =
-            CompletionService::new(config, pool.clone(), runtime.handle().clone(), done_tx);
+        let completion = CompletionService::new(
+            config,
+            pool.clone(),
+            runtime.handle().clone(),
+            done_tx.clone(),
+        );
+        let chat = ChatService::new(
+            pool.clone(),
+            runtime.handle().clone(),
+            done_tx,
+            Duration::from_millis(config.rpc.chat_timeout.get()),
+        );
         let services = Services {
             metrics: Metrics::default(),
             health: HealthService::new(started),
             provider: ProviderService::new(pool.clone()),
             completion,
+            chat,
             feedback: Feedback::default(),
             budgets: BudgetStats {
                 max_buffered_requests: config.rpc.max_buffered_requests.get(),
@@ -148,6 +165,18 @@ impl Services {
                     self.record(Some(Method::CompletionComplete), &status, received_at, now);
                 }
             }
+            Finished::Chat(event) => {
+                if let Some(ended) = self.chat.on_event(server, event, now) {
+                    self.record_chat(ended, now);
+                }
+            }
+        }
+    }
+
+    /// The client of a streamed call can take more: what waits for it is sent.
+    pub fn on_writable(&mut self, server: &mut RpcServer, id: CallId, now: Instant) {
+        if let Some(ended) = self.chat.on_writable(server, id, now) {
+            self.record_chat(ended, now);
         }
     }
 
@@ -156,16 +185,22 @@ impl Services {
         for (status, received_at) in self.completion.expire(server, now) {
             self.record(Some(Method::CompletionComplete), &status, received_at, now);
         }
+        for ended in self.chat.expire(server, now) {
+            self.record_chat(ended, now);
+        }
     }
 
     /// When [`Services::expire`] should next run.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.completion.next_deadline()
+        [self.completion.next_deadline(), self.chat.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Calls still being worked on.
     pub fn in_flight(&self) -> usize {
-        self.completion.pending()
+        self.completion.pending() + self.chat.pending()
     }
 
     /// The client cancelled a call.
@@ -174,6 +209,17 @@ impl Services {
             let status = Status::new(Code::Cancelled, "cancelled by the client");
             self.record(Some(Method::CompletionComplete), &status, received_at, now);
         }
+        if let Some(ended) = self.chat.on_cancelled(id) {
+            self.record_chat(ended, now);
+        }
+    }
+
+    /// Counts a chat that ended. Its latency in `Health` is the time to its first chunk (the
+    /// wait a user notices; the whole answer takes as long as the model writes), or to its
+    /// end when no chunk went out.
+    fn record_chat(&mut self, ended: chat::Ended, now: Instant) {
+        let at = ended.first_chunk.unwrap_or(now);
+        self.record(Some(Method::ChatSend), &ended.status, ended.received_at, at);
     }
 
     /// A connection closed.
@@ -242,11 +288,18 @@ impl Services {
                         Err(status) => server.finish(call.id, &status).then_some(status),
                     }
                 }
-                Method::ChatSend | Method::AgentExecute => {
+                Method::ChatSend => {
+                    if let Some(ended) = self.chat.on_call(server, &call) {
+                        self.record_chat(ended, now);
+                    }
+                    // Counted when it ends.
+                    None
+                }
+                Method::AgentExecute => {
                     let status = Status::new(
                         Code::Unimplemented,
                         format!(
-                            "{} is not built yet in reaperd {}: Health, Provider and Completion are served",
+                            "{} is not built yet in reaperd {}: Health, Provider, Completion and Chat are served",
                             call.method,
                             reaper_core::VERSION
                         ),
