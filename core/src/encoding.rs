@@ -64,6 +64,9 @@ pub enum CodecError {
     /// The bytes are not valid JSON of the expected shape.
     #[error("invalid JSON message: {0}")]
     Json(#[from] serde_json::Error),
+    /// The JSON is valid but not an object (serde would read an array as the fields in order).
+    #[error("invalid JSON message: a message is one JSON object ({{...}}), not {0}")]
+    NotAnObject(&'static str),
 }
 
 /// A message type that travels in either encoding.
@@ -102,7 +105,16 @@ where
         match encoding {
             Encoding::Rkyv => rkyv::from_bytes::<T, rancor::Error>(bytes)
                 .map_err(|e| CodecError::Rkyv(e.to_string())),
-            Encoding::Json => Ok(serde_json::from_slice(bytes)?),
+            Encoding::Json => {
+                // An array would be read as the fields in order, which the protocol does not
+                // promise: one object per message, as `docs/protocol.md` says.
+                match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'[') => return Err(CodecError::NotAnObject("an array")),
+                    Some(b'{') | None => {}
+                    Some(_) => return Err(CodecError::NotAnObject("a scalar")),
+                }
+                Ok(serde_json::from_slice(bytes)?)
+            }
         }
     }
 }
@@ -146,6 +158,19 @@ mod tests {
                 sample_request()
             );
         }
+    }
+
+    #[test]
+    fn a_json_message_is_an_object_not_an_array() {
+        assert!(HealthRequest::decode(Encoding::Json, b" {}").is_ok());
+        for bytes in [&b"[]"[..], b"  [ ]", b"\"x\"", b"7"] {
+            let error = HealthRequest::decode(Encoding::Json, bytes).unwrap_err();
+            assert!(error.to_string().contains("one JSON object"), "{error}");
+        }
+        // serde alone would read the fields in order from an array.
+        let array = br#"["fn ", "", "rust", null, null]"#;
+        assert!(serde_json::from_slice::<CompletionRequest>(array).is_ok());
+        assert!(CompletionRequest::decode(Encoding::Json, array).is_err());
     }
 
     #[test]

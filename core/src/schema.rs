@@ -216,7 +216,8 @@ wire_type! {
         pub role: Role,
         /// What it says.
         pub content: String,
-        /// When, in seconds since the Unix epoch.
+        /// When, in seconds since the Unix epoch (0 when absent from JSON: informational).
+        #[serde(default)]
         pub timestamp: i64,
     }
 }

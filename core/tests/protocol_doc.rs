@@ -3,7 +3,7 @@
 
 use reaper_core::schema::*;
 use reaper_core::wire::{self, RequestHead};
-use reaper_core::{Encoding, Status, Token, WireMessage};
+use reaper_core::{Encoding, Method, Status, Token, WireMessage};
 
 /// The example token used in the document (never a real one).
 fn example_token() -> Token {
@@ -23,11 +23,22 @@ fn example_response() -> HealthResponse {
         requests: 7,
         errors: 0,
         error_rate: 0.0,
-        calls: vec![MethodCalls {
-            method: "reaper.Health/check".into(),
-            served: 7,
-            failed: 0,
-        }],
+        // Every method, in the order the daemon lists them.
+        calls: Method::ALL
+            .iter()
+            .map(|m| {
+                let (served, failed) = match m {
+                    Method::CompletionComplete => (3, 0),
+                    Method::HealthCheck => (4, 0),
+                    _ => (0, 0),
+                };
+                MethodCalls {
+                    method: m.path().into(),
+                    served,
+                    failed,
+                }
+            })
+            .collect(),
         latency: LatencySummary {
             count: 7,
             p50_us: 18,
@@ -71,6 +82,70 @@ fn example_response() -> HealthResponse {
             unauthenticated_window: 65_536,
         },
     }
+}
+
+/// The chat call the document shows: one question, and its answer in two deltas.
+fn chat_request() -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: "Say hi.".into(),
+            timestamp: 1_796_330_103,
+        }],
+        model: None,
+        max_tokens: Some(16),
+        provider: None,
+    }
+}
+
+fn chat_chunks() -> Vec<ChatChunk> {
+    let text = |delta: &str| ChatChunk {
+        delta: delta.into(),
+        done: false,
+        provider: None,
+        model: None,
+        usage: None,
+    };
+    vec![
+        text("Hi"),
+        text("!"),
+        ChatChunk {
+            delta: String::new(),
+            done: true,
+            provider: Some("local".into()),
+            model: Some("qwen2.5-coder-1.5b".into()),
+            usage: Some(ChatUsage {
+                input_tokens: 9,
+                output_tokens: 2,
+            }),
+        },
+    ]
+}
+
+fn chat_request_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHead {
+        method: Method::ChatSend.path().into(),
+        encoding: Encoding::Json,
+        deadline_ms: 30_000,
+        token: example_token(),
+    }
+    .encode(&mut out);
+    let mut message = Vec::new();
+    chat_request().encode(Encoding::Json, &mut message).unwrap();
+    wire::encode_message(&message, &mut out);
+    out
+}
+
+fn chat_response_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in chat_chunks() {
+        let mut message = Vec::new();
+        chunk.encode(Encoding::Json, &mut message).unwrap();
+        wire::encode_message(&message, &mut out);
+    }
+    wire::encode_trailer(&Status::ok(), &mut out);
+    out
 }
 
 fn request_bytes() -> Vec<u8> {
@@ -159,7 +234,53 @@ fn the_documents_hex_dumps_are_what_the_code_produces() {
 }
 
 #[test]
+fn the_documents_chat_dumps_are_what_the_code_produces() {
+    let doc = include_str!("../../docs/protocol.md");
+    let request = hex_dump(&chat_request_bytes());
+    let response = hex_dump(&chat_response_bytes());
+    assert_eq!(
+        block(doc, "chat-request"),
+        request,
+        "chat request dump in docs/protocol.md is stale:\n{request}"
+    );
+    assert_eq!(
+        block(doc, "chat-response"),
+        response,
+        "chat response dump in docs/protocol.md is stale:\n{response}"
+    );
+    for chunk in chat_chunks() {
+        let json = serde_json::to_string(&chunk).unwrap();
+        assert!(doc.contains(&json), "the document lacks the chunk {json}");
+    }
+    let json = serde_json::to_string(&chat_request()).unwrap();
+    assert!(doc.contains(&json), "the document lacks the request {json}");
+}
+
+#[test]
 fn the_example_token_is_the_one_the_document_shows() {
     let doc = include_str!("../../docs/protocol.md");
     assert!(doc.contains(&example_token().to_hex()));
+}
+
+/// Prints every dump and JSON the document shows, for updating it after a schema change:
+/// `cargo test -p reaper-core --test protocol_doc -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn print_the_documents_dumps() {
+    println!("request\n{}", hex_dump(&request_bytes()));
+    println!("response\n{}", hex_dump(&response_bytes()));
+    let response = response_bytes();
+    println!(
+        "response JSON\n{}\n",
+        String::from_utf8_lossy(&response[5..response.len() - 6])
+    );
+    println!("chat-request\n{}", hex_dump(&chat_request_bytes()));
+    println!("chat-response\n{}", hex_dump(&chat_response_bytes()));
+    println!(
+        "chat JSON\n{}",
+        serde_json::to_string(&chat_request()).unwrap()
+    );
+    for chunk in chat_chunks() {
+        println!("{}", serde_json::to_string(&chunk).unwrap());
+    }
 }

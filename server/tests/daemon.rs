@@ -34,10 +34,15 @@ impl Daemon {
 
     /// A daemon with `config` as its reaper.toml and extra environment variables.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_on("127.0.0.1:0", config, env)
+    }
+
+    /// The same, listening on `listen` (e.g. `[::1]:0`).
+    pub fn start_on(listen: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("reaper.toml"), config).unwrap();
         let mut daemon = Daemon { child: None, dir };
-        daemon.spawn("127.0.0.1:0", env);
+        daemon.spawn(listen, env);
         daemon
     }
 

@@ -770,22 +770,81 @@ fn python_client_written_from_the_protocol_document() {
         .expect("the document has a Python client")
         + 10;
     let script = &doc[start..start + doc[start..].find("```").unwrap()];
+    // Runs the script with `args`, its environment cleared of the state-dir variables but for
+    // `env`; its stdout as JSON lines.
+    let run = |args: &[&str], env: &[(&str, &std::path::Path)]| -> Vec<serde_json::Value> {
+        let output = std::process::Command::new(reaper_testkit::python())
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env_remove("REAPER_STATE_DIR")
+            .env_remove("XDG_RUNTIME_DIR")
+            .envs(env.iter().copied())
+            .output()
+            .expect("the test peers' Python runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "the documented Python client failed ({args:?}):\n{stderr}"
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let health_ok = |answer: &[serde_json::Value]| {
+        assert_eq!(answer[0]["code"], 0, "{answer:?}");
+        assert_eq!(answer[0]["messages"][0]["status"], "serving", "{answer:?}");
+        assert_eq!(
+            answer[0]["messages"][0]["version"],
+            env!("CARGO_PKG_VERSION")
+        );
+    };
+
+    // Found through REAPER_STATE_DIR.
     let daemon = Daemon::start();
-    let output = std::process::Command::new(reaper_testkit::python())
-        .arg("-c")
-        .arg(script)
-        .env("REAPER_STATE_DIR", daemon.state_dir())
-        .output()
-        .expect("the test peers' Python runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the documented Python client failed:\n{stderr}"
+    health_ok(&run(&[], &[("REAPER_STATE_DIR", &daemon.state_dir())]));
+    // Through $XDG_RUNTIME_DIR/reaper, the default of a desktop session.
+    let runtime = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(daemon.state_dir(), runtime.path().join("reaper")).unwrap();
+    health_ok(&run(&[], &[("XDG_RUNTIME_DIR", runtime.path())]));
+    // At an IPv6 address: the endpoint file says [::1]:PORT.
+    let v6 = Daemon::start_on("[::1]:0", "", &[]);
+    let endpoint = std::fs::read_to_string(v6.state_dir().join("endpoint")).unwrap();
+    assert!(endpoint.starts_with("[::1]:"), "{endpoint}");
+    health_ok(&run(&[], &[("REAPER_STATE_DIR", &v6.state_dir())]));
+
+    // A chat, chunk by chunk.
+    let model = reaper_testkit::OpenAiServer::start(reaper_testkit::openai::Script::answering(
+        "coder",
+        "Hello there.",
+    ));
+    let config = format!(
+        "[providers.local]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"coder\"\n",
+        model.url()
     );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(answer["code"], 0, "{answer}");
-    assert_eq!(answer["messages"][0]["status"], "serving", "{answer}");
-    assert_eq!(answer["messages"][0]["version"], env!("CARGO_PKG_VERSION"));
+    let daemon = Daemon::start_with(&config, &[]);
+    let lines = run(
+        &["chat", "Greet me."],
+        &[("REAPER_STATE_DIR", &daemon.state_dir())],
+    );
+    let (trailer, chunks) = lines.split_last().unwrap();
+    assert_eq!(trailer["code"], 0, "{lines:?}");
+    let text: String = chunks
+        .iter()
+        .map(|c| c["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Hello there.");
+    assert_eq!(
+        chunks.len(),
+        5,
+        "a chunk per token, then the last: {lines:?}"
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["done"], true);
+    assert_eq!(last["provider"], "local");
+    assert_eq!(last["usage"]["output_tokens"], 4);
 }
 
 /// A daemon that goes away and comes back (a crash and a restart, an upgrade): the client
