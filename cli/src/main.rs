@@ -305,14 +305,19 @@ fn print_health(health: &HealthResponse, json: bool) {
     }
     for p in &health.providers {
         println!(
-            "  provider {:<19} answered {:>6}  errors {:>4}  cancelled {:>4}  hedged {:>4}  p50 {:.1} ms  p95 {:.1} ms",
+            "  provider {:<19} answered {:>6}  errors {:>4}  cancelled {:>4}  hedged {:>4}  p50 {:.1} ms  p95 {:.1} ms{}",
             p.name,
             p.answered,
             p.errors,
             p.cancelled,
             p.hedged,
             p.p50_us as f64 / 1000.0,
-            p.p95_us as f64 / 1000.0
+            p.p95_us as f64 / 1000.0,
+            if p.chats + p.chat_yields > 0 {
+                format!("  chats {} (gave way to completions {}x)", p.chats, p.chat_yields)
+            } else {
+                String::new()
+            }
         );
     }
     let b = &health.budgets;

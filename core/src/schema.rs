@@ -487,6 +487,13 @@ wire_type! {
         pub cancelled: u64,
         /// Times it had not answered by its p95 latency and the next provider was asked too.
         pub hedged: u64,
+        /// Chat answers it gave whole (added).
+        #[serde(default)]
+        pub chats: u64,
+        /// Times a chat streaming from it stopped for a completion and went on after (added:
+        /// `chat_yields`).
+        #[serde(default)]
+        pub chat_yields: u64,
         /// Median answer latency over its recent answers, in microseconds (0: none yet).
         pub p50_us: u64,
         /// 95th percentile of the same.

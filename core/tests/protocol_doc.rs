@@ -61,6 +61,8 @@ fn example_response() -> HealthResponse {
             errors: 0,
             cancelled: 0,
             hedged: 0,
+            chats: 0,
+            chat_yields: 0,
             p50_us: 96,
             p95_us: 180,
         }],

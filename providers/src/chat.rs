@@ -14,10 +14,10 @@
 //! server stops generating) and gives the slot back.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reaper_core::schema::ChatMessage;
+use reaper_core::schema::{ChatMessage, Role};
 use tokio::sync::SemaphorePermit;
 
 use crate::error::ProviderError;
@@ -230,21 +230,35 @@ impl Pool {
             },
             order,
             next: 0,
-            current: None,
+            phase: Phase::Asking,
             answered_by: None,
-            said_anything: false,
-            ended: false,
+            said: String::new(),
+            skip_space: 0,
+            yields: 0,
             failures: Vec::new(),
             skipped: passed_over,
         })
     }
 }
 
-/// A provider answering, with the slots it holds.
-struct Answering<'a> {
-    entry: &'a Entry,
-    stream: ChatStream<'a>,
-    _slots: (SemaphorePermit<'a>, SemaphorePermit<'a>),
+/// The slots a chat holds on its provider: one of the chats' share, and the slot it stands for.
+type Slots<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
+
+/// Where an answer stands.
+enum Phase<'a> {
+    /// Asking the next provider in order.
+    Asking,
+    /// A provider is answering.
+    Streaming {
+        entry: &'a Entry,
+        stream: ChatStream,
+        slots: Slots<'a>,
+    },
+    /// The provider's answer was set aside for completions (its request dropped, its slots
+    /// kept); it goes on from what it said once they are done.
+    Yielded { entry: &'a Entry, slots: Slots<'a> },
+    /// Complete, or failed.
+    Ended,
 }
 
 /// A chat answer in progress: read it with [`ChatAnswer::next`]; drop it to stop.
@@ -253,11 +267,16 @@ pub struct ChatAnswer<'a> {
     /// Who may answer, best first.
     order: Vec<&'a Entry>,
     next: usize,
-    current: Option<Answering<'a>>,
+    phase: Phase<'a>,
     /// The provider whose stream was read last (the one that answered, once it is over).
     answered_by: Option<&'a Entry>,
-    said_anything: bool,
-    ended: bool,
+    /// The text given out so far: what an answer that yielded goes on from.
+    said: String,
+    /// Whitespace to drop from the start of a resumed answer (the end of `said` that could
+    /// not be sent as the answer's beginning: APIs refuse a prefill ending in whitespace).
+    skip_space: usize,
+    /// Times the answer gave way to completions.
+    yields: u32,
     failures: Vec<(String, ProviderError)>,
     skipped: Vec<Skipped>,
 }
@@ -266,71 +285,188 @@ impl std::fmt::Debug for ChatAnswer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatAnswer")
             .field("provider", &self.provider())
-            .field("said_anything", &self.said_anything)
+            .field("said", &self.said.len())
+            .field("yields", &self.yields)
             .finish_non_exhaustive()
     }
 }
 
+/// How long the completions' demand on a provider must have been gone before a chat that
+/// yielded goes on: a person typing asks for a completion every 100–300 ms, and a chat that
+/// resumed between two keystrokes would only be set aside again at the next (its prompt
+/// evaluated again each time).
+pub const RESUME_AFTER: Duration = Duration::from_millis(250);
+
 impl<'a> ChatAnswer<'a> {
     /// The provider answering (or about to), and its chat model.
     pub fn provider(&self) -> Option<(&str, &str)> {
-        let entry = match (&self.current, self.answered_by) {
-            (Some(answering), _) => answering.entry,
-            (None, Some(entry)) => entry,
-            (None, None) => self.order.get(self.next).copied()?,
+        let entry = match (&self.phase, self.answered_by) {
+            (Phase::Streaming { entry, .. } | Phase::Yielded { entry, .. }, _) => *entry,
+            (_, Some(entry)) => entry,
+            _ => self.order.get(self.next).copied()?,
         };
         Some((entry.provider.name(), entry.provider.chat_model()))
+    }
+
+    /// Times the answer gave way to completions on its provider (`chat_yields`).
+    pub fn yields(&self) -> u32 {
+        self.yields
     }
 
     /// The next piece of the answer; `None` once it is complete. After an error, `None`.
     /// Cancel-safe: a call dropped before it returns loses nothing.
     pub async fn next(&mut self) -> Option<Result<ChatPiece, ChatError>> {
         loop {
-            if self.ended {
-                return None;
-            }
-            let Some(answering) = self.current.as_mut() else {
-                if let Err(error) = self.start_next().await {
-                    self.ended = true;
-                    return Some(Err(error));
-                }
-                continue;
-            };
-            let entry = answering.entry;
-            match answering.stream.next().await {
-                Some(Ok(piece)) => {
-                    if matches!(piece, ChatPiece::Text(_)) && !self.said_anything {
-                        self.said_anything = true;
-                        entry.state().succeeded();
+            match &mut self.phase {
+                Phase::Ended => return None,
+                Phase::Asking => {
+                    if let Err(error) = self.start_next().await {
+                        self.phase = Phase::Ended;
+                        return Some(Err(error));
                     }
-                    return Some(Ok(piece));
                 }
-                Some(Err(error)) => {
-                    entry.state().failed(&error, Instant::now());
-                    self.current = None;
-                    if self.said_anything {
-                        self.ended = true;
+                Phase::Yielded { entry, .. } => {
+                    let entry = *entry;
+                    wait_for_quiet(entry).await;
+                    if let Err(error) = self.resume().await {
+                        self.phase = Phase::Ended;
                         return Some(Err(ChatError::Interrupted {
                             provider: entry.provider.name().to_owned(),
                             error,
                         }));
                     }
-                    self.answered_by = None;
-                    tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
-                    self.failures
-                        .push((entry.provider.name().to_owned(), error));
                 }
-                None => {
-                    // An answer may be empty (the model said nothing): that is an answer.
-                    if !self.said_anything {
-                        entry.state().succeeded();
+                Phase::Streaming { entry, stream, .. } => {
+                    let entry = *entry;
+                    let piece = if entry.placement.chat_yields {
+                        // A completion asking this provider sets the answer aside.
+                        let mut demand = entry.demand.subscribe();
+                        tokio::select! {
+                            biased;
+                            _ = demand.wait_for(|asking| *asking > 0) => None,
+                            piece = stream.next() => Some(piece),
+                        }
+                    } else {
+                        Some(stream.next().await)
+                    };
+                    let Some(piece) = piece else {
+                        self.set_aside();
+                        continue;
+                    };
+                    if let Some(outcome) = self.take(entry, piece) {
+                        return outcome;
                     }
-                    self.current = None;
-                    self.ended = true;
-                    return None;
                 }
             }
         }
+    }
+
+    /// Handles one piece read from the provider answering: what `next` returns, if anything.
+    fn take(
+        &mut self,
+        entry: &'a Entry,
+        piece: Option<Result<ChatPiece, ProviderError>>,
+    ) -> Option<Option<Result<ChatPiece, ChatError>>> {
+        match piece {
+            Some(Ok(ChatPiece::Text(mut text))) => {
+                if self.skip_space > 0 {
+                    let space = text.len() - text.trim_start().len();
+                    let drop = space.min(self.skip_space);
+                    text.drain(..drop);
+                    self.skip_space = if text.is_empty() {
+                        self.skip_space - drop
+                    } else {
+                        0
+                    };
+                    if text.is_empty() {
+                        return None;
+                    }
+                }
+                if self.said.is_empty() {
+                    entry.state().succeeded();
+                }
+                self.said.push_str(&text);
+                Some(Some(Ok(ChatPiece::Text(text))))
+            }
+            // After a yield, the counts cover only the last part of the answer: not given.
+            Some(Ok(ChatPiece::Usage(_))) if self.yields > 0 => None,
+            Some(Ok(piece)) => Some(Some(Ok(piece))),
+            Some(Err(error)) => {
+                entry.state().failed(&error, Instant::now());
+                if !self.said.is_empty() {
+                    self.phase = Phase::Ended;
+                    return Some(Some(Err(ChatError::Interrupted {
+                        provider: entry.provider.name().to_owned(),
+                        error,
+                    })));
+                }
+                self.phase = Phase::Asking;
+                self.answered_by = None;
+                tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
+                self.failures
+                    .push((entry.provider.name().to_owned(), error));
+                None
+            }
+            None => {
+                // An answer may be empty (the model said nothing): that is an answer.
+                let mut state = entry.state();
+                if self.said.is_empty() {
+                    state.succeeded();
+                }
+                state.stats.chats += 1;
+                drop(state);
+                self.phase = Phase::Ended;
+                Some(None)
+            }
+        }
+    }
+
+    /// Drops the provider's request (it stops generating), keeping the slots.
+    fn set_aside(&mut self) {
+        if let Phase::Streaming { entry, slots, .. } =
+            std::mem::replace(&mut self.phase, Phase::Ended)
+        {
+            self.yields += 1;
+            entry.state().stats.chat_yields += 1;
+            tracing::debug!(
+                provider = entry.provider.name(),
+                said = self.said.len(),
+                "chat gives way to a completion"
+            );
+            self.phase = Phase::Yielded { entry, slots };
+        }
+    }
+
+    /// Asks the provider that yielded to go on from what it said.
+    async fn resume(&mut self) -> Result<(), ProviderError> {
+        let Phase::Yielded { entry, .. } = &self.phase else {
+            return Ok(());
+        };
+        let entry = *entry;
+        let mut messages = self.input.messages.to_vec();
+        let prefill = self.said.trim_end();
+        if !prefill.is_empty() {
+            messages.push(ChatMessage {
+                role: Role::Assistant,
+                content: prefill.to_owned(),
+                timestamp: 0,
+            });
+        }
+        let input = ChatInput {
+            messages: &messages,
+            ..self.input
+        };
+        let stream = entry.provider.chat(input).await?;
+        self.skip_space = self.said.len() - prefill.len();
+        if let Phase::Yielded { entry, slots } = std::mem::replace(&mut self.phase, Phase::Ended) {
+            tracing::debug!(provider = entry.provider.name(), "chat goes on");
+            self.phase = Phase::Streaming {
+                entry,
+                stream,
+                slots,
+            };
+        }
+        Ok(())
     }
 
     /// Asks the next provider in order; the error of all of them when none is left.
@@ -350,11 +486,11 @@ impl<'a> ChatAnswer<'a> {
             match started {
                 Ok(stream) => {
                     self.answered_by = Some(entry);
-                    self.current = Some(Answering {
+                    self.phase = Phase::Streaming {
                         entry,
                         stream,
-                        _slots: (chat_slot, slot),
-                    });
+                        slots: (chat_slot, slot),
+                    };
                     return Ok(());
                 }
                 Err(error) => {
@@ -372,6 +508,20 @@ impl<'a> ChatAnswer<'a> {
     }
 }
 
+/// Waits until no completion has asked `entry` for [`RESUME_AFTER`].
+async fn wait_for_quiet(entry: &Entry) {
+    let mut demand = entry.demand.subscribe();
+    loop {
+        // The sender lives as long as the entry: an error cannot happen while we hold it.
+        let _ = demand.wait_for(|asking| *asking == 0).await;
+        let quiet = tokio::time::sleep(RESUME_AFTER);
+        tokio::select! {
+            () = quiet => return,
+            _ = demand.wait_for(|asking| *asking > 0) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -386,16 +536,21 @@ mod tests {
     };
 
     /// A chat provider whose answer the test scripts: pieces of text at a pace, then the end,
-    /// or an error after `fail_after` pieces.
+    /// or an error after `fail_after` pieces. Asked with its answer's beginning as the last
+    /// (assistant) message, it goes on from there, as llama.cpp, Ollama and Anthropic do.
     struct Talker {
         name: &'static str,
         model: &'static str,
         words: Vec<&'static str>,
         pace: Duration,
         fail_after: Option<usize>,
+        /// How long a completion takes.
+        completing: Duration,
         /// Chats started, and streams dropped before their end.
         started: AtomicU32,
         dropped: Arc<AtomicU32>,
+        /// The conversation of each chat asked.
+        asked: std::sync::Mutex<Vec<Vec<ChatMessage>>>,
     }
 
     impl Talker {
@@ -406,8 +561,10 @@ mod tests {
                 words: words.to_vec(),
                 pace: Duration::from_millis(1),
                 fail_after: None,
+                completing: Duration::ZERO,
                 started: AtomicU32::new(0),
                 dropped: Arc::new(AtomicU32::new(0)),
+                asked: std::sync::Mutex::default(),
             }
         }
     }
@@ -448,6 +605,7 @@ mod tests {
             _: CompletionInput<'a>,
         ) -> BoxFuture<'a, Result<Proposal, ProviderError>> {
             Box::pin(async {
+                tokio::time::sleep(self.completing).await;
                 Ok(Proposal {
                     text: "done".into(),
                     confidence: 0.5,
@@ -456,26 +614,40 @@ mod tests {
         }
         fn chat<'a>(
             &'a self,
-            _: ChatInput<'a>,
-        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+            input: ChatInput<'a>,
+        ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
             self.started.fetch_add(1, Ordering::Relaxed);
+            self.asked.lock().unwrap().push(input.messages.to_vec());
+            // Goes on after what the last assistant message says, if it ends the
+            // conversation.
+            let said = input
+                .messages
+                .last()
+                .filter(|m| m.role == Role::Assistant)
+                .map_or(String::new(), |m| m.content.clone());
+            let from = (0..=self.words.len())
+                .find(|&n| self.words[..n].concat().trim_end() == said)
+                .unwrap_or(0);
+            let (words, pace, fail_after) = (self.words.clone(), self.pace, self.fail_after);
+            let dropped = self.dropped.clone();
             Box::pin(async move {
-                if self.fail_after == Some(0) {
+                if fail_after == Some(0) {
                     return Err(boom());
                 }
-                let guard = DropCount(self.dropped.clone(), false);
-                let stream =
-                    futures::stream::unfold((0, guard), move |(n, mut guard)| async move {
-                        tokio::time::sleep(self.pace).await;
-                        if self.fail_after == Some(n) {
+                let guard = DropCount(dropped, false);
+                let stream = futures::stream::unfold((from, guard), move |(n, mut guard)| {
+                    let words = words.clone();
+                    async move {
+                        tokio::time::sleep(pace).await;
+                        if fail_after == Some(n) {
                             guard.1 = true;
                             return Some((Err(boom()), (n + 1, guard)));
                         }
-                        match self.words.get(n) {
+                        match words.get(n) {
                             Some(word) => {
                                 Some((Ok(ChatPiece::Text(word.to_string())), (n + 1, guard)))
                             }
-                            None if n == self.words.len() => Some((
+                            None if n == words.len() => Some((
                                 Ok(ChatPiece::Usage(TokenUsage {
                                     input: 7,
                                     output: n as u32,
@@ -489,8 +661,9 @@ mod tests {
                                 None
                             }
                         }
-                    });
-                Ok(Box::pin(stream) as ChatStream<'a>)
+                    }
+                });
+                Ok(Box::pin(stream) as ChatStream)
             })
         }
         fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
@@ -505,6 +678,7 @@ mod tests {
             max_in_flight,
             enabled: true,
             completion_reserve: 1,
+            chat_yields: false,
         }
     }
 
@@ -719,5 +893,89 @@ mod tests {
         assert_eq!(dropped.load(Ordering::Relaxed), 1);
         let (text, _, _) = read(&mut second).await;
         assert_eq!(text, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_chat_gives_way_to_a_completion_and_goes_on_from_where_it_was() {
+        let words = [
+            "The",
+            " lighthouse",
+            " keeper",
+            " climbed",
+            " the",
+            " stairs",
+            " at",
+            " dusk",
+            ".",
+        ];
+        let mut local = Talker::new("local", "m", &words);
+        local.pace = Duration::from_millis(30);
+        local.completing = Duration::from_millis(100);
+        let dropped = local.dropped.clone();
+        let local = Arc::new(local);
+        let mut pool = Pool::new();
+        pool.add(
+            local.clone(),
+            Placement {
+                chat_yields: true,
+                ..placement(1, 2)
+            },
+            false,
+        );
+        let pool = Arc::new(pool);
+        let messages = question();
+        let mut answer = pool.chat(ask(&messages)).unwrap();
+        let mut text = String::new();
+        for _ in 0..3 {
+            if let Some(Ok(ChatPiece::Text(t))) = answer.next().await {
+                text.push_str(&t);
+            }
+        }
+        assert_eq!(text, "The lighthouse keeper");
+        // A completion arrives: the chat's request is dropped while it runs.
+        let completion = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let request = CompletionRequest {
+                    prefix: "fn ".into(),
+                    suffix: String::new(),
+                    language: "rust".into(),
+                    file_path: None,
+                    context: None,
+                };
+                let started = Instant::now();
+                let answer = pool
+                    .complete(&request, Instant::now() + Duration::from_secs(2))
+                    .await
+                    .unwrap();
+                (answer, started.elapsed())
+            }
+        });
+        let (rest, _, error) = read(&mut answer).await;
+        assert!(error.is_none(), "{error:?}");
+        let (completed, took) = completion.await.unwrap();
+        assert_eq!(completed.provider, "local");
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        text.push_str(&rest);
+        // Every word once, in order.
+        assert_eq!(text, words.concat());
+        assert_eq!(answer.yields(), 1);
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            1,
+            "the first request was dropped"
+        );
+        // It went on from what it had said: the second request ends with it as the
+        // assistant's words.
+        let asked = local.asked.lock().unwrap();
+        assert_eq!(asked.len(), 2);
+        let last = asked[1].last().unwrap();
+        assert_eq!(last.role, Role::Assistant);
+        assert!(
+            words.concat().starts_with(&last.content)
+                && last.content.starts_with("The lighthouse keeper"),
+            "{:?}",
+            last.content
+        );
     }
 }

@@ -232,10 +232,7 @@ impl Provider for OfflineProvider {
         })
     }
 
-    fn chat<'a>(
-        &'a self,
-        _: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+    fn chat<'a>(&'a self, _: ChatInput<'a>) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
         Box::pin(async {
             Err(ProviderError::Unsupported {
                 what: "chat with the offline model",

@@ -24,7 +24,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use reaper_core::config::{ProviderKind, ProvidersConfig};
 use reaper_core::schema::{CompletionRequest, ProviderInfo, ProviderStats};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::error::ProviderError;
 use crate::gather::Gatherer;
@@ -67,6 +67,9 @@ pub struct Placement {
     /// Slots of `max_in_flight` chats may never take, kept for completions (at least one slot
     /// is left to chats).
     pub completion_reserve: usize,
+    /// Whether a chat streaming from it stops while a completion asks it, and goes on after
+    /// (a local model server, whose one backend both share).
+    pub chat_yields: bool,
 }
 
 /// A provider in the pool.
@@ -80,6 +83,9 @@ pub(crate) struct Entry {
     /// What chats may hold of `slots`: all but `completion_reserve` of them, so a keystroke's
     /// completion never waits behind chats for a slot (`crate::chat`).
     pub(crate) chat_slots: Semaphore,
+    /// Completions asking this provider now (waiting for a slot or answering): a chat on a
+    /// provider that `chat_yields` gives way while it is above zero.
+    pub(crate) demand: watch::Sender<usize>,
     pub(crate) state: Mutex<ProviderState>,
 }
 
@@ -203,6 +209,7 @@ impl Pool {
                 max_in_flight: s.max_in_flight.get() as usize,
                 enabled: s.enabled,
                 completion_reserve: s.completion_reserve as usize,
+                chat_yields: s.chat_yields,
             };
             let needs_key = s.api_key_env.is_some() || s.kind == ProviderKind::Copilot;
             let provider = crate::kinds::build(&remote.name, s, env)?;
@@ -240,6 +247,7 @@ impl Pool {
             max_in_flight: Semaphore::MAX_PERMITS,
             enabled,
             completion_reserve: 0,
+            chat_yields: false,
         };
         self.push(provider, placement, true, false);
         // It needs nothing to work: available from the start.
@@ -263,6 +271,7 @@ impl Pool {
             last_resort,
             slots: Semaphore::new(slots),
             chat_slots: Semaphore::new(chat_slots),
+            demand: watch::Sender::new(0),
             state: Mutex::new(ProviderState::new(placement.enabled, needs_key)),
         }));
     }
@@ -462,6 +471,8 @@ impl Pool {
                     errors: state.stats.errors,
                     cancelled: state.stats.cancelled,
                     hedged: state.stats.hedged,
+                    chats: state.stats.chats,
+                    chat_yields: state.stats.chat_yields,
                     p50_us: p50,
                     p95_us: p95,
                 }
@@ -618,6 +629,22 @@ impl<'a> Race<'a> {
     }
 }
 
+/// A completion asking a provider, counted in its `demand` for as long as it lives.
+struct Demand(Arc<Entry>);
+
+impl Demand {
+    fn new(entry: Arc<Entry>) -> Demand {
+        entry.demand.send_modify(|asking| *asking += 1);
+        Demand(entry)
+    }
+}
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.demand.send_modify(|asking| *asking -= 1);
+    }
+}
+
 /// Counts an attempt as cancelled if it is dropped before it finishes.
 struct CancelGuard {
     entry: Arc<Entry>,
@@ -680,6 +707,8 @@ async fn attempt(
         entry: entry.clone(),
         finished: false,
     };
+    // From now until the attempt ends, however it ends, a chat on this provider gives way.
+    let demand = (!entry.last_resort).then(|| Demand::new(entry.clone()));
     let work = async {
         // Waiting for a slot counts against the budget: a provider whose slots are all busy
         // is, for this call, a slow provider.
@@ -716,6 +745,7 @@ async fn attempt(
         }),
     };
     guard.finished = true;
+    drop(demand);
     Done {
         entry,
         result,
@@ -817,7 +847,7 @@ mod tests {
         fn chat<'a>(
             &'a self,
             _: ChatInput<'a>,
-        ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>> {
+        ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
             Box::pin(async { Err(ProviderError::Unsupported { what: "chat" }) })
         }
         fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>> {
@@ -846,6 +876,7 @@ mod tests {
                     last_resort: e.last_resort,
                     slots: Semaphore::new(e.placement.max_in_flight),
                     chat_slots: Semaphore::new(e.placement.max_in_flight),
+                    demand: watch::Sender::new(0),
                     state: Mutex::new(learnt),
                 })
             })
@@ -864,6 +895,7 @@ mod tests {
             max_in_flight: 4,
             enabled: true,
             completion_reserve: 1,
+            chat_yields: false,
         }
     }
 

@@ -20,8 +20,11 @@ use crate::prompt::RepoContext;
 /// A boxed future, so that providers can sit behind `dyn Provider`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The pieces of a streamed chat answer, in order; it ends after the last one.
-pub type ChatStream<'a> = Pin<Box<dyn Stream<Item = Result<ChatPiece, ProviderError>> + Send + 'a>>;
+/// The pieces of a streamed chat answer, in order; it ends after the last one. It owns what it
+/// reads from (the request went out before it was returned), so an answer can outlive the
+/// conversation it was asked with: a chat that yields to a completion asks again with a longer
+/// one.
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatPiece, ProviderError>> + Send>>;
 
 /// One piece of a streamed chat answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,10 +147,8 @@ pub trait Provider: Send + Sync {
         input: CompletionInput<'a>,
     ) -> BoxFuture<'a, Result<Proposal, ProviderError>>;
     /// Starts a streamed chat answer.
-    fn chat<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> BoxFuture<'a, Result<ChatStream<'a>, ProviderError>>;
+    fn chat<'a>(&'a self, input: ChatInput<'a>)
+        -> BoxFuture<'a, Result<ChatStream, ProviderError>>;
     /// Checks that the provider can take work: reachable, authorised, the model present. Cheap
     /// (a models listing), run in the background.
     fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>>;

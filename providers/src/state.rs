@@ -213,6 +213,10 @@ pub(crate) struct Stats {
     pub(crate) cancelled: u64,
     /// Times it had not answered by its p95 and the next provider was asked too.
     pub(crate) hedged: u64,
+    /// Chats answered (whole answers, empty ones included).
+    pub(crate) chats: u64,
+    /// Times a chat streaming from it gave way to a completion.
+    pub(crate) chat_yields: u64,
     /// Latencies of recent answers, in microseconds (a ring).
     window: Vec<u32>,
     next: usize,

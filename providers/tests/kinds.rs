@@ -670,3 +670,49 @@ async fn a_cancelled_completion_stops_llama_cpp_generating() {
         took.as_millis()
     );
 }
+
+/// A chat that gave way to a completion is asked again with what it said as the assistant's
+/// last message; the server goes on from there instead of starting over. llama.cpp does in both
+/// formats (deterministic here: SmolLM2 counts on).
+#[tokio::test]
+async fn llama_cpp_goes_on_from_a_prefilled_answer_in_both_formats() {
+    let server = llama();
+    let messages = [
+        ChatMessage {
+            role: Role::User,
+            content: "Count from one to ten in words.".into(),
+            timestamp: 0,
+        },
+        ChatMessage {
+            role: Role::Assistant,
+            content: "One, two, three, four,".into(),
+            timestamp: 0,
+        },
+    ];
+    for table in [
+        openai_table(server.base_url(), server.model()),
+        format!(
+            "kind = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"{}\"\n",
+            server.base_url(),
+            server.model()
+        ),
+    ] {
+        let p = provider(&table, &[]);
+        let input = ChatInput {
+            messages: &messages,
+            system: None,
+            max_tokens: 4,
+        };
+        let mut stream = p.chat(input).await.unwrap();
+        let mut text = String::new();
+        while let Some(piece) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap()
+        {
+            if let ChatPiece::Text(delta) = piece.unwrap() {
+                text.push_str(&delta);
+            }
+        }
+        assert!(text.starts_with(" five"), "{table}: {text:?}");
+    }
+}

@@ -816,3 +816,86 @@ fn reaper_chat_prints_as_it_streams_keeps_the_conversation_and_ctrl_c_stops_only
         ]
     );
 }
+
+/// A keystroke's completion while a long chat streams from the same one-slot llama.cpp: with
+/// `chat_yields` the completion is answered before the chat's last chunk (the chat stopped for
+/// it and went on after); without it, the completion waits for the whole answer.
+#[tokio::test]
+async fn a_completion_on_a_shared_local_model_does_not_wait_behind_a_chat() {
+    let llama = LlamaServer::start(LlamaOptions {
+        api_key: None,
+        parallel: 1,
+    });
+    for yields in [true, false] {
+        let config = format!(
+            "{}max_tokens = 8\ntimeout_ms = 60000\nchat_yields = {yields}\n\n[providers.offline]\nenabled = false\n\n[cache]\nenabled = false\n\n[rpc]\ncompletion_timeout = 60000\n",
+            openai_table("local", &format!("{}/v1", llama.base_url()), llama.model())
+        );
+        let daemon = Daemon::start_with(&config, &[]);
+        let client = Arc::new(connect(&daemon, Encoding::Rkyv).await);
+        let mut request = question("Write a long story about a lighthouse keeper and the sea.");
+        request.max_tokens = Some(250);
+        let mut stream = client.chat(&request, CallOptions::default()).await.unwrap();
+        for _ in 0..5 {
+            let chunk = stream.next().await.unwrap().unwrap();
+            assert!(!chunk.done, "the story is longer than five tokens");
+        }
+        let started = Instant::now();
+        let completion = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let request = CompletionRequest {
+                    prefix: "def greet(name):\n    return ".into(),
+                    suffix: "\n".into(),
+                    language: "python".into(),
+                    file_path: None,
+                    context: None,
+                };
+                let options = CallOptions {
+                    deadline: Some(Duration::from_secs(60)),
+                };
+                let answer = client.complete(&request, options).await;
+                (answer, started.elapsed())
+            }
+        });
+        let mut story = Vec::new();
+        let mut chat_ended = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            if chunk.done {
+                chat_ended = Some(started.elapsed());
+            }
+            story.push(chunk);
+        }
+        let chat_ended = chat_ended.expect("the chat ends with its last chunk");
+        let (answer, completed) = completion.await.unwrap();
+        let answer = answer.unwrap();
+        assert_eq!(answer.provider, "local");
+        let health = client.health().await.unwrap();
+        let local = health.providers.iter().find(|p| p.name == "local").unwrap();
+        eprintln!(
+            "chat_yields = {yields}: the completion took {} ms; the chat's last chunk came at {} ms; yields {}",
+            completed.as_millis(),
+            chat_ended.as_millis(),
+            local.chat_yields
+        );
+        assert_eq!(local.chats, 1);
+        if yields {
+            assert!(
+                completed < chat_ended,
+                "the completion did not wait for the chat"
+            );
+            assert!(local.chat_yields >= 1);
+            assert!(
+                story.last().unwrap().usage.is_none(),
+                "counts after a yield would cover only the last part"
+            );
+        } else {
+            assert!(
+                completed > chat_ended,
+                "one slot: the completion waited for the chat"
+            );
+            assert_eq!(local.chat_yields, 0);
+        }
+    }
+}

@@ -220,6 +220,10 @@ pub struct RemoteSettings {
     /// Slots of `max_in_flight` that chats never take, so a keystroke's completion never
     /// waits behind chats for one (chats always get at least one slot).
     pub completion_reserve: u32,
+    /// Whether a chat streaming from this provider stops while a completion asks it, and goes
+    /// on from where it was after: for a model server on this machine, whose one backend a
+    /// chat would otherwise hold while the completion waits.
+    pub chat_yields: bool,
     /// Longest completion, in tokens.
     pub max_tokens: NonZeroU32,
     /// How completion prompts are written instead of the family recognised from the model's
@@ -280,6 +284,7 @@ struct RemoteTable {
         deserialize_with = "super::range::within_opt::<_, _, 0, 1_024>"
     )]
     completion_reserve: Option<u32>,
+    chat_yields: Option<bool>,
     #[serde(
         default,
         deserialize_with = "super::range::within_opt::<_, _, 1, 32_768>"
@@ -355,6 +360,9 @@ impl TryFrom<RemoteTable> for RemoteSettings {
             ),
             _ => None,
         };
+        let chat_yields = t
+            .chat_yields
+            .unwrap_or_else(|| yields_by_default(kind, &base_url));
         Ok(RemoteSettings {
             kind,
             base_url,
@@ -364,12 +372,35 @@ impl TryFrom<RemoteTable> for RemoteSettings {
             timeout_ms: t.timeout_ms.unwrap_or(nonzero64(DEFAULT_TIMEOUT_MS)),
             max_in_flight: t.max_in_flight.unwrap_or(nonzero32(DEFAULT_MAX_IN_FLIGHT)),
             completion_reserve: t.completion_reserve.unwrap_or(DEFAULT_COMPLETION_RESERVE),
+            chat_yields,
             max_tokens: t.max_tokens.unwrap_or(nonzero32(DEFAULT_MAX_TOKENS)),
             fim_template: t.fim_template,
             keep_alive,
             enabled: t.enabled.unwrap_or(true),
         })
     }
+}
+
+/// Whether chats yield to completions unless the table says: for the kinds that serve local
+/// models (llama.cpp, vLLM, LM Studio, Ollama) at an address on this machine, where one
+/// backend serves both; a cloud API serves each request on its own.
+fn yields_by_default(kind: ProviderKind, base_url: &str) -> bool {
+    let host = base_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host,
+            _ => authority,
+        })
+        .unwrap_or("");
+    let local = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    matches!(kind, ProviderKind::Openai | ProviderKind::Ollama) && local
 }
 
 /// A base URL must be absolute http(s); a trailing `/` is dropped so paths join cleanly.

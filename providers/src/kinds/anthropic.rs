@@ -94,10 +94,7 @@ impl Anthropic {
         Ok(proposal(input.request, prompt::strip_fences(&text)))
     }
 
-    async fn chat_inner<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> Result<ChatStream<'a>, ProviderError> {
+    async fn chat_inner<'a>(&'a self, input: ChatInput<'a>) -> Result<ChatStream, ProviderError> {
         // The Messages API takes the system prompt apart and only user/assistant turns.
         let mut system: Vec<&str> = input.system.into_iter().collect();
         let mut messages = Vec::new();

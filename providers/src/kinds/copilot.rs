@@ -260,10 +260,7 @@ impl Copilot {
         ))
     }
 
-    async fn chat_inner<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> Result<ChatStream<'a>, ProviderError> {
+    async fn chat_inner<'a>(&'a self, input: ChatInput<'a>) -> Result<ChatStream, ProviderError> {
         // Copilot's chat models are its own choice; the completion model is not one of them.
         let body = chat_body(CHAT_MODEL, input, false);
         let (url, response) = self

@@ -38,10 +38,8 @@ macro_rules! remote_provider {
             fn chat<'a>(
                 &'a self,
                 input: crate::provider::ChatInput<'a>,
-            ) -> crate::provider::BoxFuture<
-                'a,
-                Result<crate::provider::ChatStream<'a>, ProviderError>,
-            > {
+            ) -> crate::provider::BoxFuture<'a, Result<crate::provider::ChatStream, ProviderError>>
+            {
                 Box::pin(self.chat_inner(input))
             }
 
@@ -257,7 +255,7 @@ pub(crate) fn role_name(role: &Role) -> &'static str {
 }
 
 /// The whole text of a chat answer (a completion asked of a chat model).
-pub(crate) async fn answer_text(mut stream: ChatStream<'_>) -> Result<String, ProviderError> {
+pub(crate) async fn answer_text(mut stream: ChatStream) -> Result<String, ProviderError> {
     let mut text = String::new();
     while let Some(piece) = futures::StreamExt::next(&mut stream).await {
         if let ChatPiece::Text(delta) = piece? {

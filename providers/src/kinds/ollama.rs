@@ -189,10 +189,7 @@ impl Ollama {
         }
     }
 
-    async fn chat_inner<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> Result<ChatStream<'a>, ProviderError> {
+    async fn chat_inner<'a>(&'a self, input: ChatInput<'a>) -> Result<ChatStream, ProviderError> {
         let url = self.remote.url("/api/chat");
         let mut messages = Vec::with_capacity(input.messages.len() + 1);
         if let Some(system) = input.system {

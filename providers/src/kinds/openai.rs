@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use reaper_core::schema::CompletionRequest;
+use reaper_core::schema::{CompletionRequest, Role};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -252,10 +252,7 @@ impl OpenAi {
         Ok(proposal(input.request, &text))
     }
 
-    async fn chat_inner<'a>(
-        &'a self,
-        input: ChatInput<'a>,
-    ) -> Result<ChatStream<'a>, ProviderError> {
+    async fn chat_inner<'a>(&'a self, input: ChatInput<'a>) -> Result<ChatStream, ProviderError> {
         let url = self.remote.url("/chat/completions");
         let body = chat_body(&self.remote.settings.model, input, true);
         Ok(chat_deltas(
@@ -358,12 +355,22 @@ pub(crate) fn chat_body(
     if include_usage {
         body["stream_options"] = json!({"include_usage": true});
     }
+    if input
+        .messages
+        .last()
+        .is_some_and(|m| m.role == Role::Assistant)
+    {
+        // An answer to go on from (a chat that gave way to a completion): llama.cpp
+        // continues a last assistant message by itself; vLLM needs to be told.
+        body["continue_final_message"] = json!(true);
+        body["add_generation_prompt"] = json!(false);
+    }
     body
 }
 
 /// The pieces of an OpenAI-style chat stream (text deltas, and the token counts if the server
 /// sends them), ending at `[DONE]`.
-pub(crate) fn chat_deltas(events: SseReader) -> ChatStream<'static> {
+pub(crate) fn chat_deltas(events: SseReader) -> ChatStream {
     struct State {
         events: SseReader,
         finished: bool,
