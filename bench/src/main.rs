@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use reaper_client::Encoding;
 
+mod chat;
 mod eval;
 mod keystrokes;
 mod lsp;
@@ -99,6 +100,11 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// What a chat through reaperd costs: its share of the time to first token and of each
+    /// token's delivery against llama.cpp called directly; streaming against a tonic
+    /// server-streaming chat proxy; a completion's latency while a chat streams on the same
+    /// llama.cpp, with and without priority.
+    Chat(chat::ChatArgs),
     /// Measure the offline provider's completion quality on real crates (no daemon).
     EvalOffline(eval::EvalArgs),
     /// Replay a person typing a real file against llama.cpp (SmolLM2), through reaperd and
@@ -147,6 +153,7 @@ impl std::fmt::Display for Stack {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     match &args.command {
+        Some(BenchCommand::Chat(chat_args)) => return chat::run(chat_args),
         Some(BenchCommand::EvalOffline(eval_args)) => return eval::run(eval_args),
         Some(BenchCommand::Keystrokes(keystrokes_args)) => return keystrokes::run(keystrokes_args),
         Some(BenchCommand::Lsp(lsp_args)) => return lsp::run(lsp_args),

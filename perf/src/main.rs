@@ -7,7 +7,13 @@
 //! - the completion cache hit's p99 is more than 1.5x the p99 of `Health.check` measured in the
 //!   same run under the same placement (a hit must cost what a plain call costs);
 //! - reaper's unary p50 (`unary_2k`, one call at a time) is not lower than tonic's measured in
-//!   the same run under the same placement.
+//!   the same run under the same placement;
+//! - chat (`reaper-bench chat`, against llama.cpp, whose Python the test peers' venv provides:
+//!   `REAPER_TEST_PYTHON`): the daemon's share of a chat's first token or of a later token is
+//!   1 ms or more at p50; a stream of 1,000 pieces through reaperd takes more than 1.5x as long
+//!   at p50 as through a tonic chat proxy doing the same work, same run, same placement; a
+//!   completion on a one-slot llama.cpp while a chat streams is not at least twice as fast at
+//!   p50 with the completion's priority as without.
 //!
 //! These machines are shared and noisy. `--quick` measures each placement in 4 rounds of every
 //! stack in turn, and the cache hit alternately with Health, call for call, so a slow stretch
@@ -33,6 +39,33 @@ const BRIDGE_SHARE_P50_US: i64 = 1_000;
 const BRIDGE_SHARE_P99_GOAL_US: i64 = 500;
 /// Calls per scenario of the bridge measurement.
 const BRIDGE_CALLS: &str = "1000";
+/// The most the daemon may add to a chat's first token, or to a later one, at p50 (measured:
+/// 215 and 91 µs).
+const CHAT_SHARE_P50_US: i64 = 1_000;
+/// The daemon's share of a token's latency the design aims for, at p99 (reported).
+const CHAT_SHARE_P99_GOAL_US: i64 = 1_000;
+/// A stream through reaperd may take at most this multiple of tonic's, at p50 (measured
+/// 0.69–0.79x).
+const CHAT_STREAM_OVER_TONIC_P50: f64 = 1.5;
+/// With priority, a completion during a chat must be at least this many times faster at p50
+/// than without (measured ~20x on a one-slot llama.cpp).
+const CHAT_PRIORITY_SPEEDUP: f64 = 2.0;
+/// The chat measurement, sized for CI: 20 answers per path, 30 streams, 5 completions per
+/// priority scenario on a one-slot llama.cpp with 150-token chats.
+const CHAT_ARGS: &[&str] = &[
+    "chat",
+    "--json",
+    "--answers",
+    "20",
+    "--streams",
+    "30",
+    "--completions",
+    "5",
+    "--parallel",
+    "1",
+    "--chat-tokens",
+    "150",
+];
 
 const HELP: &str = "\
 reaper-perf: the performance gates CI runs.
@@ -47,6 +80,11 @@ figures, when under any placement:
   - reaper's unary_2k p50 is not lower than tonic's of the same run;
   - the editor bridge (`reaper-bench lsp`, which needs `reaper` built beside it) adds
     1 ms or more to an inline completion at p50;
+  - chat (`reaper-bench chat`, against llama.cpp: set REAPER_TEST_PYTHON to the test peers'
+    venv, target/peers/venv/bin/python after `cargo test-all`): the daemon adds 1 ms or
+    more to a chat's first token or a later one at p50; a 1,000-piece stream through reaperd
+    takes over 1.5x as long at p50 as through a tonic chat proxy; a completion while a chat
+    streams on a one-slot llama.cpp is not at least 2x as fast with priority as without;
   - a measurement a gate needs is missing.
 --quick measures every stack in 4 rounds in turn, and the cache hit alternately
 with Health, so a slow stretch of a shared machine falls on both sides of a
@@ -103,14 +141,20 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// One `reaper-bench --quick --json` run (plus any arguments given to this tool), then one
-/// `reaper-bench lsp --json` run, whose rows are marked `"stack": "lsp"`.
+/// `reaper-bench lsp --json` run, whose rows are marked `"stack": "lsp"`, and one
+/// `reaper-bench chat --json` run, whose rows are marked `"stack": "chat"`.
 fn measure() -> anyhow::Result<Vec<Value>> {
     let mut rows = bench(&["--quick", "--json"], true)?;
-    let mut bridge = bench(&["lsp", "--json", "--calls", BRIDGE_CALLS], false)?;
-    for row in &mut bridge {
-        row["stack"] = Value::from("lsp");
+    for (args, stack) in [
+        (&["lsp", "--json", "--calls", BRIDGE_CALLS][..], "lsp"),
+        (CHAT_ARGS, "chat"),
+    ] {
+        let mut more = bench(args, false)?;
+        for row in &mut more {
+            row["stack"] = Value::from(stack);
+        }
+        rows.extend(more);
     }
-    rows.extend(bridge);
     Ok(rows)
 }
 
@@ -184,7 +228,10 @@ fn find<'a>(
 /// Placements present in the rows, in order (the bridge's rows have none).
 fn pins(rows: &[Value]) -> Vec<&str> {
     let mut pins: Vec<&str> = Vec::new();
-    for row in rows.iter().filter(|r| field(r, "stack") != "lsp") {
+    for row in rows
+        .iter()
+        .filter(|r| !["lsp", "chat"].contains(&field(r, "stack")))
+    {
         let pin = field(row, "pin");
         if !pins.contains(&pin) {
             pins.push(pin);
@@ -268,7 +315,95 @@ fn check(rows: &[Value]) -> Vec<String> {
             )),
         }
     }
+    check_chat(rows, &mut failures);
     failures
+}
+
+/// The chat gates: a message for each that fails.
+fn check_chat(rows: &[Value], failures: &mut Vec<String>) {
+    let chat = |bench: &str, key: &str, value: &str| {
+        rows.iter().find(move |r| {
+            field(r, "stack") == "chat" && field(r, "bench") == bench && field(r, key) == value
+        })
+    };
+    match chat("chat-overhead", "path", "added") {
+        Some(added) => {
+            for (key, what) in [
+                ("ttft_p50_us", "first token"),
+                ("token_p50_us", "later token"),
+            ] {
+                let share = added[key].as_i64().unwrap_or(i64::MAX);
+                if share >= CHAT_SHARE_P50_US {
+                    failures.push(format!(
+                        "chat: the daemon adds {share} µs to a chat's {what} at p50 against llama.cpp called directly, the ceiling is {CHAT_SHARE_P50_US} µs"
+                    ));
+                }
+            }
+        }
+        None => {
+            failures.push("no chat overhead measurement (reaper-bench chat) to gate".to_owned())
+        }
+    }
+    let mut stream_pins: Vec<&str> = rows
+        .iter()
+        .filter(|r| field(r, "bench") == "chat-stream")
+        .map(|r| field(r, "pin"))
+        .collect();
+    stream_pins.sort_unstable();
+    stream_pins.dedup();
+    if stream_pins.is_empty() {
+        failures.push("no chat stream measurement (reaper-bench chat) to gate".to_owned());
+    }
+    for pin in stream_pins {
+        let of = |path: &str| {
+            rows.iter().find(|r| {
+                field(r, "bench") == "chat-stream"
+                    && field(r, "path") == path
+                    && field(r, "pin") == pin
+            })
+        };
+        match (of("reaper"), of("tonic")) {
+            (Some(ours), Some(tonic)) => {
+                let (ours, tonic) = (
+                    ours["stream"]["p50_us"].as_u64().unwrap_or(u64::MAX),
+                    tonic["stream"]["p50_us"].as_u64().unwrap_or(0),
+                );
+                if ours as f64 > CHAT_STREAM_OVER_TONIC_P50 * tonic as f64 {
+                    failures.push(format!(
+                        "chat stream, pin {pin}: p50 {ours} µs through reaperd, over {CHAT_STREAM_OVER_TONIC_P50}x tonic's {tonic} µs in the same run"
+                    ));
+                }
+            }
+            _ => failures.push(format!(
+                "chat stream, pin {pin}: reaper's or tonic's measurement is missing"
+            )),
+        }
+    }
+    let priority = |scenario: &str| {
+        rows.iter().find(|r| {
+            field(r, "bench") == "chat-priority"
+                && field(r, "scenario") == scenario
+                && number(r, "llama_slots") == 1
+        })
+    };
+    match (
+        priority("chat, no priority"),
+        priority("chat, priority (reserve + yield)"),
+    ) {
+        (Some(without), Some(with)) => {
+            let p50 = |r: &Value| r["completion"]["p50_us"].as_u64().unwrap_or(u64::MAX);
+            let (without, with) = (p50(without), p50(with));
+            if with as f64 * CHAT_PRIORITY_SPEEDUP > without as f64 {
+                failures.push(format!(
+                    "chat priority: a completion during a chat took {with} µs at p50 with priority and {without} µs without; priority must be at least {CHAT_PRIORITY_SPEEDUP}x faster"
+                ));
+            }
+        }
+        _ => failures.push(
+            "no chat priority measurement on a one-slot llama.cpp (reaper-bench chat) to gate"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The editor bridge's row for `scenario`.
@@ -280,6 +415,21 @@ fn bridge_row<'a>(rows: &'a [Value], scenario: &str) -> Option<&'a Value> {
 /// How the run compares with the goals in docs/perf.md (reported, not gated).
 fn goals(rows: &[Value]) -> Vec<String> {
     let mut lines = Vec::new();
+    if let Some(added) = rows
+        .iter()
+        .find(|r| field(r, "bench") == "chat-overhead" && field(r, "path") == "added")
+    {
+        for (key, what) in [
+            ("ttft_p99_us", "first token"),
+            ("token_p99_us", "later tokens"),
+        ] {
+            let share = added[key].as_i64().unwrap_or(i64::MAX);
+            lines.push(format!(
+                "chat: the daemon's share of the {what} under {CHAT_SHARE_P99_GOAL_US} µs at p99: {} ({share} µs)",
+                if share < CHAT_SHARE_P99_GOAL_US { "met" } else { "missed" }
+            ));
+        }
+    }
     for scenario in ["repeat", "typing"] {
         if let Some(row) = bridge_row(rows, scenario) {
             let share = row["bridge_share_p99_us"].as_i64().unwrap_or(i64::MAX);
@@ -355,6 +505,46 @@ mod tests {
         json!({"stack": "lsp", "scenario": scenario, "bridge_share_p50_us": share_p50, "bridge_share_p99_us": 3 * share_p50})
     }
 
+    /// Chat rows as `reaper-bench chat --json` prints them, marked as `measure` marks them.
+    fn chat(first: i64, later: i64, stream: [u64; 2], priority: [u64; 2]) -> Vec<Value> {
+        let mut rows = vec![
+            json!({"bench": "chat-overhead", "path": "added", "ttft_p50_us": first, "ttft_p99_us": 2 * first, "token_p50_us": later, "token_p99_us": 2 * later}),
+            json!({"bench": "chat-stream", "path": "reaper", "pin": "same", "stream": {"p50_us": stream[0]}}),
+            json!({"bench": "chat-stream", "path": "tonic", "pin": "same", "stream": {"p50_us": stream[1]}}),
+            json!({"bench": "chat-priority", "scenario": "chat, no priority", "llama_slots": 1, "completion": {"p50_us": priority[0]}}),
+            json!({"bench": "chat-priority", "scenario": "chat, priority (reserve + yield)", "llama_slots": 1, "completion": {"p50_us": priority[1]}}),
+        ];
+        for row in &mut rows {
+            row["stack"] = Value::from("chat");
+        }
+        rows
+    }
+
+    #[test]
+    fn the_chat_gates_fail_with_their_figures_or_without_them() {
+        let fine = chat(215, 91, [5_900, 7_500], [7_700_000, 350_000]);
+        let mut failures = Vec::new();
+        check_chat(&fine, &mut failures);
+        assert!(failures.is_empty(), "{failures:?}");
+        let slow = chat(1_500, 91, [12_000, 7_500], [700_000, 400_000]);
+        let mut failures = Vec::new();
+        check_chat(&slow, &mut failures);
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures[0].contains("first token") && failures[0].contains("1500"));
+        assert!(failures[1].contains("12000") && failures[1].contains("7500"));
+        assert!(failures[2].contains("400000") && failures[2].contains("700000"));
+        let mut failures = Vec::new();
+        check_chat(&[], &mut failures);
+        assert_eq!(failures.len(), 3, "missing measurements fail: {failures:?}");
+        let goals = goals(&fine);
+        assert!(
+            goals
+                .iter()
+                .any(|g| g.contains("first token") && g.contains("met (430 µs)")),
+            "{goals:?}"
+        );
+    }
+
     #[test]
     fn the_bridge_gate_fails_with_its_figures_or_without_them() {
         let slow = check(&[bridge("repeat", 150), bridge("typing", 1_200)]);
@@ -389,6 +579,10 @@ mod tests {
             bridge("repeat", 150),
             bridge("typing", 150),
         ];
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .chain(chat(215, 91, [5_900, 7_500], [7_700_000, 350_000]))
+            .collect();
         assert!(check(&rows).is_empty(), "{:?}", check(&rows));
     }
 

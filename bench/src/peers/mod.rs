@@ -6,7 +6,8 @@
 //! - `quinn`: plain quinn on tokio, one bidirectional stream per call — the design reaperd
 //!   replaces — with quinn's default transport settings;
 //! - `http1`: HTTP/1.1 keep-alive with JSON bodies (hyper), the usual local-daemon choice;
-//! - `tonic`: gRPC over HTTP/2, unary ([`grpc`]).
+//! - `tonic`: gRPC over HTTP/2, unary ([`grpc`]); and a chat proxy over it, server streaming, for
+//!   `reaper-bench chat`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 
 mod grpc;
 
-pub use grpc::tonic;
+pub use grpc::{spawn_chat_proxy, tonic, ChatProxyClient};
 
 use crate::pin::{pin_current, Pin};
 use crate::report::{time_in_flight, time_sequential, time_sequential_async, Row};
@@ -64,7 +65,7 @@ where
 
 /// Runs `serve` on a loopback TCP listener, on a tokio runtime on a server thread of its own;
 /// returns the listener's address.
-fn spawn_tcp_server<F, Fut>(pin: Pin, name: &str, serve: F) -> anyhow::Result<SocketAddr>
+pub(crate) fn spawn_tcp_server<F, Fut>(pin: Pin, name: &str, serve: F) -> anyhow::Result<SocketAddr>
 where
     F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,

@@ -110,6 +110,8 @@ pub fn run(
                     while let Ok(done) = finished.try_recv() {
                         services.on_finished(&mut server, done, now);
                     }
+                    // Streamed pieces that came in together go out together.
+                    services.flush_streams(&mut server, now);
                 }
                 Ok(()) = receiver.readable() => {
                     receiver.drain(&mut server, Instant::now(), MAX_DATAGRAMS_PER_PASS);

@@ -98,6 +98,8 @@ pub struct ChatService {
     calls: HashMap<CallId, Streaming>,
     /// First-chunk times of calls still running, for [`Ended::first_chunk`].
     first_chunks: HashMap<CallId, Instant>,
+    /// Calls with text waiting for [`ChatService::flush`].
+    to_flush: Vec<CallId>,
     next_seq: u64,
     timeout: Duration,
 }
@@ -124,6 +126,7 @@ impl ChatService {
             done,
             calls: HashMap::new(),
             first_chunks: HashMap::new(),
+            to_flush: Vec::new(),
             next_seq: 0,
             timeout,
         }
@@ -199,7 +202,11 @@ impl ChatService {
         })
     }
 
-    /// A step of an answer, back on the loop; `Some` if it ended the call.
+    /// A step of an answer, back on the loop. Text waits for [`ChatService::flush`], which the
+    /// loop calls once it has taken every finished piece of work waiting for it: pieces that
+    /// came in together then go out as one chunk (under load, one frame for several tokens;
+    /// one at a time, each the moment it comes). An end or a failure is sent at once: `Some`
+    /// if it ended the call.
     pub fn on_event(
         &mut self,
         server: &mut RpcServer,
@@ -211,8 +218,24 @@ impl ChatService {
         if call.seq != event.seq {
             return None;
         }
+        let text = matches!(event.step, Step::Text(..));
         call.waiting.push_back(event.step);
+        if text {
+            if !self.to_flush.contains(&event.id) {
+                self.to_flush.push(event.id);
+            }
+            return None;
+        }
         self.deliver(server, event.id, now)
+    }
+
+    /// Sends the text that came in since the last flush; the calls that ended.
+    pub fn flush(&mut self, server: &mut RpcServer, now: Instant) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        for id in std::mem::take(&mut self.to_flush) {
+            ended.extend(self.deliver(server, id, now));
+        }
+        ended
     }
 
     /// The client can take more of a call.

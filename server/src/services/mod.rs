@@ -173,6 +173,14 @@ impl Services {
         }
     }
 
+    /// Sends what streamed calls received in this batch of finished work (see
+    /// [`ChatService::on_event`]): call after draining the channel.
+    pub fn flush_streams(&mut self, server: &mut RpcServer, now: Instant) {
+        for ended in self.chat.flush(server, now) {
+            self.record_chat(ended, now);
+        }
+    }
+
     /// The client of a streamed call can take more: what waits for it is sent.
     pub fn on_writable(&mut self, server: &mut RpcServer, id: CallId, now: Instant) {
         if let Some(ended) = self.chat.on_writable(server, id, now) {
