@@ -13,6 +13,7 @@
 //! does not queue behind a long answer. Dropping the answer drops its HTTP request (the model
 //! server stops generating) and gives the slot back.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -253,12 +254,29 @@ enum Phase<'a> {
         entry: &'a Entry,
         stream: ChatStream,
         slots: Slots<'a>,
+        _counted: Counted<'a>,
     },
     /// The provider's answer was set aside for completions (its request dropped, its slots
     /// kept); it goes on from what it said once they are done.
     Yielded { entry: &'a Entry, slots: Slots<'a> },
     /// Complete, or failed.
     Ended,
+}
+
+/// A chat streaming from an entry, counted in its `streaming` for as long as it lives.
+struct Counted<'a>(&'a Entry);
+
+impl<'a> Counted<'a> {
+    fn new(entry: &'a Entry) -> Counted<'a> {
+        entry.streaming.fetch_add(1, Ordering::Relaxed);
+        Counted(entry)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A chat answer in progress: read it with [`ChatAnswer::next`]; drop it to stop.
@@ -339,11 +357,17 @@ impl<'a> ChatAnswer<'a> {
                 Phase::Streaming { entry, stream, .. } => {
                     let entry = *entry;
                     let piece = if entry.placement.chat_yields {
-                        // A completion asking this provider sets the answer aside.
+                        // A completion asking this provider sets the answer aside when the
+                        // server cannot serve them all at once (llama.cpp says how many it
+                        // can; one, unless a server says).
+                        let slots = entry.provider.backend_slots().unwrap_or(1);
                         let mut demand = entry.demand.subscribe();
+                        let crowded = |asking: &usize| {
+                            *asking > 0 && *asking + entry.streaming.load(Ordering::Relaxed) > slots
+                        };
                         tokio::select! {
                             biased;
-                            _ = demand.wait_for(|asking| *asking > 0) => None,
+                            _ = demand.wait_for(crowded) => None,
                             piece = stream.next() => Some(piece),
                         }
                     } else {
@@ -464,6 +488,7 @@ impl<'a> ChatAnswer<'a> {
                 entry,
                 stream,
                 slots,
+                _counted: Counted::new(entry),
             };
         }
         Ok(())
@@ -490,6 +515,7 @@ impl<'a> ChatAnswer<'a> {
                         entry,
                         stream,
                         slots: (chat_slot, slot),
+                        _counted: Counted::new(entry),
                     };
                     return Ok(());
                 }
@@ -546,6 +572,8 @@ mod tests {
         fail_after: Option<usize>,
         /// How long a completion takes.
         completing: Duration,
+        /// What its server says it serves at once.
+        slots: Option<usize>,
         /// Chats started, and streams dropped before their end.
         started: AtomicU32,
         dropped: Arc<AtomicU32>,
@@ -562,6 +590,7 @@ mod tests {
                 pace: Duration::from_millis(1),
                 fail_after: None,
                 completing: Duration::ZERO,
+                slots: None,
                 started: AtomicU32::new(0),
                 dropped: Arc::new(AtomicU32::new(0)),
                 asked: std::sync::Mutex::default(),
@@ -599,6 +628,9 @@ mod tests {
         }
         fn capabilities(&self) -> Capabilities {
             Capabilities::remote(false)
+        }
+        fn backend_slots(&self) -> Option<usize> {
+            self.slots
         }
         fn complete<'a>(
             &'a self,
@@ -697,6 +729,20 @@ mod tests {
             model: None,
             provider: None,
         }
+    }
+
+    /// A keystroke's completion from `pool`.
+    async fn keystroke(pool: &Pool) -> crate::Answer {
+        let request = CompletionRequest {
+            prefix: "fn ".into(),
+            suffix: String::new(),
+            language: "rust".into(),
+            file_path: None,
+            context: None,
+        };
+        pool.complete(&request, Instant::now() + Duration::from_secs(2))
+            .await
+            .unwrap()
     }
 
     /// The whole answer: its text, its usage, and the error that ended it, if one did.
@@ -870,18 +916,8 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_millis(150), second.next()).await;
         assert!(waited.is_err(), "the second chat waited for a slot");
         // A completion does not.
-        let request = CompletionRequest {
-            prefix: "fn ".into(),
-            suffix: String::new(),
-            language: "rust".into(),
-            file_path: None,
-            context: None,
-        };
         let started = Instant::now();
-        let answer = pool
-            .complete(&request, Instant::now() + Duration::from_secs(2))
-            .await
-            .unwrap();
+        let answer = keystroke(&pool).await;
         assert_eq!(answer.provider, "local");
         assert!(
             started.elapsed() < Duration::from_millis(100),
@@ -936,18 +972,8 @@ mod tests {
         let completion = tokio::spawn({
             let pool = pool.clone();
             async move {
-                let request = CompletionRequest {
-                    prefix: "fn ".into(),
-                    suffix: String::new(),
-                    language: "rust".into(),
-                    file_path: None,
-                    context: None,
-                };
                 let started = Instant::now();
-                let answer = pool
-                    .complete(&request, Instant::now() + Duration::from_secs(2))
-                    .await
-                    .unwrap();
+                let answer = keystroke(&pool).await;
                 (answer, started.elapsed())
             }
         });
@@ -977,5 +1003,40 @@ mod tests {
             "{:?}",
             last.content
         );
+    }
+
+    /// A server with a slot for each (llama.cpp's `total_slots`): the chat goes on beside the
+    /// completion.
+    #[tokio::test]
+    async fn a_chat_keeps_its_place_on_a_server_with_room_for_both() {
+        let words = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut local = Talker::new("local", "m", &words);
+        local.pace = Duration::from_millis(30);
+        local.completing = Duration::from_millis(60);
+        local.slots = Some(2);
+        let dropped = local.dropped.clone();
+        let mut pool = Pool::new();
+        pool.add(
+            Arc::new(local),
+            Placement {
+                chat_yields: true,
+                ..placement(1, 2)
+            },
+            false,
+        );
+        let pool = Arc::new(pool);
+        let messages = question();
+        let mut answer = pool.chat(ask(&messages)).unwrap();
+        assert!(matches!(answer.next().await, Some(Ok(ChatPiece::Text(_)))));
+        let completion = tokio::spawn({
+            let pool = pool.clone();
+            async move { keystroke(&pool).await }
+        });
+        let (rest, _, error) = read(&mut answer).await;
+        assert!(error.is_none());
+        assert_eq!(format!("a{rest}"), words.concat());
+        assert_eq!(completion.await.unwrap().provider, "local");
+        assert_eq!(answer.yields(), 0);
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
     }
 }

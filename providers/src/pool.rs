@@ -17,6 +17,7 @@
 //! newer one for the same file, or ran out of time) drops every request in it.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,8 @@ pub(crate) struct Entry {
     /// Completions asking this provider now (waiting for a slot or answering): a chat on a
     /// provider that `chat_yields` gives way while it is above zero.
     pub(crate) demand: watch::Sender<usize>,
+    /// Chats streaming from this provider now.
+    pub(crate) streaming: AtomicUsize,
     pub(crate) state: Mutex<ProviderState>,
 }
 
@@ -272,6 +275,7 @@ impl Pool {
             slots: Semaphore::new(slots),
             chat_slots: Semaphore::new(chat_slots),
             demand: watch::Sender::new(0),
+            streaming: AtomicUsize::new(0),
             state: Mutex::new(ProviderState::new(placement.enabled, needs_key)),
         }));
     }
@@ -877,6 +881,7 @@ mod tests {
                     slots: Semaphore::new(e.placement.max_in_flight),
                     chat_slots: Semaphore::new(e.placement.max_in_flight),
                     demand: watch::Sender::new(0),
+                    streaming: AtomicUsize::new(0),
                     state: Mutex::new(learnt),
                 })
             })

@@ -139,6 +139,11 @@ pub trait Provider: Send + Sync {
     fn chat_model(&self) -> &str {
         self.model()
     }
+    /// Requests its server generates for at once, when the server says (llama.cpp's
+    /// `total_slots`); `None` when unknown.
+    fn backend_slots(&self) -> Option<usize> {
+        None
+    }
     /// What it can do now.
     fn capabilities(&self) -> Capabilities;
     /// Proposes a completion.

@@ -543,6 +543,8 @@ async fn openai_kind_completes_against_llama_cpp_falling_back_from_infill() {
     // completed with /v1/completions instead, and says so from now on.
     assert!(!p.capabilities().fim);
     let note = p.probe().await.unwrap().note.unwrap();
+    // llama.cpp says how many requests it serves at once (`/props`): two here.
+    assert_eq!(p.backend_slots(), Some(2));
     assert!(note.contains("no FIM"), "{note}");
     let (answer, usage) = chat_counted(&*p, "Say hello.").await.unwrap();
     assert!(!answer.trim().is_empty());

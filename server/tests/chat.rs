@@ -285,6 +285,26 @@ async fn read_answer(recv: &mut quinn::RecvStream) -> String {
     }
 }
 
+/// A piece of an answer larger than a chunk is sent in several, whole characters each, far
+/// below the client's message limit.
+#[tokio::test]
+async fn a_piece_larger_than_a_chunk_is_cut_at_a_character() {
+    let huge = "é".repeat(100_001);
+    let server = OpenAiServer::start(openai::Script {
+        model: "coder".into(),
+        tokens: vec!["a".into(), huge.clone(), "z".into()],
+        pace: Duration::from_millis(5),
+        trouble: None,
+    });
+    let daemon = Daemon::start_with(&openai_table("local", &server.url(), "coder"), &[]);
+    let client = connect(&daemon, Encoding::Rkyv).await;
+    let seen = chat(&client, &question("Say it."), None).await;
+    assert!(seen.ended.is_ok(), "{:?}", seen.status());
+    assert_eq!(seen.text(), format!("a{huge}z"));
+    assert!(seen.chunks.len() >= 5, "{} chunks", seen.chunks.len());
+    assert!(seen.chunks.iter().all(|c| c.delta.len() <= 64 * 1024));
+}
+
 /// A client that opens a chat and reads nothing, while the model streams 22 MB as fast as it
 /// can: the daemon takes what the client's QUIC window, the call's unsent budget and its
 /// credit hold, then stops reading the model's HTTP body (the model server is held back by
@@ -438,54 +458,41 @@ async fn faults_end_the_answer_with_the_providers_own_words_and_the_daemon_serve
         "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"claude-haiku-4-5\"\napi_key_env = \"TEST_ANTHROPIC_KEY\"\n",
         server.url()
     );
-    let daemon = Daemon::start_with(&config, &[("TEST_ANTHROPIC_KEY", "sk-ant-test")]);
-    let client = connect(&daemon, Encoding::Json).await;
-    let seen = chat(&client, &question("Count."), None).await;
-    let (code, message) = seen.status();
-    assert_eq!(code, Code::ResourceExhausted, "{message}");
-    assert!(
-        message.contains("overloaded_error: Overloaded"),
-        "{message}"
-    );
-    assert_eq!(seen.text(), "one ");
-    table.push(format!(
-        "| anthropic overloaded_error mid-answer | {} | {:?} | {} |",
-        code.name(),
-        seen.text(),
-        message
-    ));
-    client.close().await;
+    let env = [("TEST_ANTHROPIC_KEY", "sk-ant-test")];
+    let says = "overloaded_error: Overloaded";
+    let row = mid_answer(&config, &env, Code::ResourceExhausted, says).await;
+    table.push(format!("| anthropic overloaded_error mid-answer {row}"));
 
     // Ollama's runner failing mid-answer.
     let mut script = ollama::Script::answering("llama3.2", answer);
-    script.trouble = Some(Trouble::ErrorLine(
-        "llama runner process has terminated".into(),
-    ));
+    let says = "llama runner process has terminated";
+    script.trouble = Some(Trouble::ErrorLine(says.into()));
     let server = OllamaServer::start(script);
     let config = format!(
         "[providers.ollama]\nkind = \"ollama\"\nbase_url = \"{}\"\nmodel = \"llama3.2\"\n",
         server.url()
     );
-    let daemon = Daemon::start_with(&config, &[]);
-    let client = connect(&daemon, Encoding::Rkyv).await;
-    let seen = chat(&client, &question("Count."), None).await;
-    let (code, message) = seen.status();
-    assert_eq!(code, Code::Unavailable, "{message}");
-    assert!(
-        message.contains("llama runner process has terminated"),
-        "{message}"
-    );
-    assert_eq!(seen.text(), "one ");
-    table.push(format!(
-        "| ollama error line mid-answer | {} | {:?} | {} |",
-        code.name(),
-        seen.text(),
-        message
-    ));
+    let row = mid_answer(&config, &[], Code::Unavailable, says).await;
+    table.push(format!("| ollama error line mid-answer {row}"));
     eprintln!(
         "| fault | client saw | text before | message |\n|---|---|---|---|\n{}",
         table.join("\n")
     );
+}
+
+/// A chat through a daemon with `config` whose provider fails after the first words: it ends
+/// with `code` and a message that `says` the provider's own words, after "one ". The rest of a
+/// table row.
+async fn mid_answer(config: &str, env: &[(&str, &str)], code: Code, says: &str) -> String {
+    let daemon = Daemon::start_with(config, env);
+    let client = connect(&daemon, Encoding::Json).await;
+    let seen = chat(&client, &question("Count."), None).await;
+    let (got, message) = seen.status();
+    assert_eq!(got, code, "{message}");
+    assert!(message.contains(says), "{message}");
+    assert_eq!(seen.text(), "one ");
+    client.close().await;
+    format!("| {} | {:?} | {message} |", code.name(), seen.text())
 }
 
 #[tokio::test]

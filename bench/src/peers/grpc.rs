@@ -82,31 +82,40 @@ impl tonic::server::UnaryService<Bytes> for Call {
     }
 }
 
-impl<B> Service<http::Request<B>> for EchoServer
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+/// The `Service` impl generated code writes for a one-method service: any other path is
+/// UNIMPLEMENTED; the method is `$serve`, with a clone of the service as `$this`.
+macro_rules! one_method_service {
+    ($type:ty, $method:expr, |$this:ident, $request:ident| $serve:expr) => {
+        impl<B> Service<http::Request<B>> for $type
+        where
+            B: tonic::codegen::Body + Send + 'static,
+            B::Error: Into<StdError> + Send + 'static,
+        {
+            type Response = http::Response<tonic::body::Body>;
+            type Error = Infallible;
+            type Future = BoxFuture<Self::Response, Infallible>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != METHOD {
-            let status = Status::unimplemented(format!("no method {}", request.uri().path()));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            fn call(&mut self, $request: http::Request<B>) -> Self::Future {
+                if $request.uri().path() != $method {
+                    let status =
+                        Status::unimplemented(format!("no method {}", $request.uri().path()));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+                let $this = self.clone();
+                Box::pin(async move { Ok($serve) })
+            }
         }
-        let call = Call(self.reply.clone());
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawCodec);
-            Ok(grpc.unary(call, request).await)
-        })
-    }
+    };
 }
+
+one_method_service!(EchoServer, METHOD, |this, request| {
+    let mut grpc = tonic::server::Grpc::new(RawCodec);
+    grpc.unary(Call(this.reply), request).await
+});
 
 /// tonic on both sides, one HTTP/2 connection, `concurrency` calls at a time.
 pub fn tonic(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::Result<Row> {
@@ -250,31 +259,10 @@ impl tonic::server::ServerStreamingService<Bytes> for ChatCall {
     }
 }
 
-impl<B> Service<http::Request<B>> for ChatProxy
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != CHAT_METHOD {
-            let status = Status::unimplemented(format!("no method {}", request.uri().path()));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        let call = ChatCall(self.clone());
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawCodec);
-            Ok(grpc.server_streaming(call, request).await)
-        })
-    }
-}
+one_method_service!(ChatProxy, CHAT_METHOD, |this, request| {
+    let mut grpc = tonic::server::Grpc::new(RawCodec);
+    grpc.server_streaming(ChatCall(this), request).await
+});
 
 /// Starts the chat proxy in front of the model server at `model_url` on a server thread placed
 /// by `pin`; its address.

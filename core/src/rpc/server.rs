@@ -876,17 +876,7 @@ impl RpcServer {
                     if let Some(call) = conn.calls.get_mut(&id) {
                         if call.outbox.flush(&mut conn.quic, id).is_err() {
                             let _ = conn.quic.send_stream(id).reset(CANCEL_CODE);
-                            if let Some(call) = conn.calls.remove(&id) {
-                                if matches!(call.phase, Phase::Started { .. }) {
-                                    self.in_flight -= 1;
-                                    self.events.push_back(ServerEvent::Cancelled {
-                                        id: CallId {
-                                            conn: handle,
-                                            stream: id,
-                                        },
-                                    });
-                                }
-                            }
+                            Self::forget(conn, handle, id, &mut self.events, &mut self.in_flight);
                         } else if call.blocked
                             && call.outbox.unsent() <= WRITABLE_AT
                             && matches!(call.phase, Phase::Started { .. })
@@ -913,17 +903,7 @@ impl RpcServer {
                     // quinn-proto leaves the send half open after STOP_SENDING; resetting it
                     // frees the stream and returns the client's stream credit.
                     let _ = conn.quic.send_stream(id).reset(error_code);
-                    if let Some(call) = conn.calls.remove(&id) {
-                        if matches!(call.phase, Phase::Started { .. }) {
-                            self.in_flight -= 1;
-                            self.events.push_back(ServerEvent::Cancelled {
-                                id: CallId {
-                                    conn: handle,
-                                    stream: id,
-                                },
-                            });
-                        }
-                    }
+                    Self::forget(conn, handle, id, &mut self.events, &mut self.in_flight);
                 }
                 Event::Stream(_) | Event::HandshakeDataReady => {}
                 Event::DatagramReceived | Event::DatagramsUnblocked => {}
@@ -1032,6 +1012,27 @@ impl RpcServer {
         });
         if self.transmit_order.last() != Some(&handle) {
             self.transmit_order.push(handle);
+        }
+    }
+
+    /// Forgets a call whose stream is gone; one handed to the driver is reported cancelled.
+    fn forget(
+        conn: &mut Conn,
+        handle: ConnectionHandle,
+        stream: StreamId,
+        events: &mut VecDeque<ServerEvent>,
+        in_flight: &mut usize,
+    ) {
+        if let Some(call) = conn.calls.remove(&stream) {
+            if matches!(call.phase, Phase::Started { .. }) {
+                *in_flight -= 1;
+                events.push_back(ServerEvent::Cancelled {
+                    id: CallId {
+                        conn: handle,
+                        stream,
+                    },
+                });
+            }
         }
     }
 

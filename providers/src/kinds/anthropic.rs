@@ -64,6 +64,11 @@ impl Anthropic {
         })
     }
 
+    /// Its server does not say how many requests it serves at once.
+    fn backend_slots_now(&self) -> Option<usize> {
+        None
+    }
+
     /// The model chat answers come from.
     fn chat_model_now(&self) -> &str {
         &self.remote.settings.model

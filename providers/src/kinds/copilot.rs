@@ -207,6 +207,11 @@ impl Copilot {
         }
     }
 
+    /// Its server does not say how many requests it serves at once.
+    fn backend_slots_now(&self) -> Option<usize> {
+        None
+    }
+
     /// The model chat answers come from.
     fn chat_model_now(&self) -> &str {
         CHAT_MODEL

@@ -2,8 +2,8 @@
 //! settings, one HTTP client, and the API key read once from the environment.
 
 /// The `Provider` impl every remote kind shares: its identity from its `Remote`, its work
-/// from its own `capabilities_now`, `chat_model_now`, `complete_inner`, `chat_inner` and
-/// `probe_inner`.
+/// from its own `capabilities_now`, `chat_model_now`, `backend_slots_now`, `complete_inner`,
+/// `chat_inner` and `probe_inner`.
 macro_rules! remote_provider {
     ($type:ty, $kind:literal) => {
         impl crate::provider::Provider for $type {
@@ -21,6 +21,10 @@ macro_rules! remote_provider {
 
             fn chat_model(&self) -> &str {
                 self.chat_model_now()
+            }
+
+            fn backend_slots(&self) -> Option<usize> {
+                self.backend_slots_now()
             }
 
             fn capabilities(&self) -> crate::provider::Capabilities {

@@ -9,7 +9,7 @@
 //! `/v1/chat/completions` instead. Chat is `/v1/chat/completions`; the probe lists
 //! `/v1/models`. Every answer is streamed, so dropping the request stops the server.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use reaper_core::schema::{CompletionRequest, Role};
 use serde::Deserialize;
@@ -41,6 +41,8 @@ pub struct OpenAi {
     remote: Remote,
     infill: AtomicU8,
     template: Template,
+    /// llama.cpp's `total_slots` (0: not known).
+    slots: AtomicUsize,
 }
 
 impl OpenAi {
@@ -65,6 +67,7 @@ impl OpenAi {
             remote,
             infill: AtomicU8::new(infill),
             template,
+            slots: AtomicUsize::new(0),
         }
     }
 
@@ -73,6 +76,15 @@ impl OpenAi {
     fn root_url(&self, path: &str) -> String {
         let base = &self.remote.settings.base_url;
         format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
+    }
+
+    /// How many requests llama.cpp generates for at once, from its `/props` (other servers do
+    /// not say).
+    fn backend_slots_now(&self) -> Option<usize> {
+        match self.slots.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// The model chat answers come from.
@@ -260,17 +272,45 @@ impl OpenAi {
         ))
     }
 
+    /// llama.cpp's `total_slots`, from `GET /props`.
+    async fn total_slots(&self) -> Option<usize> {
+        #[derive(Deserialize)]
+        struct Props {
+            total_slots: usize,
+        }
+        let url = self.root_url("/props");
+        let request = self.remote.with_bearer(self.remote.http.get(&url)).ok()?;
+        let response = self
+            .remote
+            .http
+            .send(&url, request, &self.remote.auth_hint())
+            .await
+            .ok()?;
+        let props: Props = Body::new(&url, response, crate::http::MAX_BODY)
+            .json()
+            .await
+            .ok()?;
+        (props.total_slots > 0).then_some(props.total_slots)
+    }
+
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
         let models = self
             .remote
             .list_models(&self.remote.url("/models"), |r| self.remote.with_bearer(r))
             .await?;
-        // Only llama.cpp has /infill; on any other server the first completion need not try.
-        if !models
+        let llama_cpp = models
             .data
             .iter()
-            .any(|m| m.owned_by.as_deref() == Some("llamacpp"))
-        {
+            .any(|m| m.owned_by.as_deref() == Some("llamacpp"));
+        if llama_cpp {
+            // How many requests it serves at once: a chat gives way to a completion only when
+            // the two cannot both be served (`chat_yields`). Not knowing is no failure.
+            if let Some(slots) = self.total_slots().await {
+                self.slots.store(slots, Ordering::Relaxed);
+            }
+        }
+        // Only llama.cpp has /infill; on any other server the first completion need not try.
+        if !llama_cpp {
             let _ = self.infill.compare_exchange(
                 INFILL_UNKNOWN,
                 INFILL_NO,

@@ -39,6 +39,10 @@ use crate::services::Finished;
 /// Pieces of one answer on their way between the task and the client, at most: read from the
 /// provider but not yet taken by the state machine. Past it the task stops reading.
 pub const CREDIT: usize = 16;
+/// Most text in one chunk: pieces that come in together are sent as one chunk up to this, and
+/// a piece larger than it (no model sends one) is cut, so a chunk stays far below any client's
+/// `max_message_size`.
+const MAX_CHUNK_TEXT: usize = 64 * 1024;
 /// Longest `model` or `provider` name accepted.
 const MAX_NAME_BYTES: usize = 256;
 
@@ -260,11 +264,23 @@ impl ChatService {
             let step = call.waiting.pop_front()?;
             let (chunk, credit, end) = match step {
                 Step::Text(mut text, mut credit) => {
-                    while let Some(Step::Text(..)) = call.waiting.front() {
+                    while let Some(Step::Text(more, _)) = call.waiting.front() {
+                        if text.len() + more.len() > MAX_CHUNK_TEXT {
+                            break;
+                        }
                         if let Some(Step::Text(more, permits)) = call.waiting.pop_front() {
                             text.push_str(&more);
                             credit.extend(permits);
                         }
+                    }
+                    if text.len() > MAX_CHUNK_TEXT {
+                        // One piece larger than a chunk (no model sends one, but a provider
+                        // may): the rest goes next, holding the credit until it is out.
+                        // At a character's boundary: at most 3 bytes short of the limit.
+                        let cut = reaper_core::text::head(&text, MAX_CHUNK_TEXT).len();
+                        let rest = text.split_off(cut);
+                        call.waiting
+                            .push_front(Step::Text(rest, std::mem::take(&mut credit)));
                     }
                     (chunk(text, None), credit, None)
                 }
