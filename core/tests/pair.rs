@@ -1075,6 +1075,33 @@ fn a_server_reset_mid_stream_ends_the_call_cancelled() {
     assert_eq!(pair.server.in_flight(), 0);
 }
 
+/// The start of a second frame (its header promising 4 MiB that never come) on a call that
+/// takes one message is refused at once, not held until it is whole.
+#[test]
+fn the_start_of_a_second_frame_on_a_chat_is_refused_at_once() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let call = pair.clients[0]
+        .start_call(
+            &head("reaper.Chat/send", Encoding::Json, TOKEN),
+            br#"{"messages":[]}"#,
+            false,
+        )
+        .unwrap();
+    pair.drive_until(&mut no_service, &mut |p: &Pair| p.server.in_flight() == 1);
+    let mut partial = Vec::new();
+    reaper_core::wire::encode_message_header(4 << 20, &mut partial);
+    partial.extend_from_slice(&[b'x'; 100]);
+    pair.clients[0].send_raw(call, &partial);
+    pair.drive_until(&mut no_service, &mut |p: &Pair| {
+        p.finished(0, call).is_some()
+    });
+    let status = pair.finished(0, call).unwrap();
+    assert_eq!(status.code, Code::InvalidArgument, "{status}");
+    assert_eq!(pair.server.buffered_request_bytes(), 0, "nothing held");
+    assert_eq!(pair.server.in_flight(), 0);
+}
+
 /// A second message on a call whose client does not stream is refused: the service hears the
 /// call cancelled, and the client gets INVALID_ARGUMENT saying to send FIN.
 #[test]

@@ -156,6 +156,14 @@ impl RpcClient {
         }
     }
 
+    /// Sends bytes on a call as they are, unframed (for tests of how a server treats
+    /// malformed input).
+    pub fn send_raw(&mut self, call: ClientCallId, bytes: &[u8]) {
+        if let Some(state) = self.calls.get_mut(&call) {
+            let _ = state.outbox.write(&mut self.quic, call, bytes, false);
+        }
+    }
+
     /// Abandons a call: resets our side and stops reading theirs. No event follows for it.
     pub fn cancel(&mut self, call: ClientCallId) {
         if self.calls.remove(&call).is_some() {

@@ -1171,11 +1171,28 @@ impl RpcServer {
             }
         }
         call.held.set(call.decoder.buffered());
-        let incomplete = matches!(call.phase, Phase::Head | Phase::Message { .. });
+        if let Phase::Started { method, .. } = call.phase {
+            // The start of a second frame on a call that takes one message: refused now, not
+            // held until it is whole (a client could otherwise keep a frame's worth of bytes
+            // waiting on every call it has open).
+            if rejection.is_none() && !method.client_streams() && call.decoder.buffered() > 0 {
+                rejection = Some((
+                    Some(method),
+                    Status::new(
+                        Code::InvalidArgument,
+                        format!("{method} takes exactly one request message: send FIN after it"),
+                    ),
+                ));
+            }
+        }
+        // Bytes of a frame not yet whole count against the budget, on a call that has
+        // started (a control message arriving) as on one that has not.
+        let incomplete = matches!(call.phase, Phase::Head | Phase::Message { .. })
+            || call.decoder.buffered() > 0;
         let total = call.held.total.load(Ordering::Relaxed);
         if rejection.is_none() && incomplete && total > settings.max_buffered_requests {
             let method = match call.phase {
-                Phase::Message { method, .. } => Some(method),
+                Phase::Message { method, .. } | Phase::Started { method, .. } => Some(method),
                 _ => None,
             };
             rejection = Some((
