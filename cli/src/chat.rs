@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use reaper_client::schema::{ChatChunk, ChatMessage, ChatRequest, Role};
 use reaper_client::{CallOptions, Client, Code, Error, Status};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// What `reaper chat` was asked.
 #[derive(Debug, Clone)]
@@ -34,11 +35,23 @@ enum Ending {
     Interrupted,
 }
 
+/// Ctrl-C, caught from now on: one stream for the whole command, so that a Ctrl-C pressed at
+/// any moment (the answer opening, or between two answers) is seen, never lost.
+fn interrupts() -> Result<Signal, Error> {
+    signal(SignalKind::interrupt()).map_err(|e| {
+        Error::Status(Status::new(
+            Code::Internal,
+            format!("cannot catch Ctrl-C: {e}"),
+        ))
+    })
+}
+
 /// Answers one question, printing the answer as it comes.
 pub async fn ask_once(client: &Client, args: &ChatArgs, question: String) -> Result<(), Error> {
+    let mut interrupts = interrupts()?;
     let mut messages = first_messages(args);
     messages.push(message(Role::User, question));
-    match answer(client, args, messages).await? {
+    match answer(client, args, messages, &mut interrupts).await? {
         Ending::Answered(_) => Ok(()),
         Ending::Interrupted => Err(Error::Status(Status::new(
             Code::Cancelled,
@@ -55,6 +68,7 @@ pub async fn converse(client: &Client, args: &ChatArgs) -> Result<(), Error> {
     if interactive {
         eprintln!("reaper chat: ask away. Ctrl-C stops an answer, Ctrl-D or /exit ends, /clear forgets the conversation.");
     }
+    let mut interrupts = interrupts()?;
     let mut lines = stdin_lines();
     let mut history = first_messages(args);
     loop {
@@ -64,7 +78,7 @@ pub async fn converse(client: &Client, args: &ChatArgs) -> Result<(), Error> {
         }
         let line = tokio::select! {
             line = lines.recv() => line,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = interrupts.recv() => None,
         };
         let Some(line) = line else {
             if interactive {
@@ -85,7 +99,7 @@ pub async fn converse(client: &Client, args: &ChatArgs) -> Result<(), Error> {
         }
         let mut asked = history.clone();
         asked.push(message(Role::User, question.to_owned()));
-        match answer(client, args, asked.clone()).await {
+        match answer(client, args, asked.clone(), &mut interrupts).await {
             Ok(Ending::Answered(text)) => {
                 history = asked;
                 history.push(message(Role::Assistant, text));
@@ -105,6 +119,7 @@ async fn answer(
     client: &Client,
     args: &ChatArgs,
     messages: Vec<ChatMessage>,
+    interrupts: &mut Signal,
 ) -> Result<Ending, Error> {
     let request = ChatRequest {
         messages,
@@ -116,14 +131,17 @@ async fn answer(
     let call = CallOptions {
         deadline: args.deadline,
     };
-    let mut chunks = client.chat(&request, call).await?;
+    let mut chunks = tokio::select! {
+        opened = client.chat(&request, call) => opened?,
+        _ = interrupts.recv() => return Ok(Ending::Interrupted),
+    };
     let mut text = String::new();
     let mut first_words = None;
     let mut out = std::io::stdout().lock();
     loop {
         let next = tokio::select! {
             next = chunks.next() => next,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 // Dropping the stream resets the call: the daemon drops the model's request.
                 drop(chunks);
                 if !args.json {

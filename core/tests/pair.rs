@@ -1014,6 +1014,61 @@ fn a_reader_that_stops_reading_blocks_the_writer_within_the_budget() {
     }
 }
 
+/// Six streamed calls on one connection whose client stops reading all of them: together they
+/// fill the connection's window (4 MiB) mid-message, every producer is held back, and once the
+/// client reads again every call finishes (a write that used up the connection's credit must
+/// still be woken when credit comes back).
+#[test]
+fn streams_that_share_a_connections_window_all_finish() {
+    const STREAMS: usize = 12;
+    const MESSAGES: u64 = 300;
+    const SIZE: usize = 9_000;
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    pair.connect();
+    let producers: Vec<_> = (0..STREAMS)
+        .map(|_| Producer::new(MESSAGES, SIZE))
+        .collect();
+    let mut services: Vec<_> = producers.iter().map(Producer::service).collect();
+    let mut next_call = 0;
+    let mut service = |server: &mut RpcServer, event: &ServerEvent| {
+        // Each new call goes to the next producer; later events to whichever owns the call.
+        if let ServerEvent::Call(_) = event {
+            next_call += 1;
+            return services[next_call - 1](server, event);
+        }
+        for service in services.iter_mut() {
+            service(server, event);
+        }
+    };
+    let calls: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let call = start_chat(&mut pair);
+            pair.clients[0].set_reading(call, false);
+            call
+        })
+        .collect();
+    pair.drive_until(&mut service, &mut |_: &Pair| {
+        producers.iter().all(|p| p.borrow().would_block > 0)
+    });
+    let taken: usize = producers.iter().map(|p| p.borrow().accepted).sum();
+    assert!(
+        taken <= 4 * 1024 * 1024 + STREAMS * (MAX_UNSENT_PER_CALL + SIZE + 5),
+        "{taken} bytes taken with no reader"
+    );
+    for &call in &calls {
+        pair.clients[0].set_reading(call, true);
+    }
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        calls.iter().all(|&c| p.finished(0, c).is_some())
+    });
+    for (&call, producer) in calls.iter().zip(&producers) {
+        assert_eq!(pair.finished(0, call).unwrap(), &Status::ok());
+        let got = messages(&pair, call);
+        assert_eq!(got.len() as u64, MESSAGES);
+        assert_eq!(got[got.len() - 1], producer.borrow().message(MESSAGES - 1));
+    }
+}
+
 /// The client resets a call mid-stream: the service hears `Cancelled`, the next send says
 /// `Closed`, and the call's stream is free again.
 #[test]
@@ -1126,7 +1181,15 @@ fn a_second_message_on_a_server_streaming_call_is_refused() {
         status.message.contains("exactly one request message"),
         "{status}"
     );
-    assert!(pair
+    // The service hears it once, with the status the client got and the call to stop.
+    assert!(pair.server_log.iter().any(|e| matches!(
+        e,
+        ServerEvent::Rejected {
+            started: Some(_),
+            ..
+        }
+    )));
+    assert!(!pair
         .server_log
         .iter()
         .any(|e| matches!(e, ServerEvent::Cancelled { .. })));

@@ -233,8 +233,9 @@ impl Pool {
             next: 0,
             phase: Phase::Asking,
             answered_by: None,
-            said: String::new(),
-            skip_space: 0,
+            said_anything: false,
+            said: None,
+            skip: String::new(),
             yields: 0,
             failures: Vec::new(),
             skipped: passed_over,
@@ -256,9 +257,14 @@ enum Phase<'a> {
         slots: Slots<'a>,
         _counted: Counted<'a>,
     },
-    /// The provider's answer was set aside for completions (its request dropped, its slots
-    /// kept); it goes on from what it said once they are done.
-    Yielded { entry: &'a Entry, slots: Slots<'a> },
+    /// The provider's answer was set aside for completions: its request dropped, and its
+    /// provider slot given back (a completion may need it: with `max_in_flight = 1` the chat
+    /// holds the only one), its place among the chats kept. It goes on from what it said once
+    /// they are done.
+    Yielded {
+        entry: &'a Entry,
+        chat_slot: SemaphorePermit<'a>,
+    },
     /// Complete, or failed.
     Ended,
 }
@@ -279,6 +285,10 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// Most of an answer kept for going on from after a yield; an answer longer than this no
+/// longer yields (its text is not kept, and asking again with it would cost its evaluation).
+pub const MAX_PREFILL: usize = 64 * 1024;
+
 /// A chat answer in progress: read it with [`ChatAnswer::next`]; drop it to stop.
 pub struct ChatAnswer<'a> {
     input: ChatInput<'a>,
@@ -288,11 +298,14 @@ pub struct ChatAnswer<'a> {
     phase: Phase<'a>,
     /// The provider whose stream was read last (the one that answered, once it is over).
     answered_by: Option<&'a Entry>,
-    /// The text given out so far: what an answer that yielded goes on from.
-    said: String,
-    /// Whitespace to drop from the start of a resumed answer (the end of `said` that could
-    /// not be sent as the answer's beginning: APIs refuse a prefill ending in whitespace).
-    skip_space: usize,
+    /// Whether any text has been given out.
+    said_anything: bool,
+    /// The text given out so far, kept only while the answer may still yield (its provider
+    /// yields, and it is under [`MAX_PREFILL`]): what it goes on from.
+    said: Option<String>,
+    /// Whitespace to drop from the start of a resumed answer: the end of what was said, which
+    /// could not end the prefill (APIs refuse a prefill ending in whitespace).
+    skip: String,
     /// Times the answer gave way to completions.
     yields: u32,
     failures: Vec<(String, ProviderError)>,
@@ -303,7 +316,7 @@ impl std::fmt::Debug for ChatAnswer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatAnswer")
             .field("provider", &self.provider())
-            .field("said", &self.said.len())
+            .field("said_anything", &self.said_anything)
             .field("yields", &self.yields)
             .finish_non_exhaustive()
     }
@@ -314,6 +327,19 @@ impl std::fmt::Debug for ChatAnswer<'_> {
 /// resumed between two keystrokes would only be set aside again at the next (its prompt
 /// evaluated again each time).
 pub const RESUME_AFTER: Duration = Duration::from_millis(250);
+
+/// Whether a failure says something about the provider (and so counts against its health for
+/// completions too), rather than about this conversation: a 400 for a conversation longer than
+/// the model's context is the request's, not the server's.
+fn blames_provider(error: &ProviderError) -> bool {
+    !matches!(
+        error,
+        ProviderError::Http {
+            status: 400 | 413 | 422,
+            ..
+        }
+    )
+}
 
 impl<'a> ChatAnswer<'a> {
     /// The provider answering (or about to), and its chat model.
@@ -347,16 +373,14 @@ impl<'a> ChatAnswer<'a> {
                     let entry = *entry;
                     wait_for_quiet(entry).await;
                     if let Err(error) = self.resume().await {
-                        self.phase = Phase::Ended;
-                        return Some(Err(ChatError::Interrupted {
-                            provider: entry.provider.name().to_owned(),
-                            error,
-                        }));
+                        if let Some(outcome) = self.failed(entry, error) {
+                            return Some(Err(outcome));
+                        }
                     }
                 }
                 Phase::Streaming { entry, stream, .. } => {
                     let entry = *entry;
-                    let piece = if entry.placement.chat_yields {
+                    let piece = if self.said.is_some() {
                         // A completion asking this provider sets the answer aside when the
                         // server cannot serve them all at once (llama.cpp says how many it
                         // can; one, unless a server says).
@@ -393,48 +417,43 @@ impl<'a> ChatAnswer<'a> {
     ) -> Option<Option<Result<ChatPiece, ChatError>>> {
         match piece {
             Some(Ok(ChatPiece::Text(mut text))) => {
-                if self.skip_space > 0 {
-                    let space = text.len() - text.trim_start().len();
-                    let drop = space.min(self.skip_space);
-                    text.drain(..drop);
-                    self.skip_space = if text.is_empty() {
-                        self.skip_space - drop
-                    } else {
-                        0
-                    };
-                    if text.is_empty() {
-                        return None;
+                // The whitespace the prefill could not end with, said again: dropped, a
+                // character at a time.
+                while !self.skip.is_empty() {
+                    match text.chars().next() {
+                        Some(c) if c.is_whitespace() => {
+                            text.drain(..c.len_utf8());
+                            let first = self.skip.chars().next().map_or(1, char::len_utf8);
+                            self.skip.drain(..first);
+                        }
+                        Some(_) => self.skip.clear(),
+                        None => break,
                     }
                 }
-                if self.said.is_empty() {
+                if text.is_empty() {
+                    return None;
+                }
+                if !self.said_anything {
+                    self.said_anything = true;
                     entry.state().succeeded();
                 }
-                self.said.push_str(&text);
+                if let Some(said) = &mut self.said {
+                    if said.len() + text.len() > MAX_PREFILL {
+                        self.said = None;
+                    } else {
+                        said.push_str(&text);
+                    }
+                }
                 Some(Some(Ok(ChatPiece::Text(text))))
             }
             // After a yield, the counts cover only the last part of the answer: not given.
             Some(Ok(ChatPiece::Usage(_))) if self.yields > 0 => None,
             Some(Ok(piece)) => Some(Some(Ok(piece))),
-            Some(Err(error)) => {
-                entry.state().failed(&error, Instant::now());
-                if !self.said.is_empty() {
-                    self.phase = Phase::Ended;
-                    return Some(Some(Err(ChatError::Interrupted {
-                        provider: entry.provider.name().to_owned(),
-                        error,
-                    })));
-                }
-                self.phase = Phase::Asking;
-                self.answered_by = None;
-                tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
-                self.failures
-                    .push((entry.provider.name().to_owned(), error));
-                None
-            }
+            Some(Err(error)) => self.failed(entry, error).map(|error| Some(Err(error))),
             None => {
                 // An answer may be empty (the model said nothing): that is an answer.
                 let mut state = entry.state();
-                if self.said.is_empty() {
+                if !self.said_anything {
                     state.succeeded();
                 }
                 state.stats.chats += 1;
@@ -445,30 +464,59 @@ impl<'a> ChatAnswer<'a> {
         }
     }
 
-    /// Drops the provider's request (it stops generating), keeping the slots.
+    /// The provider answering failed: the error that ends the answer once words have gone
+    /// out; before that, `None`, and the next provider is asked.
+    fn failed(&mut self, entry: &'a Entry, error: ProviderError) -> Option<ChatError> {
+        if blames_provider(&error) {
+            entry.state().failed(&error, Instant::now());
+        }
+        if self.said_anything {
+            self.phase = Phase::Ended;
+            return Some(ChatError::Interrupted {
+                provider: entry.provider.name().to_owned(),
+                error,
+            });
+        }
+        self.phase = Phase::Asking;
+        self.answered_by = None;
+        tracing::debug!(provider = entry.provider.name(), %error, "chat failed before its first words; asking the next provider");
+        self.failures
+            .push((entry.provider.name().to_owned(), error));
+        None
+    }
+
+    /// Drops the provider's request (it stops generating) and gives back its provider slot.
     fn set_aside(&mut self) {
-        if let Phase::Streaming { entry, slots, .. } =
-            std::mem::replace(&mut self.phase, Phase::Ended)
+        if let Phase::Streaming {
+            entry,
+            slots: (chat_slot, _slot),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Ended)
         {
             self.yields += 1;
             entry.state().stats.chat_yields += 1;
             tracing::debug!(
                 provider = entry.provider.name(),
-                said = self.said.len(),
+                said = self.said.as_ref().map_or(0, String::len),
                 "chat gives way to a completion"
             );
-            self.phase = Phase::Yielded { entry, slots };
+            self.phase = Phase::Yielded { entry, chat_slot };
         }
     }
 
-    /// Asks the provider that yielded to go on from what it said.
+    /// Asks the provider that yielded to go on from what it said, once it has a provider slot
+    /// again. Cancel-safe: dropped while it waits, it waits again when called again.
     async fn resume(&mut self) -> Result<(), ProviderError> {
         let Phase::Yielded { entry, .. } = &self.phase else {
             return Ok(());
         };
         let entry = *entry;
+        let Ok(slot) = entry.slots.acquire().await else {
+            return Ok(()); // a closed semaphore: never, the pool never closes them
+        };
+        let said = self.said.as_deref().unwrap_or("");
+        let prefill = said.trim_end();
         let mut messages = self.input.messages.to_vec();
-        let prefill = self.said.trim_end();
         if !prefill.is_empty() {
             messages.push(ChatMessage {
                 role: Role::Assistant,
@@ -476,18 +524,21 @@ impl<'a> ChatAnswer<'a> {
                 timestamp: 0,
             });
         }
+        let skip = said[prefill.len()..].to_owned();
         let input = ChatInput {
             messages: &messages,
             ..self.input
         };
         let stream = entry.provider.chat(input).await?;
-        self.skip_space = self.said.len() - prefill.len();
-        if let Phase::Yielded { entry, slots } = std::mem::replace(&mut self.phase, Phase::Ended) {
+        self.skip = skip;
+        if let Phase::Yielded { entry, chat_slot } =
+            std::mem::replace(&mut self.phase, Phase::Ended)
+        {
             tracing::debug!(provider = entry.provider.name(), "chat goes on");
             self.phase = Phase::Streaming {
                 entry,
                 stream,
-                slots,
+                slots: (chat_slot, slot),
                 _counted: Counted::new(entry),
             };
         }
@@ -511,6 +562,9 @@ impl<'a> ChatAnswer<'a> {
             match started {
                 Ok(stream) => {
                     self.answered_by = Some(entry);
+                    // Only an answer that may yield keeps what it says.
+                    let yields = entry.placement.chat_yields && entry.provider.continues_answers();
+                    self.said = yields.then(String::new);
                     self.phase = Phase::Streaming {
                         entry,
                         stream,
@@ -520,7 +574,9 @@ impl<'a> ChatAnswer<'a> {
                     return Ok(());
                 }
                 Err(error) => {
-                    entry.state().failed(&error, Instant::now());
+                    if blames_provider(&error) {
+                        entry.state().failed(&error, Instant::now());
+                    }
                     tracing::debug!(provider = entry.provider.name(), %error, "chat failed; asking the next provider");
                     self.failures
                         .push((entry.provider.name().to_owned(), error));
@@ -631,6 +687,9 @@ mod tests {
         }
         fn backend_slots(&self) -> Option<usize> {
             self.slots
+        }
+        fn continues_answers(&self) -> bool {
+            true
         }
         fn complete<'a>(
             &'a self,
@@ -1038,5 +1097,47 @@ mod tests {
         assert_eq!(completion.await.unwrap().provider, "local");
         assert_eq!(answer.yields(), 0);
         assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// With one slot (`max_in_flight = 1`), a chat that gives way gives the slot back: the
+    /// completion is not left waiting for the chat that waits for it. And the whitespace a
+    /// resumed answer starts with is dropped a character at a time (U+3000 after a newline).
+    #[tokio::test]
+    async fn a_chat_holding_the_only_slot_gives_it_to_the_completion() {
+        let words = ["Line one.\n", "\u{3000}Next", " part."];
+        let mut local = Talker::new("local", "m", &words);
+        local.pace = Duration::from_millis(40);
+        local.completing = Duration::from_millis(50);
+        let local = Arc::new(local);
+        let mut pool = Pool::new();
+        pool.add(
+            local.clone(),
+            Placement {
+                chat_yields: true,
+                ..placement(1, 1)
+            },
+            false,
+        );
+        let pool = Arc::new(pool);
+        let messages = question();
+        let mut answer = pool.chat(ask(&messages)).unwrap();
+        let Some(Ok(ChatPiece::Text(first))) = answer.next().await else {
+            panic!("a first piece");
+        };
+        let completion = tokio::spawn({
+            let pool = pool.clone();
+            async move { keystroke(&pool).await }
+        });
+        let (rest, _, error) = read(&mut answer).await;
+        assert!(error.is_none(), "{error:?}");
+        let done = tokio::time::timeout(Duration::from_secs(2), completion)
+            .await
+            .expect("the completion got the slot")
+            .unwrap();
+        assert_eq!(done.provider, "local");
+        assert_eq!(answer.yields(), 1);
+        assert_eq!(format!("{first}{rest}"), "Line one.\nNext part.");
+        let asked = local.asked.lock().unwrap();
+        assert_eq!(asked[1].last().unwrap().content, "Line one.");
     }
 }

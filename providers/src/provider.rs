@@ -144,6 +144,12 @@ pub trait Provider: Send + Sync {
     fn backend_slots(&self) -> Option<usize> {
         None
     }
+    /// Whether its server, asked with an answer's beginning as the conversation's last
+    /// (assistant) message, goes on from there rather than starting a new answer: what a chat
+    /// that gave way to a completion needs to be asked again.
+    fn continues_answers(&self) -> bool {
+        false
+    }
     /// What it can do now.
     fn capabilities(&self) -> Capabilities;
     /// Proposes a completion.

@@ -840,6 +840,15 @@ async fn a_completion_on_a_shared_local_model_does_not_wait_behind_a_chat() {
         );
         let daemon = Daemon::start_with(&config, &[]);
         let client = Arc::new(connect(&daemon, Encoding::Rkyv).await);
+        // The probe has told the daemon what the server is (llama.cpp, one slot).
+        let start = Instant::now();
+        while client.providers().await.unwrap().providers[0].status != ProviderStatus::Available {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "llama.cpp never probed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut request = question("Write a long story about a lighthouse keeper and the sea.");
         request.max_tokens = Some(250);
         let mut stream = client.chat(&request, CallOptions::default()).await.unwrap();

@@ -95,6 +95,15 @@ fn one(
     let result = runtime.block_on(async {
         let options = ClientOptions::from_state_dir(&dir.path().join("state"), None)?;
         let client = Arc::new(Client::connect(options).await?);
+        // The probe tells the daemon what the server is (llama.cpp, how many slots) before
+        // anything is measured.
+        let start = Instant::now();
+        while client.providers().await?.providers.iter().any(|p| {
+            p.name == "local" && p.status != reaper_client::schema::ProviderStatus::Available
+        }) {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "llama.cpp never probed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let chat_tokens = Arc::new(AtomicU64::new(0));
         let chat = scenario.chat.then(|| {

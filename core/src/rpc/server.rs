@@ -256,6 +256,10 @@ pub enum ServerEvent {
         status: Status,
         /// When it arrived, for latency metrics.
         received_at: Instant,
+        /// The call, when it had been handed to the driver already (a second message, a
+        /// frame over the limit): stop the work behind it. This status is how it ended; no
+        /// `Cancelled` follows.
+        started: Option<CallId>,
     },
 }
 
@@ -1246,14 +1250,15 @@ impl RpcServer {
         let Some(call) = conn.calls.get_mut(&stream) else {
             return;
         };
-        if matches!(call.phase, Phase::Started { .. }) {
+        let started = matches!(call.phase, Phase::Started { .. });
+        if started {
             *in_flight -= 1;
-            events.push_back(ServerEvent::Cancelled { id });
         }
         events.push_back(ServerEvent::Rejected {
             method,
             status: status.clone(),
             received_at: call.received_at,
+            started: started.then_some(id),
         });
         let mut out = Vec::new();
         wire::encode_trailer(&status, &mut out);

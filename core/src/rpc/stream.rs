@@ -94,9 +94,14 @@ impl Outbox {
     }
 
     /// Retries after QUIC reported the stream writable.
+    ///
+    /// Writes until QUIC says `Blocked`, not just once: quinn-proto queues a `Writable` event
+    /// for a stream only when a write was refused, so a write that takes part of the queue and
+    /// happens to use up the connection's credit would otherwise leave the rest waiting for an
+    /// event that never comes.
     pub fn flush(&mut self, conn: &mut Connection, id: StreamId) -> Result<(), PeerStopped> {
         let mut send = conn.send_stream(id);
-        if !self.queue.is_empty() {
+        while !self.queue.is_empty() {
             let written = match send.write_chunks(self.queue.make_contiguous()) {
                 Ok(written) => written,
                 Err(WriteError::Blocked) => return Ok(()),
@@ -105,9 +110,6 @@ impl Outbox {
             self.unsent -= written.bytes;
             // Whole chunks written are left empty at the front; a partial one is advanced.
             self.queue.drain(..written.chunks);
-            if !self.queue.is_empty() {
-                return Ok(());
-            }
         }
         if self.finish {
             self.finish = false;

@@ -64,6 +64,11 @@ impl Anthropic {
         })
     }
 
+    /// The Messages API continues a last assistant message (its "prefill").
+    fn continues_answers_now(&self) -> bool {
+        true
+    }
+
     /// Its server does not say how many requests it serves at once.
     fn backend_slots_now(&self) -> Option<usize> {
         None

@@ -207,6 +207,11 @@ impl Copilot {
         }
     }
 
+    /// Not known of Copilot's chat: never asked to.
+    fn continues_answers_now(&self) -> bool {
+        false
+    }
+
     /// Its server does not say how many requests it serves at once.
     fn backend_slots_now(&self) -> Option<usize> {
         None

@@ -2,8 +2,8 @@
 //! settings, one HTTP client, and the API key read once from the environment.
 
 /// The `Provider` impl every remote kind shares: its identity from its `Remote`, its work
-/// from its own `capabilities_now`, `chat_model_now`, `backend_slots_now`, `complete_inner`,
-/// `chat_inner` and `probe_inner`.
+/// from its own `capabilities_now`, `chat_model_now`, `backend_slots_now`,
+/// `continues_answers_now`, `complete_inner`, `chat_inner` and `probe_inner`.
 macro_rules! remote_provider {
     ($type:ty, $kind:literal) => {
         impl crate::provider::Provider for $type {
@@ -25,6 +25,10 @@ macro_rules! remote_provider {
 
             fn backend_slots(&self) -> Option<usize> {
                 self.backend_slots_now()
+            }
+
+            fn continues_answers(&self) -> bool {
+                self.continues_answers_now()
             }
 
             fn capabilities(&self) -> crate::provider::Capabilities {

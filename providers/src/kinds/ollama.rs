@@ -57,6 +57,11 @@ impl Ollama {
         }
     }
 
+    /// Ollama continues a last assistant message.
+    fn continues_answers_now(&self) -> bool {
+        true
+    }
+
     /// Its server does not say how many requests it serves at once.
     fn backend_slots_now(&self) -> Option<usize> {
         None

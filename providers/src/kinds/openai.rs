@@ -9,7 +9,7 @@
 //! `/v1/chat/completions` instead. Chat is `/v1/chat/completions`; the probe lists
 //! `/v1/models`. Every answer is streamed, so dropping the request stops the server.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use reaper_core::schema::{CompletionRequest, Role};
 use serde::Deserialize;
@@ -43,6 +43,8 @@ pub struct OpenAi {
     template: Template,
     /// llama.cpp's `total_slots` (0: not known).
     slots: AtomicUsize,
+    /// Whether the probe found a server that continues a last assistant message.
+    continues: AtomicBool,
 }
 
 impl OpenAi {
@@ -68,6 +70,7 @@ impl OpenAi {
             infill: AtomicU8::new(infill),
             template,
             slots: AtomicUsize::new(0),
+            continues: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +79,13 @@ impl OpenAi {
     fn root_url(&self, path: &str) -> String {
         let base = &self.remote.settings.base_url;
         format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
+    }
+
+    /// Whether the server is one known to continue a last assistant message: llama.cpp (by
+    /// itself) or vLLM (told with `continue_final_message`), as its models listing says
+    /// (`owned_by`). Other OpenAI-compatible servers may start a new answer instead.
+    fn continues_answers_now(&self) -> bool {
+        self.continues.load(Ordering::Relaxed)
     }
 
     /// How many requests llama.cpp generates for at once, from its `/props` (other servers do
@@ -298,10 +308,15 @@ impl OpenAi {
             .remote
             .list_models(&self.remote.url("/models"), |r| self.remote.with_bearer(r))
             .await?;
-        let llama_cpp = models
-            .data
-            .iter()
-            .any(|m| m.owned_by.as_deref() == Some("llamacpp"));
+        let owned_by = |owner: &str| {
+            models
+                .data
+                .iter()
+                .any(|m| m.owned_by.as_deref() == Some(owner))
+        };
+        let llama_cpp = owned_by("llamacpp");
+        self.continues
+            .store(llama_cpp || owned_by("vllm"), Ordering::Relaxed);
         if llama_cpp {
             // How many requests it serves at once: a chat gives way to a completion only when
             // the two cannot both be served (`chat_yields`). Not knowing is no failure.

@@ -263,7 +263,8 @@ fn serve(
                 method,
                 status,
                 received_at,
-            } => services.on_rejected(method, &status, received_at, now),
+                started,
+            } => services.on_rejected(started, method, &status, received_at, now),
             ServerEvent::Connected { conn, remote } => {
                 tracing::info!(%conn, %remote, "connection open")
             }

@@ -40,8 +40,9 @@ use crate::services::Finished;
 /// provider but not yet taken by the state machine. Past it the task stops reading.
 pub const CREDIT: usize = 16;
 /// Most text in one chunk: pieces that come in together are sent as one chunk up to this, and
-/// a piece larger than it (no model sends one) is cut, so a chunk stays far below any client's
-/// `max_message_size`.
+/// a piece larger than it (no model sends one) is cut. An eighth of `[rpc] max_message_size`
+/// when that is smaller: JSON may write a byte of text as six (`\u0001`), and the client
+/// reads with the same limit.
 const MAX_CHUNK_TEXT: usize = 64 * 1024;
 /// Longest `model` or `provider` name accepted.
 const MAX_NAME_BYTES: usize = 256;
@@ -106,6 +107,8 @@ pub struct ChatService {
     to_flush: Vec<CallId>,
     next_seq: u64,
     timeout: Duration,
+    /// Most text in one chunk ([`MAX_CHUNK_TEXT`], or less for a small `max_message_size`).
+    chunk_text: usize,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -123,6 +126,7 @@ impl ChatService {
         runtime: tokio::runtime::Handle,
         done: UnboundedSender<Finished>,
         timeout: Duration,
+        max_message_size: usize,
     ) -> ChatService {
         ChatService {
             pool,
@@ -133,6 +137,7 @@ impl ChatService {
             to_flush: Vec::new(),
             next_seq: 0,
             timeout,
+            chunk_text: MAX_CHUNK_TEXT.min(max_message_size / 8).max(16),
         }
     }
 
@@ -143,6 +148,11 @@ impl ChatService {
 
     /// Starts answering a call; `Some` if it ended at once (a bad request).
     pub fn on_call(&mut self, server: &mut RpcServer, call: &IncomingCall) -> Option<Ended> {
+        if !server.is_open(call.id) {
+            // Refused by the state machine in the same read (a second message): nothing to
+            // start.
+            return None;
+        }
         let request = match decode(call) {
             Ok(request) => request,
             Err(status) => return self.end_now(server, call, status),
@@ -259,13 +269,14 @@ impl ChatService {
     /// Sends what waits for a call, in order, until the state machine refuses a chunk or the
     /// call ends. Texts waiting together go out as one chunk.
     fn deliver(&mut self, server: &mut RpcServer, id: CallId, now: Instant) -> Option<Ended> {
+        let chunk_text = self.chunk_text;
         let status = loop {
             let call = self.calls.get_mut(&id)?;
             let step = call.waiting.pop_front()?;
             let (chunk, credit, end) = match step {
                 Step::Text(mut text, mut credit) => {
                     while let Some(Step::Text(more, _)) = call.waiting.front() {
-                        if text.len() + more.len() > MAX_CHUNK_TEXT {
+                        if text.len() + more.len() > chunk_text {
                             break;
                         }
                         if let Some(Step::Text(more, permits)) = call.waiting.pop_front() {
@@ -273,11 +284,14 @@ impl ChatService {
                             credit.extend(permits);
                         }
                     }
-                    if text.len() > MAX_CHUNK_TEXT {
+                    if text.len() > chunk_text {
                         // One piece larger than a chunk (no model sends one, but a provider
                         // may): the rest goes next, holding the credit until it is out.
                         // At a character's boundary: at most 3 bytes short of the limit.
-                        let cut = reaper_core::text::head(&text, MAX_CHUNK_TEXT).len();
+                        let cut = reaper_core::text::head(&text, chunk_text).len().max(1);
+                        let cut = (cut..=text.len())
+                            .find(|&i| text.is_char_boundary(i))
+                            .unwrap_or(text.len());
                         let rest = text.split_off(cut);
                         call.waiting
                             .push_front(Step::Text(rest, std::mem::take(&mut credit)));
@@ -511,7 +525,8 @@ async fn answer(
                 send(Step::Done {
                     provider,
                     model,
-                    usage,
+                    // Counts from before a pause cover only a part of the answer.
+                    usage: usage.filter(|_| answer.yields() == 0),
                 });
                 return;
             }

@@ -52,9 +52,27 @@ pub fn chat_status(error: &ChatError) -> Status {
         | ChatError::CannotChat { .. }
         | ChatError::UnknownModel { .. } => Code::InvalidArgument,
         ChatError::Disabled { .. } | ChatError::NoChatProvider => Code::FailedPrecondition,
-        ChatError::Failed(error) => pool_code(error),
+        // The first provider's failure decides, as for completions; but a conversation the
+        // model server refuses (longer than its context: HTTP 400) is the caller's to fix.
+        ChatError::Failed(error) => match error.failures.first() {
+            Some((_, refused)) if refuses_the_request(refused) => Code::InvalidArgument,
+            _ => pool_code(error),
+        },
+        ChatError::Interrupted { error, .. } if refuses_the_request(error) => Code::InvalidArgument,
         ChatError::Interrupted { error, .. } => code_for(error),
         _ => Code::Internal,
     };
     Status::new(code, error.to_string())
+}
+
+/// Whether a provider refused the request itself (not its credentials, the model or its
+/// load): for a chat, the conversation.
+fn refuses_the_request(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::Http {
+            status: 400 | 413 | 422,
+            ..
+        }
+    )
 }

@@ -135,6 +135,7 @@ impl Services {
             runtime.handle().clone(),
             done_tx,
             Duration::from_millis(config.rpc.chat_timeout.get()),
+            config.rpc.max_message_size.get() as usize,
         );
         let services = Services {
             metrics: Metrics::default(),
@@ -322,14 +323,21 @@ impl Services {
         }
     }
 
-    /// Counts a call the state machine refused itself (auth, routing, framing).
+    /// Counts a call the state machine refused itself (auth, routing, framing), stopping the
+    /// work behind it if it had `started`.
     pub fn on_rejected(
         &mut self,
+        started: Option<CallId>,
         method: Option<Method>,
         status: &Status,
         received_at: Instant,
         now: Instant,
     ) {
+        if let Some(id) = started {
+            // Counted once, with the status the client got.
+            let _ = self.completion.on_cancelled(id);
+            let _ = self.chat.on_cancelled(id);
+        }
         self.record(method, status, received_at, now);
     }
 
