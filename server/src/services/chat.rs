@@ -80,8 +80,8 @@ struct Streaming {
     encoding: Encoding,
     /// Steps the state machine has not taken yet (it said WouldBlock), oldest first.
     waiting: VecDeque<Step>,
-    /// Whether a first chunk has gone out (its time is the call's latency in `Health`).
-    started: bool,
+    /// When its first chunk went out (the call's latency in `Health`).
+    first_chunk: Option<Instant>,
 }
 
 /// A call that ended, with when it arrived and when its first chunk went out: for metrics.
@@ -101,8 +101,6 @@ pub struct ChatService {
     runtime: tokio::runtime::Handle,
     done: UnboundedSender<Finished>,
     calls: HashMap<CallId, Streaming>,
-    /// First-chunk times of calls still running, for [`Ended::first_chunk`].
-    first_chunks: HashMap<CallId, Instant>,
     /// Calls with text waiting for [`ChatService::flush`].
     to_flush: Vec<CallId>,
     next_seq: u64,
@@ -133,7 +131,6 @@ impl ChatService {
             runtime,
             done,
             calls: HashMap::new(),
-            first_chunks: HashMap::new(),
             to_flush: Vec::new(),
             next_seq: 0,
             timeout,
@@ -197,7 +194,7 @@ impl ChatService {
                 task: task.abort_handle(),
                 encoding: call.encoding,
                 waiting: VecDeque::new(),
-                started: false,
+                first_chunk: None,
             },
         );
         None
@@ -310,10 +307,7 @@ impl ChatService {
             };
             match send(server, id, call.encoding, &chunk) {
                 Sent::Sent => {
-                    if !call.started {
-                        call.started = true;
-                        self.first_chunks.insert(id, now);
-                    }
+                    call.first_chunk.get_or_insert(now);
                     // The credit goes back: the task may read further.
                     drop(credit);
                     if let Some(status) = end {
@@ -355,7 +349,7 @@ impl ChatService {
     fn forget(&mut self, id: CallId) -> Option<(Instant, Option<Instant>)> {
         let call = self.calls.remove(&id)?;
         call.task.abort();
-        Some((call.received_at, self.first_chunks.remove(&id)))
+        Some((call.received_at, call.first_chunk))
     }
 
     /// The client cancelled a call (or its connection went): stop its answer.
