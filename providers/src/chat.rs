@@ -790,6 +790,17 @@ mod tests {
         }
     }
 
+    /// A pool of `local` alone, chats yielding to completions, `max_in_flight` slots.
+    fn yielding_pool(local: Arc<Talker>, max_in_flight: usize) -> Arc<Pool> {
+        let mut pool = Pool::new();
+        let placement = Placement {
+            chat_yields: true,
+            ..placement(1, max_in_flight)
+        };
+        pool.add(local, placement, false);
+        Arc::new(pool)
+    }
+
     /// A keystroke's completion from `pool`.
     async fn keystroke(pool: &Pool) -> crate::Answer {
         let request = CompletionRequest {
@@ -1008,16 +1019,7 @@ mod tests {
         local.completing = Duration::from_millis(100);
         let dropped = local.dropped.clone();
         let local = Arc::new(local);
-        let mut pool = Pool::new();
-        pool.add(
-            local.clone(),
-            Placement {
-                chat_yields: true,
-                ..placement(1, 2)
-            },
-            false,
-        );
-        let pool = Arc::new(pool);
+        let pool = yielding_pool(local.clone(), 2);
         let messages = question();
         let mut answer = pool.chat(ask(&messages)).unwrap();
         let mut text = String::new();
@@ -1074,16 +1076,7 @@ mod tests {
         local.completing = Duration::from_millis(60);
         local.slots = Some(2);
         let dropped = local.dropped.clone();
-        let mut pool = Pool::new();
-        pool.add(
-            Arc::new(local),
-            Placement {
-                chat_yields: true,
-                ..placement(1, 2)
-            },
-            false,
-        );
-        let pool = Arc::new(pool);
+        let pool = yielding_pool(Arc::new(local), 2);
         let messages = question();
         let mut answer = pool.chat(ask(&messages)).unwrap();
         assert!(matches!(answer.next().await, Some(Ok(ChatPiece::Text(_)))));
@@ -1109,16 +1102,7 @@ mod tests {
         local.pace = Duration::from_millis(40);
         local.completing = Duration::from_millis(50);
         let local = Arc::new(local);
-        let mut pool = Pool::new();
-        pool.add(
-            local.clone(),
-            Placement {
-                chat_yields: true,
-                ..placement(1, 1)
-            },
-            false,
-        );
-        let pool = Arc::new(pool);
+        let pool = yielding_pool(local.clone(), 1);
         let messages = question();
         let mut answer = pool.chat(ask(&messages)).unwrap();
         let Some(Ok(ChatPiece::Text(first))) = answer.next().await else {
