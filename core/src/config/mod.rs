@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod mcp;
 mod providers;
 mod range;
+pub use mcp::{McpConfig, McpServerConfig, McpServers};
 pub use providers::{
     OfflineConfig, OfflineKind, ProviderKind, ProvidersConfig, RemoteProvider, RemoteSettings,
     COPILOT_DEFAULT_MODEL, DEFAULT_OLLAMA_KEEP_ALIVE, FIM_FAMILIES, OFFLINE,
@@ -34,6 +36,8 @@ pub struct Config {
     pub completion: CompletionConfig,
     /// `[providers]`: where completions come from.
     pub providers: ProvidersConfig,
+    /// `[mcp]`: the MCP servers agent tasks may use.
+    pub mcp: McpConfig,
 }
 
 /// `[daemon]`.
@@ -342,6 +346,12 @@ impl Config {
         let pending = "the service it applies to is not built yet (it answers UNIMPLEMENTED)";
         if self.rpc.agent_timeout != defaults.rpc.agent_timeout {
             keys.push(("rpc.agent_timeout", pending));
+        }
+        if !self.mcp.servers.0.is_empty() {
+            keys.push((
+                "mcp.servers",
+                "the agent that uses MCP servers is not built yet (they are checked, not started)",
+            ));
         }
         if self.rpc.enable_compression {
             keys.push((
