@@ -79,6 +79,19 @@ pub enum ChatError {
         /// `(model, provider)` of every provider that can chat.
         known: Vec<(String, String)>,
     },
+    /// The request names a provider that cannot call tools (the agent needs them).
+    #[error("provider {name:?} (kind {kind}) cannot call tools, which the agent needs: {}", tool_providers(.known))]
+    CannotCallTools {
+        /// The name asked for.
+        name: String,
+        /// Its kind.
+        kind: String,
+        /// The providers that can.
+        known: Vec<String>,
+    },
+    /// No enabled provider can call tools.
+    #[error("no provider that calls tools is configured (the agent needs one; the embedded offline model and Copilot do not): add one to reaper.toml, e.g. [providers.local] with kind = \"openai\", base_url = \"http://127.0.0.1:8080/v1\" and model = \"...\" for a llama.cpp server started with --jinja, then restart reaperd")]
+    NoToolProvider,
     /// No enabled provider can chat.
     #[error("no chat provider is configured (the embedded offline model completes code, it does not chat): add one to reaper.toml, e.g. [providers.local] with kind = \"openai\", base_url = \"http://127.0.0.1:8080/v1\" and model = \"...\" for a llama.cpp server, then restart reaperd")]
     NoChatProvider,
@@ -100,6 +113,32 @@ fn known_providers(known: &[String]) -> String {
         "no provider can chat (configure one in reaper.toml)".to_owned()
     } else {
         format!("the chat providers are {}", known.join(", "))
+    }
+}
+
+fn tool_providers(known: &[String]) -> String {
+    if known.is_empty() {
+        "no provider can call tools (configure one in reaper.toml)".to_owned()
+    } else {
+        format!("the providers that can are {}", known.join(", "))
+    }
+}
+
+/// What an answer needs of its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Streamed chat.
+    Chat,
+    /// Tool calls (an agent's steps).
+    Tools,
+}
+
+impl Need {
+    fn met_by(self, capabilities: &crate::provider::Capabilities) -> bool {
+        match self {
+            Need::Chat => capabilities.chat,
+            Need::Tools => capabilities.chat && capabilities.tools,
+        }
     }
 }
 
@@ -127,7 +166,36 @@ impl Pool {
     /// Starts answering `ask`: picks who may answer, best first. Nothing is sent until the
     /// answer's first [`ChatAnswer::next`]. An error names what the user can ask for instead.
     pub fn chat<'a>(&'a self, ask: ChatAsk<'a>) -> Result<ChatAnswer<'a>, ChatError> {
-        let chatty = |e: &Entry| !e.last_resort && e.provider.capabilities().chat;
+        let (order, passed_over) = self.chat_order(ask.provider, ask.model, Need::Chat)?;
+        Ok(ChatAnswer {
+            input: ChatInput {
+                messages: ask.messages,
+                system: None,
+                max_tokens: ask.max_tokens,
+            },
+            order,
+            next: 0,
+            phase: Phase::Asking,
+            answered_by: None,
+            said_anything: false,
+            said: None,
+            skip: String::new(),
+            yields: 0,
+            failures: Vec::new(),
+            skipped: passed_over,
+        })
+    }
+
+    /// Who may answer a chat (or, with [`Need::Tools`], an agent's step), best first, and
+    /// who was passed over: the provider named, else those whose chat model is `model`, else
+    /// all that can. An error names what the user can ask for instead.
+    pub(crate) fn chat_order<'a>(
+        &'a self,
+        provider: Option<&str>,
+        model: Option<&str>,
+        need: Need,
+    ) -> Result<(Vec<&'a Entry>, Vec<Skipped>), ChatError> {
+        let chatty = |e: &Entry| !e.last_resort && need.met_by(&e.provider.capabilities());
         let known = || -> Vec<String> {
             self.entries
                 .iter()
@@ -138,7 +206,7 @@ impl Pool {
         let (ready, skipped) = self.candidates(Instant::now());
         let mut order: Vec<&'a Entry> = Vec::new();
         let mut passed_over = Vec::new();
-        if let Some(name) = ask.provider {
+        if let Some(name) = provider {
             let Some(entry) = self.entries.iter().find(|e| e.provider.name() == name) else {
                 return Err(ChatError::UnknownProvider {
                     name: name.to_owned(),
@@ -146,10 +214,11 @@ impl Pool {
                 });
             };
             if !chatty(entry) {
-                return Err(ChatError::CannotChat {
-                    name: name.to_owned(),
-                    kind: entry.provider.kind().to_owned(),
-                    known: known(),
+                let (name, kind, known) =
+                    (name.to_owned(), entry.provider.kind().to_owned(), known());
+                return Err(match need {
+                    Need::Chat => ChatError::CannotChat { name, kind, known },
+                    Need::Tools => ChatError::CannotCallTools { name, kind, known },
                 });
             }
             if !entry.placement.enabled {
@@ -159,10 +228,7 @@ impl Pool {
             }
             // Named by the user: asked even while set aside (its state may be stale), unless
             // a model was named too that it does not serve.
-            if let Some(model) = ask
-                .model
-                .filter(|m| !model_matches(entry.provider.chat_model(), m))
-            {
+            if let Some(model) = model.filter(|m| !model_matches(entry.provider.chat_model(), m)) {
                 return Err(ChatError::UnknownModel {
                     model: model.to_owned(),
                     known: vec![(
@@ -174,17 +240,14 @@ impl Pool {
             order.push(entry);
         } else {
             let wanted = |e: &Entry| {
-                chatty(e)
-                    && ask
-                        .model
-                        .is_none_or(|m| model_matches(e.provider.chat_model(), m))
+                chatty(e) && model.is_none_or(|m| model_matches(e.provider.chat_model(), m))
             };
             let any = self
                 .entries
                 .iter()
                 .any(|e| wanted(e) && e.placement.enabled);
             if !any {
-                return Err(match ask.model {
+                return Err(match model {
                     Some(model) => ChatError::UnknownModel {
                         model: model.to_owned(),
                         known: self
@@ -199,7 +262,10 @@ impl Pool {
                             })
                             .collect(),
                     },
-                    None => ChatError::NoChatProvider,
+                    None => match need {
+                        Need::Chat => ChatError::NoChatProvider,
+                        Need::Tools => ChatError::NoToolProvider,
+                    },
                 });
             }
             for entry in ready {
@@ -223,28 +289,12 @@ impl Pool {
                 })
                 .collect();
         }
-        Ok(ChatAnswer {
-            input: ChatInput {
-                messages: ask.messages,
-                system: None,
-                max_tokens: ask.max_tokens,
-            },
-            order,
-            next: 0,
-            phase: Phase::Asking,
-            answered_by: None,
-            said_anything: false,
-            said: None,
-            skip: String::new(),
-            yields: 0,
-            failures: Vec::new(),
-            skipped: passed_over,
-        })
+        Ok((order, passed_over))
     }
 }
 
 /// The slots a chat holds on its provider: one of the chats' share, and the slot it stands for.
-type Slots<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
+pub(crate) type Slots<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
 
 /// Where an answer stands.
 enum Phase<'a> {
@@ -270,10 +320,10 @@ enum Phase<'a> {
 }
 
 /// A chat streaming from an entry, counted in its `streaming` for as long as it lives.
-struct Counted<'a>(&'a Entry);
+pub(crate) struct Counted<'a>(&'a Entry);
 
 impl<'a> Counted<'a> {
-    fn new(entry: &'a Entry) -> Counted<'a> {
+    pub(crate) fn new(entry: &'a Entry) -> Counted<'a> {
         entry.streaming.fetch_add(1, Ordering::Relaxed);
         Counted(entry)
     }
@@ -331,7 +381,7 @@ pub const RESUME_AFTER: Duration = Duration::from_millis(250);
 /// Whether a failure says something about the provider (and so counts against its health for
 /// completions too), rather than about this conversation: a 400 for a conversation longer than
 /// the model's context is the request's, not the server's.
-fn blames_provider(error: &ProviderError) -> bool {
+pub(crate) fn blames_provider(error: &ProviderError) -> bool {
     !matches!(
         error,
         ProviderError::Http {
@@ -822,6 +872,7 @@ mod tests {
             match piece {
                 Ok(ChatPiece::Text(t)) => text.push_str(&t),
                 Ok(ChatPiece::Usage(u)) => usage = Some(u),
+                Ok(ChatPiece::ToolCall(call)) => panic!("a plain chat made a call: {call:?}"),
                 Err(e) => return (text, usage, Some(e)),
             }
         }

@@ -1,4 +1,4 @@
-//! reaper's providers: where completions (and, later, chat answers and tool calls) come from.
+//! reaper's providers: where completions, chat answers and an agent's tool calls come from.
 //!
 //! Every provider implements one trait, [`Provider`]: a completion, a chat stream and a probe,
 //! with its [`Capabilities`]. The kinds a user configures in `reaper.toml` are in [`kinds`]:
@@ -15,6 +15,7 @@
 //! event loop; its tests need no daemon.
 
 mod chat;
+mod converse;
 mod error;
 mod gather;
 mod http;
@@ -25,8 +26,10 @@ pub mod prompt;
 mod provider;
 mod state;
 mod stream;
+mod tools;
 
 pub use chat::{ChatAnswer, ChatAsk, ChatError, DEFAULT_CHAT_MAX_TOKENS, MAX_CHAT_TOKENS};
+pub use converse::{ConverseAsk, StepAnswer};
 pub use error::ProviderError;
 pub use kinds::Secret;
 pub use offline::OfflineProvider;
@@ -38,3 +41,4 @@ pub use provider::{
     BoxFuture, Capabilities, ChatInput, ChatPiece, ChatStream, CompletionInput, ProbeReport,
     Proposal, Provider, TokenUsage,
 };
+pub use tools::{ConverseInput, ToolCall, ToolSpec, Turn};

@@ -16,6 +16,7 @@ use reaper_core::schema::{ChatMessage, CompletionRequest};
 
 use crate::error::ProviderError;
 use crate::prompt::RepoContext;
+use crate::tools::{ConverseInput, ToolCall};
 
 /// A boxed future, so that providers can sit behind `dyn Provider`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -34,6 +35,8 @@ pub enum ChatPiece {
     /// Tokens counted so far, as the server reports them (usually once, at the end; a later
     /// report replaces an earlier one).
     Usage(TokenUsage),
+    /// A tool the model calls (only when it was given tools: [`Provider::converse`]).
+    ToolCall(ToolCall),
 }
 
 /// Tokens a chat answer cost, as the provider's server counted them.
@@ -55,21 +58,21 @@ pub struct Capabilities {
     pub fim: bool,
     /// Streamed chat.
     pub chat: bool,
-    /// Tool calls in chat (not offered by any provider yet: the Agent service brings them).
+    /// Tool calls in a conversation ([`Provider::converse`]).
     pub tools: bool,
     /// Lists the models its server offers.
     pub list_models: bool,
 }
 
 impl Capabilities {
-    /// A remote model's: completion, chat and a models listing, with or without FIM (no tool
-    /// calls yet).
+    /// A remote model's: completion, chat, tool calls and a models listing, with or without
+    /// FIM.
     pub const fn remote(fim: bool) -> Capabilities {
         Capabilities {
             completion: true,
             fim,
             chat: true,
-            tools: false,
+            tools: true,
             list_models: true,
         }
     }
@@ -160,6 +163,15 @@ pub trait Provider: Send + Sync {
     /// Starts a streamed chat answer.
     fn chat<'a>(&'a self, input: ChatInput<'a>)
         -> BoxFuture<'a, Result<ChatStream, ProviderError>>;
+    /// Starts one step of an agent's conversation: the model's answer, with the tools it
+    /// calls (`ChatPiece::ToolCall`), streamed. Only providers with `capabilities().tools`.
+    fn converse<'a>(
+        &'a self,
+        input: ConverseInput<'a>,
+    ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
+        let _ = input;
+        Box::pin(async { Err(ProviderError::Unsupported { what: "tool calls" }) })
+    }
     /// Checks that the provider can take work: reachable, authorised, the model present. Cheap
     /// (a models listing), run in the background.
     fn probe(&self) -> BoxFuture<'_, Result<ProbeReport, ProviderError>>;

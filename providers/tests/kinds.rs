@@ -85,6 +85,7 @@ async fn chat_counted(
                 deltas += 1;
             }
             ChatPiece::Usage(counted) => usage = Some(counted),
+            ChatPiece::ToolCall(call) => panic!("a plain chat made a call: {call:?}"),
         }
     }
     assert!(deltas >= 1);

@@ -206,6 +206,7 @@ async fn deltas_are_forwarded_in_order_as_they_are_generated() {
         tokens: words.clone(),
         pace: Duration::from_millis(20),
         trouble: None,
+        responder: None,
     });
     let daemon = Daemon::start_with(&openai_table("local", &server.url(), "coder"), &[]);
     let client = connect(&daemon, Encoding::Json).await;
@@ -295,6 +296,7 @@ async fn a_piece_larger_than_a_chunk_is_cut_at_a_character() {
         tokens: vec!["a".into(), huge.clone(), "z".into()],
         pace: Duration::from_millis(5),
         trouble: None,
+        responder: None,
     });
     let daemon = Daemon::start_with(&openai_table("local", &server.url(), "coder"), &[]);
     let client = connect(&daemon, Encoding::Rkyv).await;
@@ -320,6 +322,7 @@ async fn a_reader_that_stops_reading_holds_the_model_back_within_a_memory_bound(
         tokens: tokens.clone(),
         pace: Duration::ZERO,
         trouble: None,
+        responder: None,
     });
     let daemon = Daemon::start_with(&openai_table("local", &server.url(), "firehose"), &[]);
     let (_endpoint, conn) = daemon::raw_connection(&daemon).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::script::{streamed, Answer, Format, Trouble};
+use crate::script::{argument_pieces, streamed, Answer, Format, ModelTurn, Responder, Trouble};
 use crate::wire::{Reply, Request, WireServer};
 
 /// How the server behaves.
@@ -30,6 +30,9 @@ pub struct Script {
     /// How `/v1/messages` misbehaves, if it does. `ErrorLine`'s text is the error's type
     /// (`overloaded_error`).
     pub trouble: Option<Trouble>,
+    /// An agent's model: answers (text and `tool_use` blocks) decided from the conversation,
+    /// in place of `tokens`.
+    pub responder: Option<Responder>,
 }
 
 impl Script {
@@ -41,6 +44,7 @@ impl Script {
             tokens: crate::ollama::tokens(answer),
             pace: Duration::from_millis(10),
             trouble: None,
+            responder: None,
         }
     }
 }
@@ -120,7 +124,11 @@ fn route(script: &Script, request: &Request) -> Reply {
             if body["model"] != script.model.as_str() {
                 return error(404, &format!("model: {}", body["model"]));
             }
-            messages(script)
+            let turn = match &script.responder {
+                Some(responder) => responder.turn(&body["messages"]),
+                None => ModelTurn::default(),
+            };
+            messages(script, &turn)
         }
         _ => error(404, "Not found"),
     }
@@ -130,7 +138,14 @@ fn event(name: &str, data: serde_json::Value) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
 }
 
-fn messages(script: &Script) -> Reply {
+/// The answer: a text block of the script's tokens (or the turn's text), then a `tool_use`
+/// block per call with its input streamed as `input_json_delta` pieces, as Anthropic streams
+/// them, and the `stop_reason` that says which (`tool_use` or `end_turn`).
+fn messages(script: &Script, turn: &ModelTurn) -> Reply {
+    let text_tokens = match &script.responder {
+        Some(_) => crate::ollama::tokens(&turn.text),
+        None => script.tokens.clone(),
+    };
     let head = vec![
         event(
             "message_start",
@@ -146,8 +161,7 @@ fn messages(script: &Script) -> Reply {
         ),
         event("ping", json!({"type": "ping"})),
     ];
-    let tokens = script
-        .tokens
+    let mut tokens: Vec<Vec<u8>> = text_tokens
         .iter()
         .map(|t| {
             event(
@@ -156,14 +170,36 @@ fn messages(script: &Script) -> Reply {
             )
         })
         .collect();
+    tokens.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    for (n, (name, input)) in turn.calls.iter().enumerate() {
+        let index = n + 1;
+        tokens.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": format!("toolu_01A09q90qw90lq917835lq{index}"), "name": name, "input": {}}}),
+        ));
+        for piece in argument_pieces(input) {
+            tokens.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        tokens.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    let stop_reason = if turn.calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
     let end = vec![
         event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
-        event(
             "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": script.tokens.len()}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": text_tokens.len()}}),
         ),
         event("message_stop", json!({"type": "message_stop"})),
     ];

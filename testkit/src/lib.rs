@@ -13,7 +13,9 @@
 //! - [`ollama`] and [`copilot`]: the two APIs no installable server speaks here, following
 //!   their documented formats on top of [`WireServer`]; [`openai`] and [`anthropic`]: the two
 //!   llama.cpp speaks, for exact tokens at a set pace, answers of any size and faults (a
-//!   [`Trouble`]) that a real server does not produce on demand.
+//!   [`Trouble`]) that a real server does not produce on demand. Given a [`Responder`], each
+//!   plays an agent's model: text and tool calls in its API's own streamed shape, decided from
+//!   the conversation it is sent.
 //! - [`workspace`]: a small repository on disk for the repository-context tests.
 //!
 //! Everything listens on loopback only, every loop is bounded, and every process and thread
@@ -37,5 +39,5 @@ pub use llama::{LlamaOptions, LlamaServer};
 pub use ollama::OllamaServer;
 pub use openai::OpenAiServer;
 pub use peers::{node_modules, python};
-pub use script::Trouble;
+pub use script::{assistant_turns, last_tool_result, ModelTurn, Responder, Trouble};
 pub use wire::{Fault, Reply, Request, Seen, WireServer};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 pub use crate::script::Trouble;
-use crate::script::{streamed, Answer, Format};
+use crate::script::{streamed, Answer, Format, Responder};
 use crate::wire::{Reply, Request, WireServer};
 
 /// How the server behaves.
@@ -28,6 +28,9 @@ pub struct Script {
     pub pace: Duration,
     /// How `/api/generate` misbehaves, if it does.
     pub trouble: Option<Trouble>,
+    /// An agent's model: `/api/chat` answers (text and `tool_calls`) decided from the
+    /// conversation, in place of `tokens`.
+    pub responder: Option<Responder>,
 }
 
 impl Script {
@@ -39,6 +42,7 @@ impl Script {
             tokens: tokens(answer),
             pace: Duration::from_millis(10),
             trouble: None,
+            responder: None,
         }
     }
 }
@@ -140,7 +144,7 @@ fn route(script: &Script, request: &Request) -> Reply {
             let raw = body["raw"].as_bool().unwrap_or(false);
             stream(
                 script,
-                |token| json!({"model": asked, "created_at": CREATED_AT, "response": token, "done": false}),
+                script.tokens.iter().map(|token| json!({"model": asked, "created_at": CREATED_AT, "response": token, "done": false})).collect(),
                 |n| {
                     let mut last = json!({"model": asked, "created_at": CREATED_AT, "response": "", "done": true, "done_reason": "stop"});
                     if !raw {
@@ -153,9 +157,36 @@ fn route(script: &Script, request: &Request) -> Reply {
                 },
             )
         }
+        ("POST", "/api/chat") if script.responder.is_some() => {
+            let turn = script.responder.as_ref().map(|r| r.turn(&body["messages"])).unwrap_or_default();
+            // Text a token a line; then the calls, whole, on one line of their own.
+            let mut lines: Vec<serde_json::Value> = tokens(&turn.text)
+                .iter()
+                .map(|t| json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": t}, "done": false}))
+                .collect();
+            if !turn.calls.is_empty() {
+                let calls: Vec<serde_json::Value> = turn
+                    .calls
+                    .iter()
+                    .map(|(name, arguments)| json!({"function": {"name": name, "arguments": arguments}}))
+                    .collect();
+                lines.push(json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": false}));
+            }
+            stream(
+                script,
+                lines,
+                |n| {
+                    let mut last = json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"});
+                    for (key, value) in timings(n) {
+                        last[key] = json!(value);
+                    }
+                    last
+                },
+            )
+        }
         ("POST", "/api/chat") => stream(
             script,
-            |token| json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": token}, "done": false}),
+            script.tokens.iter().map(|token| json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": token}, "done": false})).collect(),
             |n| {
                 let mut last = json!({"model": asked, "created_at": CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"});
                 for (key, value) in timings(n) {
@@ -184,10 +215,10 @@ fn timings(n: usize) -> [(&'static str, u64); 6] {
     ]
 }
 
-/// An NDJSON stream of `line(token)` per token and `last(n)`, with the script's trouble.
+/// An NDJSON stream of `lines` (a token each) and `last(n)`, with the script's trouble.
 fn stream(
     script: &Script,
-    line: impl Fn(&str) -> serde_json::Value,
+    lines: Vec<serde_json::Value>,
     last: impl Fn(usize) -> serde_json::Value,
 ) -> Reply {
     let ndjson = |value: serde_json::Value| {
@@ -199,10 +230,11 @@ fn stream(
             .replace('&', "\\u0026");
         format!("{text}\n").into_bytes()
     };
-    let pieces = script.tokens.iter().map(|t| ndjson(line(t))).collect();
+    let n = lines.len();
+    let pieces = lines.into_iter().map(ndjson).collect();
     // A stream cut short (malformed, or an error) ends after two tokens.
     let end = match script.trouble {
-        None | Some(Trouble::SlowFirstByte(_)) => last(script.tokens.len()),
+        None | Some(Trouble::SlowFirstByte(_)) => last(n),
         Some(_) => last(2),
     };
     let format = Format {

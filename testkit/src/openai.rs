@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::script::{streamed, Answer, Format, Trouble};
+use crate::script::{argument_pieces, streamed, Answer, Format, ModelTurn, Responder, Trouble};
 use crate::wire::{Reply, Request, WireServer};
 
 /// How the server behaves.
@@ -26,6 +26,9 @@ pub struct Script {
     pub pace: Duration,
     /// How the chat endpoint misbehaves, if it does.
     pub trouble: Option<Trouble>,
+    /// An agent's model: answers (text and tool calls) decided from the conversation, in
+    /// place of `tokens`.
+    pub responder: Option<Responder>,
 }
 
 impl Script {
@@ -36,6 +39,15 @@ impl Script {
             tokens: crate::ollama::tokens(answer),
             pace: Duration::from_millis(10),
             trouble: None,
+            responder: None,
+        }
+    }
+
+    /// A model that answers each step of an agent's conversation as `responder` decides.
+    pub fn acting(model: &str, responder: Responder) -> Script {
+        Script {
+            responder: Some(responder),
+            ..Script::answering(model, "")
         }
     }
 }
@@ -82,7 +94,23 @@ fn route(script: &Script, request: &Request) -> Reply {
                     &format!("The model `{asked}` does not exist or you do not have access to it."),
                 );
             }
-            chat(script, body["stream_options"]["include_usage"] == true)
+            let turn = match &script.responder {
+                Some(responder) => responder.turn(&body["messages"]),
+                None => ModelTurn {
+                    text: script.tokens.concat(),
+                    calls: Vec::new(),
+                },
+            };
+            let tokens = match &script.responder {
+                Some(_) => crate::ollama::tokens(&turn.text),
+                None => script.tokens.clone(),
+            };
+            chat(
+                script,
+                &tokens,
+                &turn,
+                body["stream_options"]["include_usage"] == true,
+            )
         }
         _ => error(404, "Unknown request URL"),
     }
@@ -101,6 +129,15 @@ fn error(status: u16, message: &str) -> Reply {
     )
 }
 
+/// A short id that differs from answer to answer, as real ids do.
+fn assistant_id(tokens: &[String]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tokens.hash(&mut hasher);
+    std::time::SystemTime::now().hash(&mut hasher);
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+}
+
 fn event(value: serde_json::Value) -> Vec<u8> {
     format!("data: {value}\n\n").into_bytes()
 }
@@ -116,16 +153,39 @@ fn chunk(model: &str, delta: serde_json::Value, finish: Option<&str>) -> serde_j
     })
 }
 
-fn chat(script: &Script, include_usage: bool) -> Reply {
+/// The answer: `tokens` of text, then `turn`'s tool calls, each opened with its id and name
+/// and its arguments streamed in pieces, as OpenAI streams them (by `index`), and the
+/// `finish_reason` that says which (`tool_calls` or `stop`).
+fn chat(script: &Script, tokens: &[String], turn: &ModelTurn, include_usage: bool) -> Reply {
     let model = script.model.as_str();
-    let tokens = script
-        .tokens
+    let mut pieces: Vec<Vec<u8>> = tokens
         .iter()
         .map(|t| event(chunk(model, json!({ "content": t }), None)))
         .collect();
-    let mut end = vec![event(chunk(model, json!({}), Some("stop")))];
+    for (index, (name, arguments)) in turn.calls.iter().enumerate() {
+        let id = format!("call_{}{index}", assistant_id(tokens));
+        pieces.push(event(chunk(
+            model,
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )));
+        for piece in argument_pieces(arguments) {
+            pieces.push(event(chunk(
+                model,
+                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                None,
+            )));
+        }
+    }
+    let tokens = pieces;
+    let finish = if turn.calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    let mut end = vec![event(chunk(model, json!({}), Some(finish)))];
     if include_usage {
-        let n = script.tokens.len();
+        let n = tokens.len();
         end.push(event(json!({
             "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
             "object": "chat.completion.chunk",

@@ -1,6 +1,7 @@
 //! What the scripted model servers share: the faults a streamed answer can have, and how a
 //! stream of tokens is laid out with them, whatever the API's own format.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::wire::{Fault, Reply};
@@ -115,4 +116,105 @@ pub(crate) fn streamed(
         pieces,
         fault,
     }
+}
+
+/// A model's turn in an agent's conversation, as a test scripts it: text, then tool calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelTurn {
+    /// What it says.
+    pub text: String,
+    /// The tools it calls, by name, with their arguments.
+    pub calls: Vec<(String, serde_json::Value)>,
+}
+
+impl ModelTurn {
+    /// A turn that only speaks (the end of a task).
+    pub fn says(text: &str) -> ModelTurn {
+        ModelTurn {
+            text: text.to_owned(),
+            calls: Vec::new(),
+        }
+    }
+
+    /// A turn that calls one tool.
+    pub fn calls(name: &str, arguments: serde_json::Value) -> ModelTurn {
+        ModelTurn {
+            text: String::new(),
+            calls: vec![(name.to_owned(), arguments)],
+        }
+    }
+}
+
+type Decide = dyn Fn(&serde_json::Value) -> ModelTurn + Send + Sync;
+
+/// What a scripted model answers, decided from the request's conversation (its `messages`) as
+/// a model would: the same conversation, the same answer.
+#[derive(Clone)]
+pub struct Responder(Arc<Decide>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
+}
+
+impl Responder {
+    /// Answers with `decide(messages)`.
+    pub fn new(decide: impl Fn(&serde_json::Value) -> ModelTurn + Send + Sync + 'static) -> Self {
+        Responder(Arc::new(decide))
+    }
+
+    /// Answers the n-th turn with `turns[n]` (n: the assistant turns already in the
+    /// conversation), and with the last one after that.
+    pub fn steps(turns: Vec<ModelTurn>) -> Responder {
+        Responder::new(move |messages| {
+            let n = assistant_turns(messages);
+            turns.get(n).or(turns.last()).cloned().unwrap_or_default()
+        })
+    }
+
+    /// The turn for `messages`.
+    pub fn turn(&self, messages: &serde_json::Value) -> ModelTurn {
+        (self.0)(messages)
+    }
+}
+
+/// The assistant turns in a request's `messages`.
+pub fn assistant_turns(messages: &serde_json::Value) -> usize {
+    messages
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
+}
+
+/// The text of the last tool result in a request's `messages`, in any of the three formats
+/// (OpenAI's and Ollama's `tool` messages, Anthropic's `tool_result` blocks).
+pub fn last_tool_result(messages: &serde_json::Value) -> Option<String> {
+    let last = messages.as_array()?.last()?;
+    if last["role"] == "tool" {
+        return last["content"].as_str().map(str::to_owned);
+    }
+    let blocks = last["content"].as_array()?;
+    let block = blocks.iter().rev().find(|b| b["type"] == "tool_result")?;
+    match &block["content"] {
+        serde_json::Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A call's arguments as a JSON text cut in pieces of a few bytes (at character boundaries),
+/// as models stream them.
+pub(crate) fn argument_pieces(arguments: &serde_json::Value) -> Vec<String> {
+    let text = arguments.to_string();
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    for c in text.chars() {
+        piece.push(c);
+        if piece.len() >= 7 {
+            pieces.push(std::mem::take(&mut piece));
+        }
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    pieces
 }

@@ -96,6 +96,7 @@ fn one_placement(args: &ChatArgs, pin: Pin, progress: &Progress) -> anyhow::Resu
         tokens,
         pace: Duration::ZERO,
         trouble: None,
+        responder: None,
     });
     let config = format!(
         "[providers.local]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"{MODEL}\"\nchat_yields = false\n",

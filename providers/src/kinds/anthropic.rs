@@ -21,6 +21,7 @@ use crate::provider::{
     TokenUsage,
 };
 use crate::stream::{SseItem, SseReader};
+use crate::tools::{self, ConverseInput, ToolCall};
 
 /// The API version this client speaks (sent as `anthropic-version`).
 const API_VERSION: &str = "2023-06-01";
@@ -61,6 +62,7 @@ impl Anthropic {
         Ok(Deltas {
             events: SseReader::new(Body::new(&url, response, MAX_STREAM)),
             usage: TokenUsage::default(),
+            tool: None,
         })
     }
 
@@ -130,6 +132,27 @@ impl Anthropic {
         )))
     }
 
+    async fn converse_inner(&self, input: ConverseInput<'_>) -> Result<ChatStream, ProviderError> {
+        let (system, messages) = tools::anthropic_messages(input.turns);
+        let mut body = json!({
+            "model": self.remote.settings.model,
+            "max_tokens": input.max_tokens,
+            "messages": messages,
+            "stream": true,
+        });
+        if let Some(system) = system {
+            body["system"] = json!(system);
+        }
+        if !input.tools.is_empty() {
+            body["tools"] = json!(tools::anthropic_tools(input.tools));
+        }
+        let deltas = self.messages(body).await?;
+        Ok(Box::pin(futures::stream::try_unfold(
+            deltas,
+            |mut deltas| async move { Ok(deltas.next().await?.map(|piece| (piece, deltas))) },
+        )))
+    }
+
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
         // The list is paginated (20 by default); one page of 1,000 holds every model.
         let url = self.remote.url("/v1/models?limit=1000");
@@ -152,6 +175,8 @@ struct Deltas {
     /// The counts so far: the prompt's from `message_start`, the answer's from
     /// `message_delta` (cumulative).
     usage: TokenUsage,
+    /// The tool call being streamed: its id, name and input so far.
+    tool: Option<(String, String, String)>,
 }
 
 impl Deltas {
@@ -201,10 +226,29 @@ impl Deltas {
                 })?;
             match event {
                 Event::ContentBlockDelta {
-                    delta: Delta::TextDelta { text },
+                    delta: Delta::Text { text },
                 } => {
                     if !text.is_empty() {
                         return Ok(Some(ChatPiece::Text(text)));
+                    }
+                }
+                Event::ContentBlockStart {
+                    content_block: Block::ToolUse { id, name },
+                } => self.tool = Some((id, name, String::new())),
+                Event::ContentBlockDelta {
+                    delta: Delta::InputJson { partial_json },
+                } => {
+                    if let Some((_, _, input)) = &mut self.tool {
+                        input.push_str(&partial_json);
+                    }
+                }
+                Event::ContentBlockStop => {
+                    if let Some((id, name, input)) = self.tool.take() {
+                        return Ok(Some(ChatPiece::ToolCall(ToolCall {
+                            id,
+                            name,
+                            arguments: tools::parse_arguments(&input),
+                        })));
                     }
                 }
                 Event::MessageStart { message } => {
@@ -219,9 +263,12 @@ impl Deltas {
                     }
                 }
                 Event::MessageStop => return Ok(None),
-                // content_block_start/stop, ping, thinking and tool deltas, and event types
-                // added after this was written.
-                Event::ContentBlockDelta {
+                // Text blocks' start, ping, thinking deltas, and event types added after this
+                // was written.
+                Event::ContentBlockStart {
+                    content_block: Block::Other,
+                }
+                | Event::ContentBlockDelta {
                     delta: Delta::Other,
                 }
                 | Event::Other => {}
@@ -234,9 +281,13 @@ impl Deltas {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Event {
+    ContentBlockStart {
+        content_block: Block,
+    },
     ContentBlockDelta {
         delta: Delta,
     },
+    ContentBlockStop,
     MessageStart {
         message: StartMessage,
     },
@@ -267,8 +318,26 @@ struct Usage {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Delta {
-    TextDelta {
+    #[serde(rename = "text_delta")]
+    Text {
         text: String,
+    },
+    /// A piece of a tool call's input, as JSON text.
+    #[serde(rename = "input_json_delta")]
+    InputJson {
+        partial_json: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// The start of a content block: a tool call's id and name; text blocks need nothing.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    ToolUse {
+        id: String,
+        name: String,
     },
     #[serde(other)]
     Other,

@@ -31,6 +31,7 @@ use crate::provider::{
     Capabilities, ChatInput, ChatStream, CompletionInput, ProbeReport, Proposal,
 };
 use crate::stream::SseReader;
+use crate::tools::ConverseInput;
 
 /// Headers that identify the client to Copilot, as its third-party clients send them.
 const EDITOR_VERSION: &str = concat!("reaper/", env!("CARGO_PKG_VERSION"));
@@ -224,7 +225,10 @@ impl Copilot {
 
     /// What it can do now.
     fn capabilities_now(&self) -> Capabilities {
-        Capabilities::remote(true)
+        Capabilities {
+            tools: false,
+            ..Capabilities::remote(true)
+        }
     }
 
     async fn complete_inner(&self, input: CompletionInput<'_>) -> Result<Proposal, ProviderError> {
@@ -290,6 +294,11 @@ impl Copilot {
             response,
             MAX_CHAT_STREAM,
         ))))
+    }
+
+    /// Copilot's agent API is its own: not spoken here.
+    async fn converse_inner(&self, _: ConverseInput<'_>) -> Result<ChatStream, ProviderError> {
+        Err(ProviderError::Unsupported { what: "tool calls" })
     }
 
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {

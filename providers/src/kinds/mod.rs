@@ -3,7 +3,7 @@
 
 /// The `Provider` impl every remote kind shares: its identity from its `Remote`, its work
 /// from its own `capabilities_now`, `chat_model_now`, `backend_slots_now`,
-/// `continues_answers_now`, `complete_inner`, `chat_inner` and `probe_inner`.
+/// `continues_answers_now`, `complete_inner`, `chat_inner`, `converse_inner` and `probe_inner`.
 macro_rules! remote_provider {
     ($type:ty, $kind:literal) => {
         impl crate::provider::Provider for $type {
@@ -49,6 +49,14 @@ macro_rules! remote_provider {
             ) -> crate::provider::BoxFuture<'a, Result<crate::provider::ChatStream, ProviderError>>
             {
                 Box::pin(self.chat_inner(input))
+            }
+
+            fn converse<'a>(
+                &'a self,
+                input: crate::tools::ConverseInput<'a>,
+            ) -> crate::provider::BoxFuture<'a, Result<crate::provider::ChatStream, ProviderError>>
+            {
+                Box::pin(self.converse_inner(input))
             }
 
             fn probe(

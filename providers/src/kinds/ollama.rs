@@ -7,7 +7,7 @@
 //! A model Ollama cannot fill in the middle for but whose family reaper knows (from its name)
 //! gets the family's FIM prompt raw, and so does a `fim_template` of the user's own. The
 //! repository context goes before the text, as comments. `keep_alive` keeps the model loaded between
-//! bursts of typing. Chat is `/api/chat`; the probe reads `/api/tags` (is the model pulled?)
+//! bursts of typing. Chat is `/api/chat`, and so are an agent's steps (with `tools`); the probe reads `/api/tags` (is the model pulled?)
 //! and `/api/show` (can it fill in the middle?).
 
 use std::collections::VecDeque;
@@ -26,6 +26,7 @@ use crate::provider::{
     TokenUsage,
 };
 use crate::stream::NdjsonReader;
+use crate::tools::{self, ConverseInput, ToolCall};
 
 /// Largest streamed completion accepted, in bytes (Ollama repeats the model name and a
 /// timestamp on every token's line).
@@ -208,26 +209,50 @@ impl Ollama {
         for m in input.messages {
             messages.push(json!({"role": role_name(&m.role), "content": m.content}));
         }
-        let mut body = json!({
+        let body = json!({
             "model": self.remote.settings.model,
             "messages": messages,
             "stream": true,
             "options": {"num_predict": input.max_tokens},
         });
+        self.chat_lines(url, body).await
+    }
+
+    async fn converse_inner(&self, input: ConverseInput<'_>) -> Result<ChatStream, ProviderError> {
+        let url = self.remote.url("/api/chat");
+        let mut body = json!({
+            "model": self.remote.settings.model,
+            "messages": tools::openai_messages(input.turns, true),
+            "stream": true,
+            "options": {"num_predict": input.max_tokens},
+        });
+        if !input.tools.is_empty() {
+            body["tools"] = json!(tools::openai_tools(input.tools));
+        }
+        self.chat_lines(url, body).await
+    }
+
+    /// Sends a `/api/chat` request and reads its lines as pieces.
+    async fn chat_lines(
+        &self,
+        url: String,
+        mut body: serde_json::Value,
+    ) -> Result<ChatStream, ProviderError> {
         if let Some(keep_alive) = &self.remote.settings.keep_alive {
             body["keep_alive"] = json!(keep_alive);
         }
         let response = self.send(&url, &body).await?;
         let lines = NdjsonReader::new(Body::new(&url, response, MAX_CHAT_STREAM));
-        // A line may carry text, and the last one the counts too: what is read waits in
-        // `pending` to go out one piece at a time.
-        let state = (lines, url, VecDeque::new(), false);
+        // A line may carry text, tool calls, and the last one the counts too: what is read
+        // waits in `pending` to go out one piece at a time. Ollama sends each call whole;
+        // ids are made up when it gives none.
+        let state = (lines, url, VecDeque::new(), false, 0usize);
         Ok(Box::pin(futures::stream::try_unfold(
             state,
-            |(mut lines, url, mut pending, mut done)| async move {
+            |(mut lines, url, mut pending, mut done, mut calls)| async move {
                 loop {
                     if let Some(piece) = pending.pop_front() {
-                        return Ok(Some((piece, (lines, url, pending, done))));
+                        return Ok(Some((piece, (lines, url, pending, done, calls))));
                     }
                     if done {
                         return Ok(None);
@@ -241,9 +266,24 @@ impl Ollama {
                     if let Some(message) = line.error {
                         return Err(ProviderError::Stream { url, message });
                     }
-                    let delta = line.message.map(|m| m.content).unwrap_or_default();
-                    if !delta.is_empty() {
-                        pending.push_back(ChatPiece::Text(delta));
+                    if let Some(message) = line.message {
+                        if !message.content.is_empty() {
+                            pending.push_back(ChatPiece::Text(message.content));
+                        }
+                        for call in message.tool_calls {
+                            let id = call.id.unwrap_or_else(|| format!("call_{calls}"));
+                            calls += 1;
+                            let arguments = match call.function.arguments {
+                                serde_json::Value::String(raw) => tools::parse_arguments(&raw),
+                                serde_json::Value::Null => json!({}),
+                                other => other,
+                            };
+                            pending.push_back(ChatPiece::ToolCall(ToolCall {
+                                id,
+                                name: call.function.name,
+                                arguments,
+                            }));
+                        }
                     }
                     if line.done {
                         done = true;
@@ -333,6 +373,24 @@ struct ChatLine {
 struct ChatMessageLine {
     #[serde(default)]
     content: String,
+    /// Calls the model made, each whole.
+    #[serde(default)]
+    tool_calls: Vec<OllamaToolCall>,
+}
+
+/// One of `message.tool_calls`.
+#[derive(Debug, Deserialize)]
+struct OllamaToolCall {
+    id: Option<String>,
+    function: OllamaFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct OllamaFunction {
+    name: String,
+    /// An object (Ollama); tolerated as a JSON string too.
+    #[serde(default)]
+    arguments: serde_json::Value,
 }
 
 /// `GET /api/tags`.

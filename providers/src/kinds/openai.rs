@@ -9,6 +9,7 @@
 //! `/v1/chat/completions` instead. Chat is `/v1/chat/completions`; the probe lists
 //! `/v1/models`. Every answer is streamed, so dropping the request stops the server.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use reaper_core::schema::{CompletionRequest, Role};
@@ -24,6 +25,7 @@ use crate::provider::{
     TokenUsage,
 };
 use crate::stream::{SseItem, SseReader};
+use crate::tools::{self, CallParts, ConverseInput};
 
 /// Whether `/infill` works, learnt from the server.
 const INFILL_UNKNOWN: u8 = 0;
@@ -303,6 +305,23 @@ impl OpenAi {
         (props.total_slots > 0).then_some(props.total_slots)
     }
 
+    async fn converse_inner(&self, input: ConverseInput<'_>) -> Result<ChatStream, ProviderError> {
+        let url = self.remote.url("/chat/completions");
+        let mut body = json!({
+            "model": self.remote.settings.model,
+            "messages": tools::openai_messages(input.turns, false),
+            "max_tokens": input.max_tokens,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if !input.tools.is_empty() {
+            body["tools"] = json!(tools::openai_tools(input.tools));
+        }
+        Ok(chat_deltas(
+            self.stream(&url, &body, MAX_CHAT_STREAM).await?,
+        ))
+    }
+
     async fn probe_inner(&self) -> Result<ProbeReport, ProviderError> {
         let models = self
             .remote
@@ -429,29 +448,38 @@ pub(crate) fn chat_deltas(events: SseReader) -> ChatStream {
     struct State {
         events: SseReader,
         finished: bool,
-        /// A chunk can carry text and the counts at once: the counts wait here.
-        usage: Option<TokenUsage>,
+        /// Read but not given out yet: a chunk can carry text, the end of tool calls and the
+        /// counts at once.
+        pending: VecDeque<ChatPiece>,
+        /// Tool calls streamed in pieces, until their choice finishes.
+        calls: CallParts,
+        ended: bool,
     }
     let state = State {
         events,
         finished: false,
-        usage: None,
+        pending: VecDeque::new(),
+        calls: CallParts::default(),
+        ended: false,
     };
     Box::pin(futures::stream::try_unfold(state, |mut state| async move {
         loop {
-            if let Some(usage) = state.usage.take() {
-                return Ok(Some((ChatPiece::Usage(usage), state)));
+            if let Some(piece) = state.pending.pop_front() {
+                return Ok(Some((piece, state)));
+            }
+            if state.ended {
+                return Ok(None);
             }
             match state.events.next_json::<ChatChunk>().await? {
                 // Some servers end the stream after the last choice without [DONE].
-                None if state.finished => return Ok(None),
+                None if state.finished => state.ended = true,
                 None => {
                     return Err(ProviderError::Dropped {
                         url: state.events.url().to_owned(),
                         detail: "no [DONE] and no finish_reason".to_owned(),
                     })
                 }
-                Some(SseItem::Done) => return Ok(None),
+                Some(SseItem::Done) => state.ended = true,
                 Some(SseItem::Data { data, .. }) => {
                     if let Some(error) = data.error {
                         return Err(ProviderError::Stream {
@@ -459,22 +487,43 @@ pub(crate) fn chat_deltas(events: SseReader) -> ChatStream {
                             message: error.message(),
                         });
                     }
-                    state.usage = data.usage.map(|u| TokenUsage {
-                        input: u.prompt_tokens,
-                        output: u.completion_tokens,
-                    });
                     let mut delta = String::new();
+                    let mut finished = false;
                     for choice in data.choices {
-                        if let Some(text) = choice.delta.and_then(|d| d.content) {
-                            delta.push_str(&text);
+                        if let Some(d) = choice.delta {
+                            if let Some(text) = d.content {
+                                delta.push_str(&text);
+                            }
+                            if let Some(calls) = &d.tool_calls {
+                                state.calls.feed(calls);
+                            }
                         }
-                        state.finished |= choice.finish_reason.is_some();
+                        finished |= choice.finish_reason.is_some();
                     }
+                    state.finished |= finished;
                     if !delta.is_empty() {
-                        return Ok(Some((ChatPiece::Text(delta), state)));
+                        state.pending.push_back(ChatPiece::Text(delta));
                     }
+                    if finished {
+                        let calls = state.calls.finish();
+                        state
+                            .pending
+                            .extend(calls.into_iter().map(ChatPiece::ToolCall));
+                    }
+                    if let Some(u) = data.usage {
+                        state.pending.push_back(ChatPiece::Usage(TokenUsage {
+                            input: u.prompt_tokens,
+                            output: u.completion_tokens,
+                        }));
+                    }
+                    continue;
                 }
             }
+            // The end: calls whose choice never said it finished are still calls.
+            let calls = state.calls.finish();
+            state
+                .pending
+                .extend(calls.into_iter().map(ChatPiece::ToolCall));
         }
     }))
 }
@@ -532,6 +581,8 @@ struct ChatChoice {
 #[derive(Debug, Deserialize)]
 struct ChatDelta {
     content: Option<String>,
+    /// Tool calls, streamed in pieces by index.
+    tool_calls: Option<serde_json::Value>,
 }
 
 /// An error object inside a stream: `{"message": ...}` (OpenAI, llama.cpp) or a bare string.

@@ -507,6 +507,8 @@ async fn answer(
                 });
                 continue;
             }
+            // A plain chat is given no tools: a call cannot come; ignored if one does.
+            Some(Ok(ChatPiece::ToolCall(_))) => continue,
             Some(Err(error)) => {
                 send(Step::Failed(chat_status(&error)));
                 return;
