@@ -80,6 +80,19 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
     Ok(contents)
 }
 
+/// Reads at most `limit` bytes of `path` (refusing a symlink, as [`read`]): what was read,
+/// and the file's whole size.
+pub fn read_at_most(path: &Path, limit: u64) -> io::Result<(Vec<u8>, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    let mut contents = Vec::with_capacity(size.min(limit) as usize);
+    file.take(limit).read_to_end(&mut contents)?;
+    Ok((contents, size))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -30,8 +30,14 @@ pub struct Entry {
     pub backup: Option<String>,
     /// Its permissions from before the task.
     pub mode: Option<u32>,
-    /// SHA-256 of what the task left (hex); `None` if the task removed it.
+    /// SHA-256 of what the task left (hex); `None` if the task removed it (or, before its
+    /// first change, if it did not exist).
     pub after: Option<String>,
+    /// SHA-256 of what the change under way writes (empty: it removes the file), until it is
+    /// done: a task killed mid-change leaves the file as `after` or as this, and either is
+    /// the task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 /// The record of one task.
@@ -43,6 +49,9 @@ pub struct Journal {
     pub root: PathBuf,
     /// What it changed, in the order it first changed each file.
     pub entries: Vec<Entry>,
+    /// Whether it has been undone.
+    #[serde(default)]
+    pub undone: bool,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -60,6 +69,18 @@ pub enum UndoError {
         task: String,
         /// Where journals are.
         dir: String,
+    },
+    /// The task is still running: its journal is not finished.
+    #[error("task {task} is still running: cancel it first (Ctrl-C in `reaper agent`), then undo")]
+    Running {
+        /// The task.
+        task: String,
+    },
+    /// Undone already.
+    #[error("task {task} was undone already")]
+    AlreadyUndone {
+        /// The task.
+        task: String,
     },
     /// Files changed since the task: nothing was undone.
     #[error("nothing was undone: {} changed since task {task} ({}); undo would lose those changes", if .changed.len() == 1 { "a file" } else { "files" }, .changed.join(", "))]
@@ -106,6 +127,7 @@ impl Journal {
             task: task.to_owned(),
             root: root.to_path_buf(),
             entries: Vec::new(),
+            undone: false,
             dir: dir.to_path_buf(),
         };
         journal.save()?;
@@ -126,27 +148,32 @@ impl Journal {
         atomic::write(&self.dir.join(JOURNAL), &text)
     }
 
-    /// Saves what `path` holds now, if this task has not changed it yet: call before changing
-    /// it.
-    pub fn before_change(&mut self, path: &Path) -> io::Result<()> {
-        if self.entries.iter().any(|e| e.path == path) {
-            return Ok(());
+    /// Saves what `path` holds now, if this task has not changed it yet, and notes the change
+    /// about to be made (`intended`: the new contents, `None` to remove it): call before
+    /// changing it.
+    pub fn before_change(&mut self, path: &Path, intended: Option<&[u8]>) -> io::Result<()> {
+        let pending = Some(intended.map(digest).unwrap_or_default());
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.path == path) {
+            entry.pending = pending;
+            return self.save();
         }
-        let (backup, mode) = match atomic::read(path) {
+        let (backup, mode, now) = match atomic::read(path) {
             Ok(contents) => {
                 let name = format!("{:04}.bak", self.entries.len() + 1);
                 atomic::write(&self.dir.join(&name), &contents)?;
                 let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
-                (Some(name), Some(mode))
+                (Some(name), Some(mode), Some(digest(&contents)))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None, None),
             Err(e) => return Err(e),
         };
+        // Until the change is done, what the task "left" is what was there.
         self.entries.push(Entry {
             path: path.to_path_buf(),
             backup,
             mode,
-            after: None,
+            after: now,
+            pending,
         });
         self.save()
     }
@@ -155,17 +182,23 @@ impl Journal {
     pub fn after_change(&mut self, path: &Path, now: Option<&[u8]>) -> io::Result<()> {
         if let Some(entry) = self.entries.iter_mut().find(|e| e.path == path) {
             entry.after = now.map(digest);
+            entry.pending = None;
         }
         self.save()
     }
 
     /// Puts every file back as it was before the task, or, if any changed since, nothing.
-    pub fn undo(&self) -> Result<Undone, UndoError> {
+    pub fn undo(&mut self) -> Result<Undone, UndoError> {
         let io_error = |path: &Path, source: io::Error| UndoError::Io {
             task: self.task.clone(),
             path: path.display().to_string(),
             source,
         };
+        if self.undone {
+            return Err(UndoError::AlreadyUndone {
+                task: self.task.clone(),
+            });
+        }
         let mut changed = Vec::new();
         for entry in &self.entries {
             let now = match atomic::read(&entry.path) {
@@ -173,7 +206,12 @@ impl Journal {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io_error(&entry.path, e)),
             };
-            if now != entry.after {
+            // A change cut short by a crash may or may not have happened: both are the task's.
+            let pending = entry.pending.as_ref().is_some_and(|p| match &now {
+                Some(digest) => digest == p,
+                None => p.is_empty(),
+            });
+            if now != entry.after && !pending {
                 changed.push(entry.path.display().to_string());
             }
         }
@@ -208,8 +246,80 @@ impl Journal {
                 }
             }
         }
+        self.undone = true;
+        self.save()
+            .map_err(|e| io_error(&self.dir.join(JOURNAL), e))?;
         Ok(undone)
     }
+}
+
+/// The lock a running task holds on its journal (released when dropped, or when the
+/// process dies, `kill -9` included: the kernel drops it).
+#[derive(Debug)]
+pub struct TaskLock(#[allow(dead_code)] fs::File);
+
+/// The lock file in a journal's directory.
+const LOCK: &str = "lock";
+
+/// Takes the lock of the journal in `dir`; `Ok(None)` if someone holds it.
+pub fn lock(dir: &Path) -> io::Result<Option<TaskLock>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(TaskLock(file))),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Keeps the newest `keep` journals in `journals` (by when they were last written), removing
+/// the rest, but never one whose task is running: the journals' disk use has a bound.
+pub fn prune(journals: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(journals) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let written = fs::metadata(e.path().join(JOURNAL))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (written, e.path())
+        })
+        .collect();
+    if all.len() <= keep {
+        return;
+    }
+    all.sort_by_key(|(written, _)| std::cmp::Reverse(*written));
+    for (_, dir) in all.into_iter().skip(keep) {
+        if let Ok(Some(held)) = lock(&dir) {
+            let removed = fs::remove_dir_all(&dir);
+            drop(held);
+            if let Err(error) = removed {
+                tracing::warn!(dir = %dir.display(), %error, "an old agent journal could not be removed");
+            }
+        }
+    }
+}
+
+/// Undoes task `task` from its journal in `journals`: refused while the task runs.
+pub fn undo_task(journals: &Path, task: &str) -> Result<Undone, UndoError> {
+    let mut journal = find(journals, task)?;
+    let io_error = |source| UndoError::Io {
+        task: task.to_owned(),
+        path: journal.dir.display().to_string(),
+        source,
+    };
+    let Some(_held) = lock(&journal.dir).map_err(io_error)? else {
+        return Err(UndoError::Running {
+            task: task.to_owned(),
+        });
+    };
+    journal.undo()
 }
 
 /// The journal of `task` among those kept in `journals` (one directory per task).
@@ -231,7 +341,7 @@ mod tests {
 
     /// A task's changes through the journal, as the agent makes them.
     fn change(journal: &mut Journal, path: &Path, contents: Option<&[u8]>) {
-        journal.before_change(path).unwrap();
+        journal.before_change(path, contents).unwrap();
         match contents {
             Some(bytes) => atomic::write(path, bytes).unwrap(),
             None => atomic::remove(path).unwrap(),
@@ -261,9 +371,16 @@ mod tests {
         change(&mut journal, &created, Some(b"# New\n"));
         change(&mut journal, &removed, None);
 
+        drop(journal);
+        let held = lock(&state.path().join("t1")).unwrap();
+        assert!(matches!(
+            undo_task(state.path(), "t1"),
+            Err(UndoError::Running { .. })
+        ));
+        drop(held);
         let journal = find(state.path(), "t1").unwrap();
         assert_eq!(journal.entries.len(), 3, "one entry per file");
-        let undone = journal.undo().unwrap();
+        let undone = undo_task(state.path(), "t1").unwrap();
         assert_eq!(fs::read(&edited).unwrap(), b"fn main() {}\n");
         assert_eq!(
             fs::metadata(&edited).unwrap().permissions().mode() & 0o777,
@@ -273,6 +390,54 @@ mod tests {
         assert!(!created.exists());
         assert_eq!(undone.removed, [created]);
         assert_eq!(undone.restored.len(), 2);
+        assert!(matches!(
+            undo_task(state.path(), "t1"),
+            Err(UndoError::AlreadyUndone { .. })
+        ));
+    }
+
+    #[test]
+    fn a_change_cut_short_by_a_crash_is_undone_whichever_side_it_stopped() {
+        let work = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = work.path().join("f.txt");
+        for written in [false, true] {
+            fs::write(&file, b"old").unwrap();
+            let task = format!("crash{written}");
+            let mut journal =
+                Journal::create(&state.path().join(&task), &task, work.path()).unwrap();
+            journal.before_change(&file, Some(b"new")).unwrap();
+            if written {
+                atomic::write(&file, b"new").unwrap();
+            }
+            // Killed here: after_change never ran.
+            drop(journal);
+            undo_task(state.path(), &task).unwrap();
+            assert_eq!(fs::read(&file).unwrap(), b"old", "written: {written}");
+        }
+        // Someone else's contents are still refused.
+        let mut journal = Journal::create(&state.path().join("c"), "c", work.path()).unwrap();
+        journal.before_change(&file, Some(b"new")).unwrap();
+        fs::write(&file, b"the user's").unwrap();
+        assert!(matches!(journal.undo(), Err(UndoError::Changed { .. })));
+    }
+
+    #[test]
+    fn only_the_newest_journals_are_kept() {
+        let state = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            Journal::create(&state.path().join(format!("t{i}")), "t", state.path()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let running = lock(&state.path().join("t0")).unwrap();
+        prune(state.path(), 2);
+        let mut left: Vec<String> = fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["t0", "t3", "t4"], "the running one stays");
+        drop(running);
     }
 
     #[test]

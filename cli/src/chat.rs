@@ -206,7 +206,8 @@ fn message(role: Role, content: String) -> ChatMessage {
 
 /// Standard input's lines, read on a thread of their own (a blocking read must not hold up
 /// Ctrl-C or the answer being printed).
-fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+/// Lines of standard input, read on a thread of their own; the channel closes at its end.
+pub(crate) fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
@@ -219,7 +220,7 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
             }
         });
     if let Err(error) = spawned {
-        eprintln!("reaper chat: cannot read standard input: {error}");
+        eprintln!("reaper: cannot read standard input: {error}");
     }
     rx
 }

@@ -1,6 +1,8 @@
 //! `reaper`: the command-line client of reaperd, and `reaper lsp`, the bridge for LSP editors.
 
+mod agent;
 mod chat;
+mod mcp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,8 @@ use reaper_client::schema::{
 };
 use reaper_client::{CallOptions, Client, ClientOptions, Code, Encoding, Error, Status};
 
-/// Talk to a running reaperd: check its health, list its providers, complete code, chat.
+/// Talk to a running reaperd: check its health, list its providers, complete code, chat, run
+/// agent tasks.
 ///
 /// The daemon's address, certificate and token are read from its state directory
 /// ($REAPER_STATE_DIR, else $XDG_RUNTIME_DIR/reaper, else ~/.local/state/reaper). On failure the
@@ -102,6 +105,53 @@ enum Command {
     /// restarts. Logs go to a file (default: lsp.log in the state directory), never stdout.
     /// See docs/editors.md for Neovim, VS Code, Emacs, Helix and Zed.
     Lsp(LspArgs),
+    /// Run a task in a working directory: the daemon's agent reads, searches, edits files
+    /// (and runs allowed commands, if [agent.commands] enables them) through a model that
+    /// calls tools, showing each step as it goes. Steps that change something ask first
+    /// (y/N on standard input; anything but y or yes denies; --yes approves all); what is
+    /// refused is told to the model. Ctrl-C cancels the task. Every change is undoable:
+    /// `reaper agent undo TASK_ID` (the id is printed at the start). --json prints one
+    /// object per step update.
+    Agent(AgentCommandArgs),
+    /// MCP servers of reaper.toml: `reaper mcp list` starts each one, shows its state,
+    /// version and tools, and stops it.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentCommandArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// What to do, e.g. "rename retry_count to max_retries in src/".
+    #[arg(required = true)]
+    instruction: Option<String>,
+    /// The task's working directory: it reads and writes nothing outside it (default: the
+    /// current directory).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Approve every step that asks (steps [agent.policy] denies stay denied).
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Put back every file task TASK_ID changed, and remove those it created; refused,
+    /// changing nothing, if any of them changed since. Needs no daemon.
+    Undo {
+        /// The task's id, as `reaper agent` printed it.
+        task_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum McpCommand {
+    /// Each enabled server: its state, version, protocol and tools.
+    List,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +184,14 @@ fn main() -> ExitCode {
     if let Command::Lsp(lsp) = &args.command {
         return serve_lsp(&args, lsp);
     }
+    if let Command::Agent(AgentCommandArgs {
+        command: Some(AgentCommand::Undo { task_id }),
+        ..
+    }) = &args.command
+    {
+        let state_dir = reaper_lsp::resolve_state_dir(args.state_dir.clone());
+        return finish(agent::undo(&state_dir, task_id, args.json));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,6 +215,11 @@ fn main() -> ExitCode {
             None => run(args).await,
         }
     });
+    finish(outcome)
+}
+
+/// The exit: 0, or the status on standard error and 2.
+fn finish(outcome: Result<(), Error>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -168,6 +231,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
+    if let Command::Mcp {
+        command: McpCommand::List,
+    } = &args.command
+    {
+        return mcp::list(args.json).await;
+    }
     let mut options = ClientOptions::discover(args.state_dir, args.addr)?;
     options.encoding = args.encoding.parse().unwrap_or(Encoding::Rkyv);
     options.default_deadline = args.timeout_ms.map(Duration::from_millis);
@@ -187,6 +256,34 @@ async fn run(args: Args) -> Result<(), Error> {
             file_path: file.as_deref().map(absolute),
             context: None,
         }),
+        _ => None,
+    };
+    let agent = match &args.command {
+        Command::Agent(a) => {
+            let cwd = match &a.cwd {
+                Some(dir) => dir.clone(),
+                None => std::env::current_dir().map_err(|e| {
+                    Error::Status(Status::new(
+                        Code::FailedPrecondition,
+                        format!("no current directory: {e}"),
+                    ))
+                })?,
+            };
+            // The daemon runs elsewhere: it needs the directory's real, absolute path.
+            let cwd = cwd.canonicalize().map_err(|e| {
+                Error::Status(Status::new(
+                    Code::InvalidArgument,
+                    format!("--cwd {}: {e}", cwd.display()),
+                ))
+            })?;
+            Some(agent::AgentArgs {
+                instruction: a.instruction.clone().unwrap_or_default(),
+                cwd,
+                yes: a.yes,
+                json: args.json,
+                deadline: args.timeout_ms.map(Duration::from_millis),
+            })
+        }
         _ => None,
     };
     let client = Client::connect(options).await?;
@@ -219,6 +316,10 @@ async fn run(args: Args) -> Result<(), Error> {
                 None => chat::converse(&client, &chat).await,
             }
         }
+        (Command::Agent(_), _) => match &agent {
+            Some(agent) => agent::run(&client, agent).await,
+            None => Ok(()),
+        },
         (Command::Providers, _) => client
             .providers()
             .await

@@ -299,6 +299,20 @@ wire_type! {
         pub status: StepStatus,
         /// Result or error text.
         pub message: Option<String>,
+        /// The task this update belongs to: `reaper agent undo TASK_ID` puts back what it
+        /// changed (added).
+        #[serde(default)]
+        pub task_id: String,
+        /// The tool the step calls, if it calls one (added).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tool: Option<String>,
+        /// Whether the task waits for the client to approve or reject this step (added).
+        #[serde(default)]
+        pub needs_approval: bool,
+        /// What the step will do, for approval: a diff of a change, a command line, a call's
+        /// arguments (added).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub detail: Option<String>,
     }
 }
 

@@ -454,6 +454,12 @@ impl Pool {
             .collect()
     }
 
+    /// The embedded offline provider, when it is configured: its workspace indexes (which
+    /// the agent searches) and its rules of what must never be read.
+    pub fn offline(&self) -> Option<&Arc<OfflineProvider>> {
+        self.context.offline()
+    }
+
     /// Memory the offline provider's indexes take, and how many workspaces it indexes.
     pub fn index_usage(&self) -> (u64, u32) {
         self.context.offline().map_or((0, 0), |o| o.index_usage())

@@ -185,7 +185,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // SIGKILL leaves it behind).
     let endpoint = EndpointFile(&state);
     let grace = Duration::from_secs(config.daemon.shutdown_grace);
-    let outcome = event_loop::run(socket, server, config, grace, || {
+    let journals = state.path().join("agent");
+    let outcome = event_loop::run(socket, server, config, journals, grace, || {
         state.write_endpoint(bound)?;
         tracing::info!(state_dir = %state.path().display(), "reaperd listening on {bound}");
         Ok(())

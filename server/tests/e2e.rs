@@ -56,19 +56,28 @@ async fn health_and_providers_in_both_encodings() {
 }
 
 #[tokio::test]
-async fn the_unbuilt_agent_service_answers_unimplemented() {
+async fn an_agent_task_on_the_embedded_defaults_says_what_to_configure_and_is_counted() {
     use futures::StreamExt;
     let daemon = Daemon::start();
     let client = client(&daemon, Encoding::Json).await;
+    let dir = tempfile::tempdir().unwrap();
     let task = AgentTask {
         instruction: "x".into(),
-        cwd: "/tmp".into(),
+        cwd: dir.path().display().to_string(),
         timeout: None,
     };
     let (mut updates, _control) = client.agent(&task, CallOptions::default()).await.unwrap();
-    let status = updates.next().await.unwrap().unwrap_err().status();
-    assert_eq!(status.code, Code::Unimplemented);
-    assert!(status.message.contains("not built yet"), "{status}");
+    let status = loop {
+        match updates.next().await.expect("the call ends with a status") {
+            Ok(_) => continue,
+            Err(e) => break e.status(),
+        }
+    };
+    assert_eq!(status.code, Code::FailedPrecondition);
+    assert!(
+        status.message.contains("no provider that calls tools"),
+        "{status}"
+    );
     assert!(updates.next().await.is_none());
     let health = client.health().await.unwrap();
     assert_eq!(served(&health, Method::AgentExecute), (0, 1));

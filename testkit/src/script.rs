@@ -202,14 +202,16 @@ pub fn last_tool_result(messages: &serde_json::Value) -> Option<String> {
 }
 
 /// A call's arguments as a JSON text cut in pieces of a few bytes (at character boundaries),
-/// as models stream them.
+/// as models stream them; at most about 256 pieces (a file of megabytes in a call comes in
+/// larger ones).
 pub(crate) fn argument_pieces(arguments: &serde_json::Value) -> Vec<String> {
     let text = arguments.to_string();
+    let size = (text.len() / 256).max(7);
     let mut pieces = Vec::new();
     let mut piece = String::new();
     for c in text.chars() {
         piece.push(c);
-        if piece.len() >= 7 {
+        if piece.len() >= size {
             pieces.push(std::mem::take(&mut piece));
         }
     }

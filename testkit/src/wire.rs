@@ -13,8 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Longest request head or body accepted.
-const MAX_REQUEST: usize = 8 * 1024 * 1024;
+/// Longest request head or body accepted (an agent's conversation may carry a file of
+/// megabytes).
+const MAX_REQUEST: usize = 64 * 1024 * 1024;
 /// Longest a hanging answer waits for the client to give up.
 const HANG_LIMIT: Duration = Duration::from_secs(60);
 

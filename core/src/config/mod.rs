@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod agent;
 mod mcp;
 mod providers;
 mod range;
+pub use agent::{AgentConfig, CommandsConfig, Policy, COMMAND_TOOL, READ_TOOLS, WRITE_TOOLS};
 pub use mcp::{McpConfig, McpServerConfig, McpServers};
 pub use providers::{
     OfflineConfig, OfflineKind, ProviderKind, ProvidersConfig, RemoteProvider, RemoteSettings,
@@ -38,6 +40,8 @@ pub struct Config {
     pub providers: ProvidersConfig,
     /// `[mcp]`: the MCP servers agent tasks may use.
     pub mcp: McpConfig,
+    /// `[agent]`: what agent tasks may do, and how much.
+    pub agent: AgentConfig,
 }
 
 /// `[daemon]`.
@@ -335,22 +339,11 @@ impl Config {
     /// Keys set to something this build does not act on yet, as `(key, why)`: the daemon logs
     /// each once at start so nobody believes a setting works when it does not.
     pub fn not_yet_in_effect(&self) -> Vec<(&'static str, &'static str)> {
-        let defaults = Config::default();
         let mut keys = Vec::new();
         if !self.daemon.enable_tls {
             keys.push((
                 "daemon.enable_tls",
                 "TLS 1.3 is always on (the token must never travel in clear); false is ignored",
-            ));
-        }
-        let pending = "the service it applies to is not built yet (it answers UNIMPLEMENTED)";
-        if self.rpc.agent_timeout != defaults.rpc.agent_timeout {
-            keys.push(("rpc.agent_timeout", pending));
-        }
-        if !self.mcp.servers.0.is_empty() {
-            keys.push((
-                "mcp.servers",
-                "the agent that uses MCP servers is not built yet (they are checked, not started)",
             ));
         }
         if self.rpc.enable_compression {

@@ -319,14 +319,10 @@ struct Usage {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Delta {
     #[serde(rename = "text_delta")]
-    Text {
-        text: String,
-    },
+    Text { text: String },
     /// A piece of a tool call's input, as JSON text.
     #[serde(rename = "input_json_delta")]
-    InputJson {
-        partial_json: String,
-    },
+    InputJson { partial_json: String },
     #[serde(other)]
     Other,
 }

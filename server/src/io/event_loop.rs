@@ -45,7 +45,7 @@ pub struct Shutdown {
 }
 
 /// Runs the loop on `socket` (bound already) until SIGINT/SIGTERM/SIGQUIT and the drain that follows,
-/// waiting at most `grace` for calls in flight.
+/// waiting at most `grace` for calls in flight. Agent tasks keep their journals in `journals`.
 ///
 /// `ready` runs once the loop can serve and its signal handlers are in place (the daemon writes
 /// its endpoint file there: a client, or a signal, that comes on seeing it finds the daemon
@@ -54,12 +54,13 @@ pub fn run(
     socket: std::net::UdpSocket,
     mut server: RpcServer,
     config: reaper_core::Config,
+    journals: std::path::PathBuf,
     grace: Duration,
     ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Shutdown> {
     tokio_uring::start(async move {
         // Work that leaves the loop (provider calls) comes back on this channel.
-        let (mut services, mut finished) = Services::start(&config, Instant::now())?;
+        let (mut services, mut finished) = Services::start(&config, Instant::now(), journals)?;
         let mut receiver = Receiver::new(&socket)?;
         let mut sender = Sender::new(
             Rc::new(UdpSocket::from_std(socket)),
@@ -140,6 +141,7 @@ pub fn run(
                     let abandoned_calls = server.in_flight();
                     server.close_all(now);
                     sender.send_all(&mut server, now).await;
+                    services.stop_mcp_servers().await;
                     return Ok(Shutdown { abandoned_calls });
                 }
             }
@@ -292,7 +294,8 @@ fn serve(
                 services.on_cancelled(id, now);
             }
             ServerEvent::Writable { id } => services.on_writable(server, id, now),
-            ServerEvent::Message { .. } | ServerEvent::HalfClosed { .. } => {}
+            ServerEvent::Message { id, message } => services.on_message(server, id, &message, now),
+            ServerEvent::HalfClosed { id } => services.on_half_closed(id),
         }
     }
     false

@@ -51,7 +51,10 @@ pub fn chat_status(error: &ChatError) -> Status {
         ChatError::UnknownProvider { .. }
         | ChatError::CannotChat { .. }
         | ChatError::UnknownModel { .. } => Code::InvalidArgument,
-        ChatError::Disabled { .. } | ChatError::NoChatProvider => Code::FailedPrecondition,
+        ChatError::Disabled { .. } | ChatError::NoChatProvider | ChatError::NoToolProvider => {
+            Code::FailedPrecondition
+        }
+        ChatError::CannotCallTools { .. } => Code::FailedPrecondition,
         // The first provider's failure decides, as for completions; but a conversation the
         // model server refuses (longer than its context: HTTP 400) is the caller's to fix.
         ChatError::Failed(error) => match error.failures.first() {
@@ -75,4 +78,19 @@ fn refuses_the_request(error: &ProviderError) -> bool {
             ..
         }
     )
+}
+
+/// The status an agent task ends with when it does not complete: its provider's failure as a
+/// chat's; a cancel is CANCELLED; a limit is RESOURCE_EXHAUSTED; a journal that cannot be
+/// written is INTERNAL (the disk, not the request).
+pub fn agent_status(error: &reaper_agent::TaskError) -> Status {
+    use reaper_agent::TaskError;
+    match error {
+        TaskError::Provider(chat) => chat_status(chat),
+        TaskError::Cancelled => Status::new(Code::Cancelled, error.to_string()),
+        TaskError::Steps(_) | TaskError::Tokens { .. } => {
+            Status::new(Code::ResourceExhausted, error.to_string())
+        }
+        _ => Status::new(Code::Internal, error.to_string()),
+    }
 }

@@ -1,17 +1,17 @@
 //! The services behind the RPC state machine, one room each, and the routing of calls to
 //! them.
 //!
-//! Each room (`health`, `provider`, `completion`, `chat`; `agent` when it is built) is a
-//! module with one service type that the router calls with the call and the state machine.
+//! Each room (`health`, `provider`, `completion`, `chat`, `agent`) is a module with one
+//! service type that the router calls with the call and the state machine.
 //! Health, Provider and Completion's feedback are answered inline, on the event loop, in the
 //! same pass that decoded the request: they touch only memory. Completion answers cache hits
 //! inline and sends misses to the provider pool, which runs on a tokio runtime of its own
 //! (`[rpc] worker_threads` threads: reqwest needs tokio, and the loop must never wait on a
-//! provider); Chat streams its answers from the same pool. Whatever work leaves the loop comes
-//! back on one channel, as a [`Finished`]: a completion's answer, or a step of a chat's. Agent
-//! is routed but not built yet; it answers UNIMPLEMENTED with a message rather than anything
-//! that looks like output.
+//! provider); Chat streams its answers from the same pool, and Agent runs its tasks there
+//! (with the MCP servers they use). Whatever work leaves the loop comes back on one channel,
+//! as a [`Finished`]: a completion's answer, a step of a chat's, an agent task's update.
 
+pub mod agent;
 pub mod chat;
 pub mod completion;
 pub mod errors;
@@ -29,6 +29,7 @@ use reaper_core::{transport, Code, Encoding, Method, Status, WireMessage};
 use reaper_providers::{Pool, DELAY_ENV};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use self::agent::{AgentEvent, AgentService};
 use self::chat::{ChatEvent, ChatService};
 use self::completion::{CompletionService, Feedback, JobDone, Outcome};
 use self::health::{HealthService, Snapshot};
@@ -51,6 +52,8 @@ pub enum Finished {
     Completion(JobDone),
     /// A step of a chat answer: text, its end, or its failure.
     Chat(ChatEvent),
+    /// An agent task's update, or its end.
+    Agent(AgentEvent),
 }
 
 /// All services, owned by the event loop.
@@ -61,6 +64,9 @@ pub struct Services {
     provider: ProviderService,
     completion: CompletionService,
     chat: ChatService,
+    agent: AgentService,
+    /// The MCP servers agent tasks use: stopped with the services.
+    mcp: Arc<reaper_mcp::McpServers>,
     feedback: Feedback,
     pool: Arc<Pool>,
     /// The configured budgets, reported by Health beside their use.
@@ -98,9 +104,11 @@ impl Services {
     /// Services for a daemon that started at `started`, with the provider runtime and its
     /// background probes running; the receiver yields finished work, for the event loop to pass
     /// to [`Services::on_finished`].
+    /// Agent tasks keep their undo journals in `journals`.
     pub fn start(
         config: &Config,
         started: Instant,
+        journals: std::path::PathBuf,
     ) -> Result<(Services, UnboundedReceiver<Finished>), StartError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.rpc.worker_threads.get() as usize)
@@ -130,6 +138,15 @@ impl Services {
             runtime.handle().clone(),
             done_tx.clone(),
         );
+        let mcp = Arc::new(reaper_mcp::McpServers::new(&config.mcp));
+        let agent = AgentService::new(
+            pool.clone(),
+            runtime.handle().clone(),
+            done_tx.clone(),
+            config,
+            mcp.clone(),
+            journals,
+        );
         let chat = ChatService::new(
             pool.clone(),
             runtime.handle().clone(),
@@ -143,6 +160,8 @@ impl Services {
             provider: ProviderService::new(pool.clone()),
             completion,
             chat,
+            agent,
+            mcp,
             feedback: Feedback::default(),
             budgets: BudgetStats {
                 max_buffered_requests: config.rpc.max_buffered_requests.get(),
@@ -171,7 +190,45 @@ impl Services {
                     self.record_chat(ended, now);
                 }
             }
+            Finished::Agent(event) => {
+                if let Some(ended) = self.agent.on_event(server, event) {
+                    self.record_agent(ended, now);
+                }
+            }
         }
+    }
+
+    /// A further message on a call (an agent task's control message).
+    pub fn on_message(&mut self, server: &mut RpcServer, id: CallId, message: &[u8], now: Instant) {
+        if let Some(ended) = self.agent.on_message(server, id, message) {
+            self.record_agent(ended, now);
+        }
+    }
+
+    /// The client of a call has sent all it will.
+    pub fn on_half_closed(&mut self, id: CallId) {
+        self.agent.on_half_closed(id);
+    }
+
+    /// Stops the MCP servers agent tasks started (at shutdown), waiting at most two seconds
+    /// for them to exit on their own: no process is left behind either way (a session dropped
+    /// kills its server).
+    pub async fn stop_mcp_servers(&self) {
+        let Some(runtime) = self._runtime.0.as_ref() else {
+            return;
+        };
+        let mcp = self.mcp.clone();
+        let stopping = runtime.spawn(async move { mcp.shutdown().await });
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopping).await;
+    }
+
+    fn record_agent(&mut self, ended: agent::Ended, now: Instant) {
+        self.record(
+            Some(Method::AgentExecute),
+            &ended.status,
+            ended.received_at,
+            now,
+        );
     }
 
     /// Sends what streamed calls received in this batch of finished work (see
@@ -187,6 +244,9 @@ impl Services {
         if let Some(ended) = self.chat.on_writable(server, id, now) {
             self.record_chat(ended, now);
         }
+        if let Some(ended) = self.agent.on_writable(server, id) {
+            self.record_agent(ended, now);
+        }
     }
 
     /// Ends calls whose deadline passed.
@@ -197,19 +257,26 @@ impl Services {
         for ended in self.chat.expire(server, now) {
             self.record_chat(ended, now);
         }
+        for ended in self.agent.expire(server, now) {
+            self.record_agent(ended, now);
+        }
     }
 
     /// When [`Services::expire`] should next run.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.completion.next_deadline(), self.chat.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.completion.next_deadline(),
+            self.chat.next_deadline(),
+            self.agent.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Calls still being worked on.
     pub fn in_flight(&self) -> usize {
-        self.completion.pending() + self.chat.pending()
+        self.completion.pending() + self.chat.pending() + self.agent.pending()
     }
 
     /// The client cancelled a call.
@@ -220,6 +287,9 @@ impl Services {
         }
         if let Some(ended) = self.chat.on_cancelled(id) {
             self.record_chat(ended, now);
+        }
+        if let Some(ended) = self.agent.on_cancelled(id) {
+            self.record_agent(ended, now);
         }
     }
 
@@ -305,15 +375,11 @@ impl Services {
                     None
                 }
                 Method::AgentExecute => {
-                    let status = Status::new(
-                        Code::Unimplemented,
-                        format!(
-                            "{} is not built yet in reaperd {}: Health, Provider, Completion and Chat are served",
-                            call.method,
-                            reaper_core::VERSION
-                        ),
-                    );
-                    server.finish(call.id, &status).then_some(status)
+                    if let Some(ended) = self.agent.on_call(server, &call) {
+                        self.record_agent(ended, now);
+                    }
+                    // Counted when it ends.
+                    None
                 }
             }
         };
@@ -337,6 +403,7 @@ impl Services {
             // Counted once, with the status the client got.
             let _ = self.completion.on_cancelled(id);
             let _ = self.chat.on_cancelled(id);
+            let _ = self.agent.on_cancelled(id);
         }
         self.record(method, status, received_at, now);
     }
