@@ -71,22 +71,32 @@ pub fn remove(path: &Path) -> io::Result<()> {
 
 /// Reads `path`, refusing a symlink (the kernel refuses it at open: no race with a check).
 pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut file = open_plain(path)?;
     let mut contents = Vec::new();
     file.read_to_end(&mut contents)?;
     Ok(contents)
 }
 
+/// Opens a plain file for reading: not through a symlink, and never blocking on a FIFO or a
+/// device (opened without waiting, then refused unless it is a regular file).
+fn open_plain(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// Reads at most `limit` bytes of `path` (refusing a symlink, as [`read`]): what was read,
 /// and the file's whole size.
 pub fn read_at_most(path: &Path, limit: u64) -> io::Result<(Vec<u8>, u64)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let file = open_plain(path)?;
     let size = file.metadata()?.len();
     let mut contents = Vec::with_capacity(size.min(limit) as usize);
     file.take(limit).read_to_end(&mut contents)?;
@@ -129,5 +139,18 @@ mod tests {
         assert!(write(&link, b"overwritten").is_err());
         assert!(read(&link).is_err());
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let error = read(&fifo).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     }
 }

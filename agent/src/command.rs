@@ -5,9 +5,11 @@
 //! the first word must be a program `[agent.commands] allow` names, so `cargo test; rm -rf ~`
 //! runs `cargo` with three odd arguments rather than two commands. The program runs in a
 //! process group of its own with standard input closed, and the whole group is killed at the
-//! time limit, or when the task is cancelled. Variables whose names look like credentials
-//! (`*KEY*`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`) are not passed on: a model
-//! that runs `env` must not read the daemon's API keys.
+//! time limit, or when the task is cancelled. Only the variables a build needs are passed on
+//! ([`PASSED_VARIABLES`], and `LC_*`), never one whose name looks like a credential: a model
+//! that runs `env` must not read the daemon's API keys, its database URL or its SSH agent.
+//! An allowed program is trusted with the working directory: `cargo` runs build scripts,
+//! `git` runs hooks; allow what you would run yourself there.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -112,12 +114,59 @@ pub fn parse(line: &str, rules: &CommandRules) -> Result<Vec<String>, CommandErr
     Ok(words)
 }
 
+/// The daemon's variables a command gets (with `LC_*`), when their names do not look like
+/// credentials.
+pub const PASSED_VARIABLES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO_TARGET_DIR",
+    "RUSTFLAGS",
+    "GOPATH",
+    "GOROOT",
+    "GOCACHE",
+    "GOMODCACHE",
+    "JAVA_HOME",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "NODE_PATH",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+];
+
 /// Whether an environment variable's name looks like it holds a credential.
 fn looks_secret(name: &str) -> bool {
     let name = name.to_ascii_uppercase();
-    ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+        "DSN",
+        "URL",
+        "SOCK",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Whether a command gets variable `name`.
+fn passed(name: &str) -> bool {
+    (PASSED_VARIABLES.contains(&name) || name.starts_with("LC_")) && !looks_secret(name)
 }
 
 /// Kills a process group when dropped: the command, and whatever it started.
@@ -145,10 +194,11 @@ pub async fn run(words: &[String], cwd: &Path, rules: &CommandRules) -> Result<R
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_none_or(looks_secret) {
-            command.env_remove(&name);
+        .kill_on_drop(true)
+        .env_clear();
+    for (name, value) in std::env::vars_os() {
+        if name.to_str().is_some_and(passed) {
+            command.env(name, value);
         }
     }
     let mut child = command.spawn().map_err(|e| CommandError::Spawn {
@@ -163,17 +213,29 @@ pub async fn run(words: &[String], cwd: &Path, rules: &CommandRules) -> Result<R
         });
     };
     let mut output = Capped::new(rules.max_output);
+    let mut out = Reader::new(stdout);
+    let mut err = Reader::new(stderr);
     let collect = async {
-        // Both pipes read as they fill, into one capped buffer.
-        let mut out = Reader::new(stdout);
-        let mut err = Reader::new(stderr);
-        while !(out.done && err.done) {
+        // Both pipes read as they fill, into one capped buffer, until the program exits;
+        // then what is left in them, briefly: a child it left in the background may hold
+        // them open for ever.
+        let status = loop {
             tokio::select! {
+                status = child.wait() => break status,
                 piece = out.next(), if !out.done => output.push(&piece),
                 piece = err.next(), if !err.done => output.push(&piece),
             }
-        }
-        child.wait().await
+        };
+        let rest = async {
+            while !(out.done && err.done) {
+                tokio::select! {
+                    piece = out.next(), if !out.done => output.push(&piece),
+                    piece = err.next(), if !err.done => output.push(&piece),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), rest).await;
+        status
     };
     let (code, timed_out) = match tokio::time::timeout(rules.timeout, collect).await {
         Ok(Ok(status)) => (status.code(), false),
@@ -318,6 +380,7 @@ mod tests {
         assert!(looks_secret("github_token"));
         assert!(!looks_secret("PATH"));
         std::env::set_var("REAPER_TEST_FAKE_API_KEY", "sk-not-for-models");
+        std::env::set_var("DATABASE_URL", "postgres://user:pw@db/app");
         let dir = tempfile::tempdir().unwrap();
         let rules = rules(&["env"]);
         let ran = run(&parse("env", &rules).unwrap(), dir.path(), &rules)
@@ -325,6 +388,7 @@ mod tests {
             .unwrap();
         assert!(ran.output.contains("PATH="), "{}", ran.output);
         assert!(!ran.output.contains("sk-not-for-models"));
+        assert!(!ran.output.contains("postgres://"));
         for line in ran.output.lines() {
             let name = line.split('=').next().unwrap_or("");
             assert!(!looks_secret(name), "{line}");

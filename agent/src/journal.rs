@@ -30,6 +30,9 @@ pub struct Entry {
     pub backup: Option<String>,
     /// Its permissions from before the task.
     pub mode: Option<u32>,
+    /// SHA-256 of what it held before the task; `None` if it did not exist.
+    #[serde(default)]
+    pub before: Option<String>,
     /// SHA-256 of what the task left (hex); `None` if the task removed it (or, before its
     /// first change, if it did not exist).
     pub after: Option<String>,
@@ -172,10 +175,16 @@ impl Journal {
             path: path.to_path_buf(),
             backup,
             mode,
+            before: now.clone(),
             after: now,
             pending,
         });
         self.save()
+    }
+
+    /// The files the task changed: those whose contents differ from before it.
+    pub fn changed(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.after != e.before)
     }
 
     /// Records what `path` holds after a change (`None`: removed).
@@ -211,7 +220,9 @@ impl Journal {
                 Some(digest) => digest == p,
                 None => p.is_empty(),
             });
-            if now != entry.after && !pending {
+            // An undo cut short put some files back already: those are done.
+            let restored = now == entry.before;
+            if now != entry.after && !pending && !restored {
                 changed.push(entry.path.display().to_string());
             }
         }
@@ -225,6 +236,9 @@ impl Journal {
         // The last change first: a file created in a directory the task also created is gone
         // before anything else is.
         for entry in self.entries.iter().rev() {
+            if entry.after == entry.before && entry.pending.is_none() {
+                continue; // never changed (a change that failed)
+            }
             match &entry.backup {
                 Some(name) => {
                     let contents = fs::read(self.dir.join(name))
@@ -308,18 +322,21 @@ pub fn prune(journals: &Path, keep: usize) {
 
 /// Undoes task `task` from its journal in `journals`: refused while the task runs.
 pub fn undo_task(journals: &Path, task: &str) -> Result<Undone, UndoError> {
-    let mut journal = find(journals, task)?;
+    // The lock first, then the journal: read before, it could be older than what the task
+    // (ending meanwhile) last wrote.
+    find(journals, task)?;
+    let dir = journals.join(task);
     let io_error = |source| UndoError::Io {
         task: task.to_owned(),
-        path: journal.dir.display().to_string(),
+        path: dir.display().to_string(),
         source,
     };
-    let Some(_held) = lock(&journal.dir).map_err(io_error)? else {
+    let Some(_held) = lock(&dir).map_err(io_error)? else {
         return Err(UndoError::Running {
             task: task.to_owned(),
         });
     };
-    journal.undo()
+    find(journals, task)?.undo()
 }
 
 /// The journal of `task` among those kept in `journals` (one directory per task).

@@ -21,7 +21,7 @@ use reaper_core::config::Policy;
 use reaper_core::schema::{StepStatus, StepUpdate};
 use reaper_mcp::McpServers;
 use reaper_providers::{ChatError, ChatPiece, ConverseAsk, Pool, ToolCall, Turn};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::atomic;
 use crate::command::{self, CommandRules};
@@ -36,16 +36,19 @@ pub const MAX_RESULT: usize = 128 * 1024;
 pub const MAX_UPDATE_TEXT: usize = 8 * 1024;
 /// Fewest milliseconds between two progress updates of one MCP call.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// Calls run per turn at most; a model that asks for more is told they were not run.
+pub const MAX_CALLS_PER_TURN: usize = 32;
+/// Longest a task's last update waits for a client that does not read.
+const LAST_UPDATE_WAIT: Duration = Duration::from_secs(2);
 
-/// What the client tells a running task.
+/// What the client decides about a step waiting for approval. (A cancel does not queue
+/// behind these: it is a `watch` of its own, so it is never dropped.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// Run the step waiting for approval (`Some(n)`: only if it is step n).
     Approve(Option<u32>),
     /// Refuse it.
     Reject(Option<u32>),
-    /// Stop the task.
-    Cancel,
 }
 
 /// How much a task may do.
@@ -69,7 +72,8 @@ pub struct TaskSpec {
     pub toolbox: Toolbox,
     /// Its undo journal.
     pub journal: Journal,
-    /// The journal's lock, held while the task runs (undo waits for the task to end).
+    /// The journal's lock, held while the task runs and while a write it started finishes
+    /// (undo waits for both).
     pub lock: crate::journal::TaskLock,
     /// Its limits.
     pub limits: Limits,
@@ -143,15 +147,54 @@ struct Reporter {
     id: String,
     updates: mpsc::Sender<StepUpdate>,
     step: u32,
+    cancel: watch::Receiver<bool>,
 }
 
 impl Reporter {
+    /// Sends an update, waiting for the client to take it; a cancel stops the wait (and
+    /// the update is dropped: the task is ending).
     async fn send(
         &self,
         status: StepStatus,
         description: String,
         fill: impl FnOnce(&mut StepUpdate),
     ) {
+        let update = self.update(status, description, fill);
+        let mut cancel = self.cancel.clone();
+        tokio::select! {
+            biased;
+            _ = cancel.wait_for(|c| *c) => {}
+            // The receiver goes only when the call has ended: nobody to tell.
+            _ = self.updates.send(update) => {}
+        }
+    }
+
+    /// Sends an update if the client has room for it now, else drops it (progress).
+    fn offer(&self, status: StepStatus, description: String, fill: impl FnOnce(&mut StepUpdate)) {
+        let _ = self
+            .updates
+            .try_send(self.update(status, description, fill));
+    }
+
+    /// Sends the task's last update, waiting a little for a client that is not reading.
+    async fn send_last(&self, status: StepStatus, message: String) {
+        let description = if status == StepStatus::Completed {
+            "done"
+        } else {
+            "stopped"
+        };
+        let update = self.update(status, description.to_owned(), |u| {
+            u.message = Some(cut(&message, MAX_UPDATE_TEXT));
+        });
+        let _ = tokio::time::timeout(LAST_UPDATE_WAIT, self.updates.send(update)).await;
+    }
+
+    fn update(
+        &self,
+        status: StepStatus,
+        description: String,
+        fill: impl FnOnce(&mut StepUpdate),
+    ) -> StepUpdate {
         let mut update = StepUpdate {
             step: self.step,
             description,
@@ -163,8 +206,7 @@ impl Reporter {
             detail: None,
         };
         fill(&mut update);
-        // The receiver goes only when the call has ended: nobody to tell.
-        let _ = self.updates.send(update).await;
+        update
     }
 }
 
@@ -172,6 +214,7 @@ impl Reporter {
 struct Controls {
     rx: mpsc::Receiver<Control>,
     closed: bool,
+    cancel: watch::Receiver<bool>,
 }
 
 /// What the client decided about a step.
@@ -182,18 +225,18 @@ enum Decision {
 
 impl Controls {
     /// Waits for a cancel; approvals arriving now are for no step, and are dropped.
-    /// Cancel-safe. Never resolves once the client has closed its side.
+    /// Cancel-safe.
     async fn cancelled(&mut self) {
         loop {
-            if self.closed {
-                return std::future::pending().await;
-            }
-            match self.rx.recv().await {
-                Some(Control::Cancel) => return,
-                Some(other) => {
-                    tracing::debug!(?other, "a control message for no pending step, dropped")
-                }
-                None => self.closed = true,
+            tokio::select! {
+                biased;
+                _ = self.cancel.wait_for(|c| *c) => return,
+                message = self.rx.recv(), if !self.closed => match message {
+                    Some(other) => tracing::debug!(?other, "a control message for no pending step, dropped"),
+                    None => self.closed = true,
+                },
+                // The cancel's sender is gone: only the call's end remains, which aborts us.
+                () = std::future::pending::<()>(), if self.closed => {}
             }
         }
     }
@@ -206,18 +249,17 @@ impl Controls {
                     "no one can approve it: the client closed its side of the call".to_owned(),
                 ));
             }
-            match self.rx.recv().await {
-                Some(Control::Cancel) => return Err(TaskError::Cancelled),
-                Some(Control::Approve(n)) if n.is_none_or(|n| n == step) => {
-                    return Ok(Decision::Approved)
-                }
-                Some(Control::Reject(n)) if n.is_none_or(|n| n == step) => {
-                    return Ok(Decision::Denied("the user denied it".to_owned()))
-                }
-                Some(other) => {
-                    tracing::debug!(?other, step, "a control message for another step, dropped")
-                }
-                None => self.closed = true,
+            tokio::select! {
+                biased;
+                _ = self.cancel.wait_for(|c| *c) => return Err(TaskError::Cancelled),
+                message = self.rx.recv() => match message {
+                    Some(Control::Approve(n)) if n.is_none_or(|n| n == step) => return Ok(Decision::Approved),
+                    Some(Control::Reject(n)) if n.is_none_or(|n| n == step) => {
+                        return Ok(Decision::Denied("the user denied it".to_owned()))
+                    }
+                    Some(other) => tracing::debug!(?other, step, "a control message for another step, dropped"),
+                    None => self.closed = true,
+                },
             }
         }
     }
@@ -230,21 +272,24 @@ pub async fn run(
     spec: TaskSpec,
     updates: mpsc::Sender<StepUpdate>,
     controls: mpsc::Receiver<Control>,
+    cancel: watch::Receiver<bool>,
 ) -> Result<String, TaskError> {
     let mut reporter = Reporter {
         id: spec.id.clone(),
         updates,
         step: 0,
+        cancel: cancel.clone(),
     };
     let mut controls = Controls {
         rx: controls,
         closed: false,
+        cancel,
     };
-    let _held = spec.lock;
     let journal = Arc::new(Mutex::new(spec.journal));
     let mut task = Task {
         pool,
-        toolbox: spec.toolbox,
+        toolbox: Arc::new(spec.toolbox),
+        lock: Arc::new(spec.lock),
         journal: journal.clone(),
         limits: spec.limits,
         policy: spec.policy,
@@ -258,7 +303,13 @@ pub async fn run(
     let result = task
         .run(&spec.instruction, &mut reporter, &mut controls)
         .await;
-    let changed = changed_files(&journal, task.toolbox.workspace());
+    // A write under way (a cancelled task's) holds the journal: waited for off the runtime.
+    let changed = {
+        let (journal, toolbox) = (journal.clone(), task.toolbox.clone());
+        tokio::task::spawn_blocking(move || changed_files(&journal, toolbox.workspace()))
+            .await
+            .unwrap_or_default()
+    };
     match &result {
         Ok(words) => {
             reporter.step += 1;
@@ -271,11 +322,7 @@ pub async fn run(
                     spec.id
                 )
             };
-            reporter
-                .send(StepStatus::Completed, "done".to_owned(), |u| {
-                    u.message = Some(message)
-                })
-                .await;
+            reporter.send_last(StepStatus::Completed, message).await;
         }
         Err(error) => {
             reporter.step += 1;
@@ -287,11 +334,7 @@ pub async fn run(
                     spec.id
                 ));
             }
-            reporter
-                .send(StepStatus::Failed, "stopped".to_owned(), |u| {
-                    u.message = Some(message)
-                })
-                .await;
+            reporter.send_last(StepStatus::Failed, message).await;
         }
     }
     result
@@ -301,15 +344,16 @@ pub async fn run(
 fn changed_files(journal: &Mutex<Journal>, workspace: &crate::Workspace) -> Vec<String> {
     let journal = journal.lock().unwrap_or_else(|e| e.into_inner());
     journal
-        .entries
-        .iter()
+        .changed()
         .map(|e| workspace.relative(&e.path))
         .collect()
 }
 
 struct Task<'a> {
     pool: &'a Pool,
-    toolbox: Toolbox,
+    toolbox: Arc<Toolbox>,
+    /// Held by every write under way, so that undo waits for it even after the task is gone.
+    lock: Arc<crate::journal::TaskLock>,
     journal: Arc<Mutex<Journal>>,
     limits: Limits,
     policy: Arc<dyn Fn(&str) -> Policy + Send + Sync>,
@@ -416,9 +460,29 @@ impl Task<'_> {
                 text: got.text.clone(),
                 calls: got.calls.clone(),
             });
-            for call in &got.calls {
+            for (n, call) in got.calls.iter().enumerate() {
+                if n >= MAX_CALLS_PER_TURN {
+                    // Every call needs its result (the APIs refuse a conversation without).
+                    turns.push(Turn::Tool {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        content: format!(
+                            "not run: at most {MAX_CALLS_PER_TURN} calls are run per turn"
+                        ),
+                        is_error: true,
+                    });
+                    continue;
+                }
+                if self.tokens > self.limits.max_tokens {
+                    return Err(TaskError::Tokens {
+                        used: self.tokens,
+                        limit: self.limits.max_tokens,
+                    });
+                }
                 reporter.step += 1;
                 let (content, is_error) = self.act(call, reporter, controls).await?;
+                // What the model will read is counted before it reads it.
+                self.tokens += (content.len().min(MAX_RESULT) / 4) as u64;
                 turns.push(Turn::Tool {
                     call_id: call.id.clone(),
                     name: call.name.clone(),
@@ -438,22 +502,32 @@ impl Task<'_> {
         controls: &mut Controls,
     ) -> Result<(String, bool), TaskError> {
         let description = describe(call);
-        let prepared = match self.toolbox.prepare(call) {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                let message = format!("refused: {error}");
-                reporter
-                    .send(StepStatus::Verifying, description, |u| {
-                        u.tool = Some(call.name.clone());
-                        u.message = Some(message.clone());
-                    })
-                    .await;
-                return Ok((message, true));
-            }
+        // Reading and diffing a large file is work for a blocking thread, not a worker of
+        // the runtime (where a cancel could not be heard).
+        let toolbox = self.toolbox.clone();
+        let asked = call.clone();
+        let prepared = tokio::select! {
+            biased;
+            () = controls.cancelled() => return Err(TaskError::Cancelled),
+            prepared = tokio::task::spawn_blocking(move || toolbox.prepare(&asked)) => prepared,
         };
+        let prepared =
+            match prepared.map_err(|e| TaskError::Journal(format!("a tool panicked: {e}")))? {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    let message = format!("refused: {error}");
+                    reporter
+                        .send(StepStatus::Verifying, description, |u| {
+                            u.tool = Some(call.name.clone());
+                            u.message = Some(message.clone());
+                        })
+                        .await;
+                    return Ok((message, true));
+                }
+            };
         let detail = match &prepared {
             Prepared::Change(change) => Some(change.preview.clone()),
-            Prepared::Command { words } => Some(words.join(" ")),
+            Prepared::Command { words } => Some(cut(&words.join(" "), MAX_UPDATE_TEXT)),
             _ => (!call.arguments.is_null())
                 .then(|| cut(&call.arguments.to_string(), MAX_UPDATE_TEXT)),
         };
@@ -536,14 +610,17 @@ impl Task<'_> {
         match prepared {
             Prepared::Change(change) => {
                 let journal = self.journal.clone();
-                let shown = self.toolbox.workspace().relative(&change.path);
+                let toolbox = self.toolbox.clone();
+                let lock = self.lock.clone();
                 let change = change.clone();
                 let size = change.contents.len() as u64;
-                // The write runs to its end even if the task is cancelled meanwhile: the
-                // file and the journal always agree.
+                // The write runs to its end even if the task is cancelled or aborted
+                // meanwhile, holding the journal's lock: the file and the journal always
+                // agree, and an undo waits for it.
                 let applied = tokio::task::spawn_blocking(move || {
+                    let _held = lock;
                     let mut journal = journal.lock().unwrap_or_else(|e| e.into_inner());
-                    tools::apply(&change, &mut journal, &shown)
+                    tools::apply(&change, &mut journal, toolbox.workspace())
                 })
                 .await
                 .map_err(|e| ToolErrorOrJournal::Journal(e.to_string()))?;
@@ -579,7 +656,7 @@ impl Task<'_> {
                 let (progress_tx, mut progress) = mpsc::unbounded_channel();
                 let call = mcp.call_tool(server, tool, arguments.clone(), Some(progress_tx));
                 tokio::pin!(call);
-                let mut last = Instant::now() - PROGRESS_EVERY;
+                let mut last: Option<Instant> = None;
                 loop {
                     tokio::select! {
                         result = &mut call => {
@@ -591,29 +668,43 @@ impl Task<'_> {
                         Some(p) = progress.recv() => {
                             // At most one update every PROGRESS_EVERY: a chatty server cannot
                             // flood the client.
-                            if last.elapsed() >= PROGRESS_EVERY {
-                                last = Instant::now();
+                            if last.is_none_or(|l| l.elapsed() >= PROGRESS_EVERY) {
+                                last = Some(Instant::now());
                                 let text = match (p.total, &p.message) {
                                     (Some(total), Some(m)) => format!("{}/{total}: {m}", p.progress),
                                     (Some(total), None) => format!("{}/{total}", p.progress),
                                     (None, Some(m)) => format!("{}: {m}", p.progress),
                                     (None, None) => format!("{}", p.progress),
                                 };
-                                reporter
-                                    .send(StepStatus::Executing, description.to_owned(), |u| {
-                                        u.tool = Some(format!("{server}__{tool}"));
-                                        u.message = Some(format!("progress {text}"));
-                                    })
-                                    .await;
+                                // Offered, never waited for: the progress channel is
+                                // drained whatever the client's pace.
+                                reporter.offer(StepStatus::Executing, description.to_owned(), |u| {
+                                    u.tool = Some(format!("{server}__{tool}"));
+                                    u.message = Some(cut(&format!("progress {text}"), MAX_UPDATE_TEXT));
+                                });
                             }
                         }
                     }
                 }
             }
             read => {
-                let toolbox = &self.toolbox;
-                let corpus = self.index.as_ref().and_then(|w| w.corpus());
-                match toolbox.read(read, corpus.as_deref()) {
+                let toolbox = self.toolbox.clone();
+                // The index answers for its whole repository: used when it is this task's
+                // directory, else the directory is scanned (a lookup in a larger repository
+                // could fill its hits from elsewhere).
+                let corpus = self
+                    .index
+                    .as_ref()
+                    .filter(|w| w.root() == toolbox.workspace().root())
+                    .and_then(|w| w.corpus());
+                let read = read.clone();
+                let done =
+                    tokio::task::spawn_blocking(move || toolbox.read(&read, corpus.as_deref()))
+                        .await
+                        .map_err(|e| {
+                            ToolErrorOrJournal::Journal(format!("a tool panicked: {e}"))
+                        })?;
+                match done {
                     Ok(text) => Ok((text, false)),
                     Err(error) => Err(ToolErrorOrJournal::Tool(error)),
                 }
@@ -623,9 +714,9 @@ impl Task<'_> {
 
     /// The last check: every file the task changed still holds what it wrote.
     async fn verify_all(&self, reporter: &mut Reporter) -> Result<(), TaskError> {
-        let entries = {
+        let entries: Vec<crate::journal::Entry> = {
             let journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-            journal.entries.clone()
+            journal.changed().cloned().collect()
         };
         if entries.is_empty() {
             return Ok(());

@@ -57,6 +57,14 @@ pub enum ToolError {
     /// A file that may hold credentials (never shown to a model).
     #[error("{0} may hold credentials (a .env file, a key, or a path [providers.offline] deny names): it is never read for a model")]
     Private(String),
+    /// A file the agent never touches, whatever its name says.
+    #[error("{path} is {why}: the agent neither reads nor writes it")]
+    Protected {
+        /// The file.
+        path: String,
+        /// What it is.
+        why: &'static str,
+    },
     /// An edit that cannot be applied.
     #[error(transparent)]
     Edit(#[from] EditError),
@@ -150,6 +158,9 @@ impl Prepared {
 pub struct Change {
     /// The file.
     pub path: PathBuf,
+    /// The file as shown (relative to the working directory): resolved again when the change
+    /// is applied, in case a directory on the way became a symlink meanwhile.
+    pub shown: String,
     /// SHA-256 of what it held when the change was worked out; `None` if it did not exist.
     pub before: Option<String>,
     /// What it will hold.
@@ -301,13 +312,11 @@ impl Toolbox {
                 let contents = args.string("content")?.as_bytes().to_vec();
                 let (before, old) = self.current(&path)?;
                 let old_text = String::from_utf8_lossy(old.as_deref().unwrap_or_default());
-                let preview = preview(
-                    &self.workspace.relative(&path),
-                    &old_text,
-                    &String::from_utf8_lossy(&contents),
-                );
+                let shown = self.workspace.relative(&path);
+                let preview = preview(&shown, &old_text, &String::from_utf8_lossy(&contents));
                 Ok(Prepared::Change(Change {
                     path,
+                    shown,
                     before,
                     contents,
                     preview,
@@ -339,6 +348,7 @@ impl Toolbox {
                 let preview = preview(&shown, &text, &new);
                 Ok(Prepared::Change(Change {
                     path,
+                    shown,
                     before,
                     contents: new.into_bytes(),
                     preview,
@@ -346,6 +356,9 @@ impl Toolbox {
             }
             "run_command" if self.commands.enabled => {
                 let words = command::parse(args.string("command")?, &self.commands)?;
+                for word in &words[1..] {
+                    self.confine_argument(word)?;
+                }
                 Ok(Prepared::Command { words })
             }
             name => match self.mcp.iter().find(|t| t.offered_name() == name) {
@@ -365,13 +378,52 @@ impl Toolbox {
         }
     }
 
-    /// A path to read: inside, and not private.
+    /// A path to read: inside, not private, not protected.
     fn readable(&self, path: &str) -> Result<PathBuf, ToolError> {
         let resolved = self.workspace.resolve(path)?;
-        if (self.excluded)(&resolved) {
-            return Err(ToolError::Private(self.workspace.relative(&resolved)));
-        }
+        self.allowed(&resolved)?;
         Ok(resolved)
+    }
+
+    /// Whether a resolved path may be touched at all.
+    fn allowed(&self, resolved: &Path) -> Result<(), ToolError> {
+        let shown = || self.workspace.relative(resolved);
+        if (self.excluded)(resolved) {
+            return Err(ToolError::Private(shown()));
+        }
+        if let Some(why) = protected(resolved) {
+            return Err(ToolError::Protected { path: shown(), why });
+        }
+        Ok(())
+    }
+
+    /// An argument of a command that names a path must name one the task may use: none
+    /// outside the working directory, none private (`cat .env` is not a way round
+    /// `read_file`). `--flag=value` is checked by its value.
+    fn confine_argument(&self, word: &str) -> Result<(), ToolError> {
+        let value = match word.split_once('=') {
+            Some((flag, value)) if flag.starts_with('-') => value,
+            _ => word,
+        };
+        let looks_like_path =
+            value.starts_with('/') || value.starts_with('~') || value.split('/').any(|c| c == "..");
+        if looks_like_path {
+            if value.starts_with('~') {
+                return Err(ToolError::Path(PathError::Outside {
+                    path: value.to_owned(),
+                    root: self.workspace.root().display().to_string(),
+                }));
+            }
+            let resolved = self.workspace.resolve(value)?;
+            return self.allowed(&resolved);
+        }
+        // A plain name: private if it names a private file here.
+        if !value.is_empty() && !value.starts_with('-') {
+            if let Ok(resolved) = self.workspace.resolve(value) {
+                self.allowed(&resolved)?;
+            }
+        }
+        Ok(())
     }
 
     /// A path to write: the same rules (a model has no business writing a `.env` either).
@@ -458,10 +510,21 @@ impl Toolbox {
         let mut last = start.saturating_sub(1);
         let total = text.lines().count();
         for (i, line) in text.lines().enumerate().skip(start - 1) {
+            // A line longer than a whole read (minified code) is cut, or it could never be read.
+            let line = if line.len() > MAX_READ_BYTES / 2 {
+                format!(
+                    "{} [line cut at {} bytes of {}]",
+                    reaper_core::text::head(line, MAX_READ_BYTES / 2),
+                    MAX_READ_BYTES / 2,
+                    line.len()
+                )
+            } else {
+                line.to_owned()
+            };
             if out.len() + line.len() + 1 > MAX_READ_BYTES {
                 break;
             }
-            out.push_str(line);
+            out.push_str(&line);
             out.push('\n');
             last = i + 1;
         }
@@ -512,13 +575,22 @@ impl Toolbox {
     }
 }
 
-/// Applies `change` through `journal`: only if the file is still what it was when the change
-/// was worked out; then read back and checked. What the model is told.
-pub fn apply(change: &Change, journal: &mut Journal, shown: &str) -> Result<String, ToolError> {
+/// Applies `change` through `journal`: only if the path still resolves to the same place
+/// inside the working directory and the file is still what it was when the change was worked
+/// out; then read back and checked. What the model is told.
+pub fn apply(
+    change: &Change,
+    journal: &mut Journal,
+    workspace: &Workspace,
+) -> Result<String, ToolError> {
+    let shown = change.shown.as_str();
     let io = |source| ToolError::Io {
         path: shown.to_owned(),
         source,
     };
+    if workspace.resolve(shown)? != change.path {
+        return Err(ToolError::ChangedMeanwhile(shown.to_owned()));
+    }
     let now = match atomic::read(&change.path) {
         Ok(bytes) => Some(digest(&bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -530,7 +602,12 @@ pub fn apply(change: &Change, journal: &mut Journal, shown: &str) -> Result<Stri
     journal
         .before_change(&change.path, Some(&change.contents))
         .map_err(io)?;
-    atomic::write(&change.path, &change.contents).map_err(io)?;
+    if let Err(error) = atomic::write(&change.path, &change.contents) {
+        // Nothing changed: the journal says so (undo has nothing to do for it).
+        let now = atomic::read(&change.path).ok();
+        let _ = journal.after_change(&change.path, now.as_deref());
+        return Err(io(error));
+    }
     journal
         .after_change(&change.path, Some(&change.contents))
         .map_err(io)?;
@@ -559,8 +636,36 @@ fn spec(name: &str, description: &str, parameters: Value) -> ToolSpec {
     }
 }
 
+/// Most lines, old and new together, that a preview diffs: the diff's cost grows with the
+/// lines times the differences, and a whole generated file must not hold a worker for
+/// seconds.
+const MAX_DIFFED_LINES: usize = 8_000;
+
+/// Why a file is never touched, if it is one of those: git's own files (hooks and config run
+/// code on the next git command, and may hold tokens) and reaper's configuration (it starts
+/// programs and holds MCP servers' tokens).
+fn protected(path: &Path) -> Option<&'static str> {
+    if path.components().any(|c| c.as_os_str() == ".git") {
+        return Some("git's own (its hooks and config run code and may hold tokens)");
+    }
+    if path.file_name().is_some_and(|n| n == "reaper.toml") {
+        return Some("reaper's configuration (it starts programs and may hold tokens)");
+    }
+    None
+}
+
 /// A diff of a change, cut at [`MAX_PREVIEW`].
 fn preview(shown: &str, old: &str, new: &str) -> String {
+    if old.lines().count() + new.lines().count() > MAX_DIFFED_LINES {
+        return format!(
+            "--- a/{shown}\n+++ b/{shown}\n[the whole file: {} lines, {} bytes before; {} lines, {} bytes after; too large to diff here]\n{}",
+            old.lines().count(),
+            old.len(),
+            new.lines().count(),
+            new.len(),
+            reaper_core::text::head(new, MAX_PREVIEW / 2)
+        );
+    }
     let patch = diffy::create_patch(old, new).to_string();
     let patch = patch
         .replacen("--- original", &format!("--- a/{shown}"), 1)
@@ -678,7 +783,7 @@ mod tests {
         // The user edits the file while the change waits for approval: it is not applied.
         std::fs::write(root.join("a.txt"), "one\ntwo\nthree\n").unwrap();
         assert!(matches!(
-            apply(&change, &mut journal, "a.txt"),
+            apply(&change, &mut journal, tools.workspace()),
             Err(ToolError::ChangedMeanwhile(_))
         ));
         assert_eq!(
@@ -694,7 +799,7 @@ mod tests {
         else {
             panic!()
         };
-        assert!(apply(&change, &mut journal, "a.txt")
+        assert!(apply(&change, &mut journal, tools.workspace())
             .unwrap()
             .contains("verified"));
         assert_eq!(
@@ -718,6 +823,48 @@ mod tests {
         assert!(refused("read_file", json!("not json")).contains("not JSON"));
         assert!(refused("run_command", json!({"command": "ls"})).contains("no tool"));
         assert!(refused("delete_all", json!({})).contains("read_file"));
+        std::fs::create_dir(root.join(".git")).unwrap();
+        std::fs::write(
+            root.join(".git/config"),
+            "[http]\nextraheader = AUTHORIZATION: bearer x\n",
+        )
+        .unwrap();
+        assert!(refused("read_file", json!({"path": ".git/config"})).contains("git's own"));
+        assert!(refused(
+            "write_file",
+            json!({"path": ".git/hooks/pre-commit", "content": "x"})
+        )
+        .contains("git's own"));
+        assert!(
+            refused("write_file", json!({"path": "reaper.toml", "content": "x"}))
+                .contains("configuration")
+        );
+    }
+
+    #[test]
+    fn command_arguments_stay_inside_and_off_private_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join(".env"), "KEY=sk-1").unwrap();
+        let mut tools = toolbox(&root);
+        tools.commands = CommandRules {
+            enabled: true,
+            allow: vec!["cat".into(), "cargo".into()],
+            ..tools.commands
+        };
+        let prepare = |line: &str| tools.prepare(&call("run_command", json!({"command": line})));
+        assert!(prepare("cargo test --all").is_ok());
+        assert!(prepare("cat src/../Cargo.toml").is_err());
+        assert!(prepare("cat .env")
+            .unwrap_err()
+            .to_string()
+            .contains("credentials"));
+        assert!(prepare("cat /etc/passwd")
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        assert!(prepare("cat ~/.ssh/id_rsa").is_err());
+        assert!(prepare("cargo test --manifest-path=/tmp/x/Cargo.toml").is_err());
     }
 
     #[test]

@@ -85,7 +85,17 @@ pub async fn run(client: &Client, args: &AgentArgs) -> Result<(), Error> {
         }
         if update.needs_approval {
             let lines = answers.get_or_insert_with(stdin_lines);
-            approve(&update, &control, lines, args, interactive).await;
+            let asking = approve(&update, &control, lines, args, interactive);
+            tokio::select! {
+                () = asking => {}
+                // Ctrl-C at the prompt cancels the task, as anywhere else.
+                _ = interrupts.recv() => {
+                    cancelled = true;
+                    eprintln!();
+                    eprintln!("reaper agent: cancelling (Ctrl-C again to stop waiting)");
+                    let _ = control.send(&AgentControl { action: AgentAction::Cancel, step: None }).await;
+                }
+            }
         }
     }
 }

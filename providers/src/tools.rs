@@ -100,7 +100,12 @@ pub(crate) fn openai_messages(turns: &[Turn], ollama: bool) -> Vec<Value> {
                         .iter()
                         .map(|c| {
                             let arguments = if ollama {
-                                c.arguments.clone()
+                                // Ollama takes an object only: arguments that were not JSON go
+                                // back empty (the tool's result said what was wrong).
+                                match &c.arguments {
+                                    Value::Object(_) => c.arguments.clone(),
+                                    _ => json!({}),
+                                }
                             } else {
                                 // OpenAI sends (and takes back) the arguments as a JSON string.
                                 match &c.arguments {
@@ -131,10 +136,15 @@ pub(crate) fn openai_messages(turns: &[Turn], ollama: bool) -> Vec<Value> {
         .collect()
 }
 
-/// OpenAI-style tool calls streamed in pieces (by `index`), put together.
+/// OpenAI-style tool calls streamed in pieces (by `index`), put together. The id and the
+/// name come whole, once (some servers repeat them on every piece: kept once); the
+/// arguments come in pieces. A server that leaves `index` out is followed by id: a new id is
+/// a new call.
 #[derive(Debug, Default)]
 pub(crate) struct CallParts {
     parts: BTreeMap<u64, (String, String, String)>,
+    /// The index of the call read last, for pieces without one.
+    last: Option<u64>,
 }
 
 impl CallParts {
@@ -143,14 +153,32 @@ impl CallParts {
         let Some(calls) = calls.as_array() else {
             return;
         };
-        for (position, call) in calls.iter().enumerate() {
-            let index = call["index"].as_u64().unwrap_or(position as u64);
+        for call in calls {
+            let id = call["id"].as_str().filter(|id| !id.is_empty());
+            let index = match call["index"].as_u64() {
+                Some(index) => index,
+                None => match (self.last, id) {
+                    (Some(last), Some(id)) if self.parts.get(&last).is_some_and(|p| p.0 != id) => {
+                        self.parts.keys().next_back().map_or(0, |k| k + 1)
+                    }
+                    (Some(last), _) => last,
+                    (None, _) => 0,
+                },
+            };
+            self.last = Some(index);
             let part = self.parts.entry(index).or_default();
-            if let Some(id) = call["id"].as_str() {
-                part.0.push_str(id);
+            if let Some(id) = id {
+                if part.0.is_empty() {
+                    part.0 = id.to_owned();
+                }
             }
             if let Some(name) = call["function"]["name"].as_str() {
-                part.1.push_str(name);
+                if part.1.is_empty() {
+                    part.1 = name.to_owned();
+                } else if part.1 != name {
+                    // A name streamed in pieces.
+                    part.1.push_str(name);
+                }
             }
             match &call["function"]["arguments"] {
                 Value::String(piece) => part.2.push_str(piece),
@@ -163,6 +191,7 @@ impl CallParts {
 
     /// The calls, complete; empty when none were made.
     pub(crate) fn finish(&mut self) -> Vec<ToolCall> {
+        self.last = None;
         std::mem::take(&mut self.parts)
             .into_iter()
             .map(|(index, (id, name, arguments))| ToolCall {
@@ -220,7 +249,8 @@ pub(crate) fn anthropic_messages(turns: &[Turn]) -> (Option<String>, Vec<Value>)
             Turn::User(text) => push("user", vec![json!({"type": "text", "text": text})]),
             Turn::Assistant { text, calls } => {
                 let mut blocks = Vec::new();
-                if !text.is_empty() {
+                // The API refuses a text block of whitespace alone.
+                if !text.trim().is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
                 for call in calls {
@@ -333,5 +363,18 @@ mod tests {
         assert_eq!(calls[1].id, "call_1");
         assert_eq!(calls[1].arguments, json!("not json"));
         assert!(parts.finish().is_empty());
+
+        // A server that repeats the id and name on every piece, and one without indexes.
+        let mut parts = CallParts::default();
+        parts.feed(
+            &json!([{"id": "a", "function": {"name": "read_file", "arguments": "{\"path\":"}}]),
+        );
+        parts.feed(&json!([{"id": "a", "function": {"name": "read_file", "arguments": "\"x\"}"}}]));
+        parts.feed(&json!([{"id": "b", "function": {"name": "list_dir", "arguments": "{}"}}]));
+        let calls = parts.finish();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0].name, "read_file");
+        assert_eq!(calls[0].arguments, json!({"path": "x"}));
+        assert_eq!(calls[1].id, "b");
     }
 }

@@ -536,7 +536,24 @@ async fn cancel_stops_a_task_waiting_for_approval_and_one_whose_model_is_writing
     let model = OpenAiServer::start(openai::Script::acting(MODEL, fixer()));
     let daemon = Daemon::start_with(&config(&model, ""), &[]);
     let client = Client::connect(daemon.options()).await.unwrap();
-    let seen = run_task(&client, &repo.root(), "Cap it.", |_| {
+    // Stray approvals for a step that does not exist first: the cancel is never lost behind
+    // them.
+    let task = AgentTask {
+        instruction: "Cap it.".into(),
+        cwd: repo.root().display().to_string(),
+        timeout: Some(60),
+    };
+    let (mut stream, control) = client.agent(&task, CallOptions::default()).await.unwrap();
+    for _ in 0..40 {
+        control
+            .send(&AgentControl {
+                action: AgentAction::Approve,
+                step: Some(999),
+            })
+            .await
+            .unwrap();
+    }
+    let seen = read_all(&mut stream, &control, &mut |_: &StepUpdate| {
         Some(AgentAction::Cancel)
     })
     .await;
@@ -739,6 +756,22 @@ async fn bad_tasks_and_control_messages_get_clear_statuses() {
         assert_eq!(error.code, code, "{error:?}");
         assert!(error.message.contains(words), "{error:?}");
     }
+    // A task over the whole home directory is refused: every key the user has is there.
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().canonicalize().unwrap();
+    let with_home = Daemon::start_with(
+        &config(&model, ""),
+        &[("HOME", home_path.to_str().unwrap())],
+    );
+    let client_home = Client::connect(with_home.options()).await.unwrap();
+    let seen = run_task(&client_home, &home_path, "x", approve_all).await;
+    assert_eq!(seen.code(), Code::InvalidArgument);
+    assert!(seen
+        .ended
+        .unwrap_err()
+        .status()
+        .message
+        .contains("too wide"));
     // No provider that calls tools: a setup to fix, said so.
     let offline_only = Daemon::start();
     let client = Client::connect(offline_only.options()).await.unwrap();

@@ -117,3 +117,42 @@ impl Default for CommandsConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn policies_fall_back_from_the_tool_to_mcp_to_the_built_in_default() {
+        let text =
+            "[agent.policy]\nwrite_file = \"allow\"\nmcp = \"deny\"\ngit__git_status = \"allow\"\n";
+        let agent = Config::from_toml(text, "test").unwrap().agent;
+        assert_eq!(agent.policy_of("write_file"), Policy::Allow);
+        assert_eq!(agent.policy_of("edit_file"), Policy::Ask);
+        assert_eq!(agent.policy_of("read_file"), Policy::Allow);
+        assert_eq!(agent.policy_of("run_command"), Policy::Ask);
+        assert_eq!(agent.policy_of("git__git_status"), Policy::Allow);
+        assert_eq!(agent.policy_of("git__git_commit"), Policy::Deny);
+        let defaults = AgentConfig::default();
+        assert_eq!(defaults.policy_of("fs__write_file"), Policy::Ask);
+        assert!(!defaults.commands.enabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, words) in [
+            (
+                "[agent.policy]\nwrite_file = \"sometimes\"\n",
+                "unknown variant",
+            ),
+            ("[agent]\nmax_steps = 0\n", "nonzero"),
+            ("[agent]\nmax_steps = 5000\n", "out of range"),
+            ("[agent.commands]\ntimeout_ms = 5\n", "out of range"),
+            ("[agent]\nmax_step = 3\n", "unknown field"),
+        ] {
+            let error = Config::from_toml(text, "test").unwrap_err().to_string();
+            assert!(error.contains(words), "{text}: {error}");
+        }
+    }
+}

@@ -31,6 +31,7 @@ use reaper_core::{Code, Encoding, Status, WireMessage};
 use reaper_mcp::McpServers;
 use reaper_providers::Pool;
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
@@ -71,6 +72,8 @@ struct Running {
     encoding: Encoding,
     /// `None` once the client closed its side.
     controls: Option<mpsc::Sender<Control>>,
+    /// Set on the client's cancel: never queued behind approvals, never dropped.
+    cancel: watch::Sender<bool>,
     waiting: VecDeque<Step>,
     /// The task's id and its last step number, for a last update of our own (a deadline).
     task_id: String,
@@ -162,6 +165,7 @@ impl AgentService {
         let id = call.id;
         let task_id = reaper_agent::new_task_id();
         let (controls, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (cancel, cancel_rx) = watch::channel(false);
         let setup = Setup {
             pool: self.pool.clone(),
             config: self.config.clone(),
@@ -171,9 +175,10 @@ impl AgentService {
         };
         let done = self.done.clone();
         let handle = self.runtime.spawn(async move {
-            let result = AssertUnwindSafe(execute(setup, task, control_rx, id, seq, &done))
-                .catch_unwind()
-                .await;
+            let result =
+                AssertUnwindSafe(execute(setup, task, control_rx, cancel_rx, id, seq, &done))
+                    .catch_unwind()
+                    .await;
             let status = result.unwrap_or_else(|_| {
                 tracing::error!("an agent task panicked; the call fails, the daemon goes on");
                 Status::new(
@@ -197,6 +202,7 @@ impl AgentService {
                 task: handle.abort_handle(),
                 encoding: call.encoding,
                 controls: Some(controls),
+                cancel,
                 waiting: VecDeque::new(),
                 task_id,
                 last_step: 0,
@@ -226,7 +232,10 @@ impl AgentService {
         let control = match control.action {
             AgentAction::Approve => Control::Approve(control.step),
             AgentAction::Reject => Control::Reject(control.step),
-            AgentAction::Cancel => Control::Cancel,
+            AgentAction::Cancel => {
+                call.cancel.send_replace(true);
+                return None;
+            }
         };
         if let Some(sender) = &call.controls {
             if sender.try_send(control).is_err() {
@@ -418,6 +427,7 @@ async fn execute(
     setup: Setup,
     task: AgentTask,
     controls: mpsc::Receiver<Control>,
+    cancel: watch::Receiver<bool>,
     id: CallId,
     seq: u64,
     done: &UnboundedSender<Finished>,
@@ -444,7 +454,7 @@ async fn execute(
     };
     let task_id = spec.id.clone();
     let (result, ()) = tokio::join!(
-        reaper_agent::run(&setup.pool, spec, updates, controls),
+        reaper_agent::run(&setup.pool, spec, updates, controls, cancel),
         forward
     );
     match result {
@@ -463,6 +473,18 @@ async fn execute(
 async fn prepare(setup: &Setup, task: &AgentTask) -> Result<TaskSpec, Status> {
     let workspace = Workspace::new(std::path::Path::new(&task.cwd))
         .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+    // The whole disk, or the whole home directory, is no task's working directory: it would
+    // put every key and configuration the user has within the model's reach.
+    let home = std::env::var_os("HOME").and_then(|h| std::path::Path::new(&h).canonicalize().ok());
+    if workspace.root() == std::path::Path::new("/") || Some(workspace.root()) == home.as_deref() {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            format!(
+                "cwd {} is too wide: give the task a project directory",
+                workspace.root().display()
+            ),
+        ));
+    }
     let journals = setup.journals.clone();
     let (task_id, root) = (setup.task_id.clone(), workspace.root().to_path_buf());
     let made = tokio::task::spawn_blocking(move || {
@@ -487,13 +509,23 @@ async fn prepare(setup: &Setup, task: &AgentTask) -> Result<TaskSpec, Status> {
         Err(error) => return Err(Status::new(Code::Internal, error.to_string())),
     };
     let offline = setup.pool.offline().cloned();
-    let excluded: Arc<dyn Fn(&std::path::Path) -> bool + Send + Sync> = match &offline {
+    // Never shown to a model: what the offline model never reads (credentials, `deny`), and
+    // the daemon's own state directory (its token, its key, other tasks' journals).
+    let state_dir = setup
+        .journals
+        .parent()
+        .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()));
+    let private: Arc<dyn Fn(&std::path::Path) -> bool + Send + Sync> = match &offline {
         Some(offline) => {
             let offline = offline.clone();
             Arc::new(move |p: &std::path::Path| offline.excludes(p))
         }
         None => Arc::new(|p: &std::path::Path| reaper_offline::workspace::holds_secrets(p)),
     };
+    let excluded: Arc<dyn Fn(&std::path::Path) -> bool + Send + Sync> =
+        Arc::new(move |p: &std::path::Path| {
+            private(p) || state_dir.as_deref().is_some_and(|d| p.starts_with(d))
+        });
     let index = offline.and_then(|o| o.workspace_of(&workspace.root().join("reaper-agent")));
     let commands = CommandRules {
         enabled: setup.config.commands.enabled,
