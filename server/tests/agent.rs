@@ -891,3 +891,53 @@ async fn llama_cpp_with_smollm2_runs_a_task_to_its_end() {
         "nothing approved, nothing changed"
     );
 }
+
+#[test]
+fn reaper_mcp_list_shows_each_servers_state_version_and_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let everything = reaper_testkit::node_modules().join(".bin/mcp-server-everything");
+    let config = dir.path().join("reaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mcp.servers.everything]\ncommand = {:?}\n[mcp.servers.broken]\ncommand = \"/nonexistent/mcp-server\"\n",
+            everything.display().to_string()
+        ),
+    )
+    .unwrap();
+    let list = |json: bool| {
+        let mut command = Command::new(daemon::reaper_bin());
+        if json {
+            command.arg("--json");
+        }
+        command
+            .args(["mcp", "list"])
+            .env("REAPER_CONFIG", &config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = list(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("everything") && text.contains("running"),
+        "{text}"
+    );
+    assert!(text.contains("(protocol 20"), "{text}");
+    assert!(text.contains("echo"), "{text}");
+    assert!(text.contains("broken") && text.contains("failed"), "{text}");
+    let out = list(true);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["state"], "running");
+    assert!(lines[0]["tools"].as_array().unwrap().len() > 5);
+    assert_ne!(lines[1]["state"], "running");
+}
