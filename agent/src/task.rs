@@ -514,16 +514,7 @@ impl Task<'_> {
         let prepared =
             match prepared.map_err(|e| TaskError::Journal(format!("a tool panicked: {e}")))? {
                 Ok(prepared) => prepared,
-                Err(error) => {
-                    let message = format!("refused: {error}");
-                    reporter
-                        .send(StepStatus::Verifying, description, |u| {
-                            u.tool = Some(call.name.clone());
-                            u.message = Some(message.clone());
-                        })
-                        .await;
-                    return Ok((message, true));
-                }
+                Err(error) => return Ok(refuse(reporter, description, call, &error).await),
             };
         let detail = match &prepared {
             Prepared::Change(change) => Some(change.preview.clone()),
@@ -538,14 +529,7 @@ impl Task<'_> {
                     wanted,
                     limit: self.limits.max_bytes_written,
                 };
-                let message = format!("refused: {error}");
-                reporter
-                    .send(StepStatus::Verifying, description, |u| {
-                        u.tool = Some(call.name.clone());
-                        u.message = Some(message.clone());
-                    })
-                    .await;
-                return Ok((message, true));
+                return Ok(refuse(reporter, description, call, &error).await);
             }
         }
         let policy = (self.policy)(&call.name);
@@ -746,6 +730,23 @@ impl Task<'_> {
             .await;
         Ok(())
     }
+}
+
+/// A call refused before it ran: the update that says so, and what the model is told.
+async fn refuse(
+    reporter: &Reporter,
+    description: String,
+    call: &ToolCall,
+    error: &ToolError,
+) -> (String, bool) {
+    let message = format!("refused: {error}");
+    reporter
+        .send(StepStatus::Verifying, description, |u| {
+            u.tool = Some(call.name.clone());
+            u.message = Some(message.clone());
+        })
+        .await;
+    (message, true)
 }
 
 enum ToolErrorOrJournal {

@@ -623,14 +623,7 @@ impl<'a> ChatAnswer<'a> {
                     };
                     return Ok(());
                 }
-                Err(error) => {
-                    if blames_provider(&error) {
-                        entry.state().failed(&error, Instant::now());
-                    }
-                    tracing::debug!(provider = entry.provider.name(), %error, "chat failed; asking the next provider");
-                    self.failures
-                        .push((entry.provider.name().to_owned(), error));
-                }
+                Err(error) => passed_over(entry, error, &mut self.failures, "chat"),
             }
         }
         Err(ChatError::Failed(PoolError {
@@ -638,6 +631,21 @@ impl<'a> ChatAnswer<'a> {
             skipped: std::mem::take(&mut self.skipped),
         }))
     }
+}
+
+/// A provider that failed before its first piece: counted against it (unless the request
+/// was at fault), noted, and passed over for the next.
+pub(crate) fn passed_over(
+    entry: &Entry,
+    error: ProviderError,
+    failures: &mut Vec<(String, ProviderError)>,
+    what: &str,
+) {
+    if blames_provider(&error) {
+        entry.state().failed(&error, Instant::now());
+    }
+    tracing::debug!(provider = entry.provider.name(), %error, "{what} failed before its first piece; asking the next provider");
+    failures.push((entry.provider.name().to_owned(), error));
 }
 
 /// Waits until no completion has asked `entry` for [`RESUME_AFTER`].

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use crate::chat::{blames_provider, ChatError, Counted, Need, Slots};
+use crate::chat::{blames_provider, passed_over, ChatError, Counted, Need, Slots};
 use crate::pool::{Entry, Pool, PoolError, Skipped};
 use crate::provider::{ChatPiece, ChatStream};
 use crate::tools::{ConverseInput, ToolSpec, Turn};
@@ -131,19 +131,17 @@ impl StepAnswer<'_> {
                 }
                 Some(Err(error)) => {
                     self.streaming = None;
-                    if blames_provider(&error) {
-                        entry.state().failed(&error, Instant::now());
-                    }
                     if self.said_anything {
+                        if blames_provider(&error) {
+                            entry.state().failed(&error, Instant::now());
+                        }
                         self.ended = true;
                         return Some(Err(ChatError::Interrupted {
                             provider: entry.provider.name().to_owned(),
                             error,
                         }));
                     }
-                    tracing::debug!(provider = entry.provider.name(), %error, "agent step failed before its first piece; asking the next provider");
-                    self.failures
-                        .push((entry.provider.name().to_owned(), error));
+                    passed_over(entry, error, &mut self.failures, "an agent step");
                 }
             }
         }
@@ -170,14 +168,7 @@ impl StepAnswer<'_> {
                     });
                     return Ok(());
                 }
-                Err(error) => {
-                    if blames_provider(&error) {
-                        entry.state().failed(&error, Instant::now());
-                    }
-                    tracing::debug!(provider = entry.provider.name(), %error, "agent step failed; asking the next provider");
-                    self.failures
-                        .push((entry.provider.name().to_owned(), error));
-                }
+                Err(error) => passed_over(entry, error, &mut self.failures, "an agent step"),
             }
         }
         Err(ChatError::Failed(PoolError {

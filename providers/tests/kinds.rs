@@ -2,11 +2,13 @@
 //! Anthropic formats), and against a local server that follows the documented wire format
 //! where none does (Ollama, Copilot's token exchange). No daemon: the providers alone.
 
+mod common;
+
+use common::provider;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reaper_core::config::Config;
 use reaper_core::schema::{ChatMessage, CompletionRequest, Role};
 use reaper_providers::prompt::RepoContext;
 use reaper_providers::{
@@ -14,17 +16,6 @@ use reaper_providers::{
 };
 use reaper_testkit::ollama::{self, OllamaServer, Trouble};
 use reaper_testkit::{copilot, CopilotServer, LlamaOptions, LlamaServer, Reply, WireServer};
-
-/// The provider a `[providers.test]` table describes, with `env` as its environment.
-fn provider(table: &str, env: &[(&str, &str)]) -> Arc<dyn Provider> {
-    let config = Config::from_toml(&format!("[providers.test]\n{table}"), "test").unwrap();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    reaper_providers::kinds::build("test", &config.providers.remote[0].settings, &lookup).unwrap()
-}
 
 fn request(prefix: &str, suffix: &str) -> CompletionRequest {
     CompletionRequest {

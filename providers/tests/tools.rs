@@ -4,27 +4,18 @@
 //! `tool_calls`), against local servers that follow the documented formats; llama.cpp takes
 //! the same requests for real.
 
-use std::sync::Arc;
+mod common;
+
+use common::provider;
 use std::time::Duration;
 
 use futures::StreamExt;
-use reaper_core::config::Config;
 use reaper_providers::{ChatPiece, ConverseInput, Provider, ToolCall, ToolSpec, Turn};
 use reaper_testkit::{
     anthropic, last_tool_result, ollama, openai, AnthropicServer, LlamaOptions, LlamaServer,
     ModelTurn, OllamaServer, OpenAiServer, Responder,
 };
 use serde_json::json;
-
-fn provider(table: &str, env: &[(&str, &str)]) -> Arc<dyn Provider> {
-    let config = Config::from_toml(&format!("[providers.test]\n{table}"), "test").unwrap();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    reaper_providers::kinds::build("test", &config.providers.remote[0].settings, &lookup).unwrap()
-}
 
 fn read_file_tool() -> ToolSpec {
     ToolSpec {
