@@ -74,6 +74,8 @@ struct Running {
     controls: Option<mpsc::Sender<Control>>,
     /// Set on the client's cancel: never queued behind approvals, never dropped.
     cancel: watch::Sender<bool>,
+    /// Control messages dropped for want of room (logged once per call).
+    dropped: u64,
     waiting: VecDeque<Step>,
     /// The task's id and its last step number, for a last update of our own (a deadline).
     task_id: String,
@@ -203,6 +205,7 @@ impl AgentService {
                 encoding: call.encoding,
                 controls: Some(controls),
                 cancel,
+                dropped: 0,
                 waiting: VecDeque::new(),
                 task_id,
                 last_step: 0,
@@ -239,7 +242,10 @@ impl AgentService {
         };
         if let Some(sender) = &call.controls {
             if sender.try_send(control).is_err() {
-                tracing::warn!(call = %id, "agent control messages arrive faster than steps: one dropped");
+                call.dropped += 1;
+                if call.dropped == 1 {
+                    tracing::warn!(call = %id, "agent control messages arrive faster than steps: dropping the excess");
+                }
             }
         }
         None
