@@ -240,6 +240,9 @@ async fn run(args: Args) -> Result<(), Error> {
     let mut options = ClientOptions::discover(args.state_dir, args.addr)?;
     options.encoding = args.encoding.parse().unwrap_or(Encoding::Rkyv);
     options.default_deadline = args.timeout_ms.map(Duration::from_millis);
+    // A closed port means the daemon is gone (a running one keeps it open; a stopping one
+    // removes its endpoint file): say so now rather than after the backoff.
+    options.retry_refused = false;
     // Read inputs before connecting, so a bad file name fails fast.
     let request = match &args.command {
         Command::Complete {

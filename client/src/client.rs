@@ -24,12 +24,19 @@ pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest wait between connection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How long one connection attempt waits for the handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Per-call settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions {
     /// Give up (and cancel the call) after this long; overrides the client's default.
     pub deadline: Option<Duration>,
 }
+
+/// The longest [`Client::close`] waits for the close to be sent (it is usually sent in one
+/// turn of the runtime).
+const CLOSE_FLUSH: Duration = Duration::from_millis(3);
 
 /// A stream of responses from a streaming call; it ends after the last message, or with the
 /// call's error.
@@ -78,12 +85,25 @@ impl Client {
     }
 
     /// Closes the connection politely (the daemon frees it at once instead of waiting for the
-    /// idle timeout) and waits, briefly, for the close to be sent.
+    /// idle timeout) and gives the endpoint a moment to send the close. It does not wait out
+    /// QUIC's draining period (three round-trip timeouts, ~80 ms on loopback), which only
+    /// matters to a peer that did not hear the close: a command-line client that waited for
+    /// it spent most of its life there.
     pub async fn close(&self) {
-        if let Some(conn) = self.connection.lock().await.take() {
-            conn.close(VarInt::from_u32(0), b"client closed");
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(250), self.endpoint.wait_idle()).await;
+        let Some(conn) = self.connection.lock().await.take() else {
+            return;
+        };
+        let before = conn.stats().udp_tx.datagrams;
+        conn.close(VarInt::from_u32(0), b"client closed");
+        // The close is queued; the connection's driver sends it, in a datagram of its own, the
+        // next time it runs. This returns as soon as that datagram is counted (one turn of the
+        // runtime), or after CLOSE_FLUSH if the driver is slow.
+        let sent = async {
+            while conn.stats().udp_tx.datagrams == before {
+                tokio::task::yield_now().await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH, sent).await;
     }
 
     /// Transport statistics of the current connection (packets, losses, RTT, congestion
@@ -263,15 +283,20 @@ impl Client {
         let attempts = self.options.connect_attempts.max(1);
         let mut backoff = BACKOFF_START;
         let mut last_error = String::new();
+        let mut made = 0;
         for attempt in 1..=attempts {
+            made = attempt;
             match self.try_connect().await {
                 Ok(conn) => {
                     *slot = Some(conn.clone());
                     return Ok(conn);
                 }
-                Err(reason) => {
-                    tracing::debug!(attempt, %reason, "connection attempt failed");
-                    last_error = reason;
+                Err(failure) => {
+                    tracing::debug!(attempt, reason = %failure.reason, "connection attempt failed");
+                    last_error = failure.reason;
+                    if failure.refused && !self.options.retry_refused {
+                        break;
+                    }
                 }
             }
             if attempt < attempts {
@@ -281,12 +306,12 @@ impl Client {
         }
         Err(Error::Connect {
             addr: self.options.addr,
-            attempts,
+            attempts: made,
             reason: last_error,
         })
     }
 
-    async fn try_connect(&self) -> Result<quinn::Connection, String> {
+    async fn try_connect(&self) -> Result<quinn::Connection, AttemptFailed> {
         let connecting = self
             .endpoint
             .connect_with(
@@ -294,12 +319,24 @@ impl Client {
                 self.options.addr,
                 transport::SERVER_NAME,
             )
-            .map_err(|e| e.to_string())?;
-        // A daemon that is not there never answers UDP: bound each attempt.
-        match tokio::time::timeout(Duration::from_secs(3), connecting).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 3 s".to_owned()),
+            .map_err(|e| AttemptFailed::other(e.to_string()))?;
+        // A daemon that is not there never answers QUIC: bound each attempt, and learn sooner
+        // from the kernel when nothing is listening at all.
+        tokio::select! {
+            biased;
+            answer = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match answer {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(AttemptFailed::other(e.to_string())),
+                Err(_) => Err(AttemptFailed::other(format!(
+                    "no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))),
+            },
+            () = nothing_listens(self.options.addr) => Err(AttemptFailed {
+                refused: true,
+                reason: "nothing is listening there (is reaperd running? `reaperd` starts it)"
+                    .to_owned(),
+            }),
         }
     }
 
@@ -475,5 +512,57 @@ async fn with_deadline<T>(
             .await
             .unwrap_or(Err(Error::DeadlineExceeded(limit.as_millis() as u64))),
         None => work.await,
+    }
+}
+
+/// Why one connection attempt failed.
+struct AttemptFailed {
+    /// The port is closed: nothing listens there now.
+    refused: bool,
+    reason: String,
+}
+
+impl AttemptFailed {
+    fn other(reason: String) -> AttemptFailed {
+        AttemptFailed {
+            refused: false,
+            reason,
+        }
+    }
+}
+
+/// Resolves if the kernel says nothing listens at `addr`; otherwise never.
+///
+/// QUIC's own socket is unconnected, so the ICMP "port unreachable" a closed port answers with
+/// never reaches it, and a handshake to a dead daemon waits out its whole timeout. An empty
+/// datagram on a connected socket gets that answer back as `ECONNREFUSED` within microseconds
+/// on loopback. A live daemon ignores empty datagrams (they carry no QUIC packet), and then
+/// this waits until the handshake's own timeout drops it. Any failure to set up the probe also
+/// waits: the probe only makes a dead daemon quicker to report.
+async fn nothing_listens(addr: std::net::SocketAddr) {
+    let bind: std::net::SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = async {
+        let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+        socket.connect(addr).await.ok()?;
+        socket.send(&[]).await.ok()?;
+        let mut byte = [0u8; 1];
+        // Something that answers an empty datagram is not what we asked about; a bounded
+        // number of such answers, then give up on the probe.
+        for _ in 0..8 {
+            if let Err(error) = socket.recv(&mut byte).await {
+                if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Some(());
+                }
+                return None;
+            }
+        }
+        None
+    };
+    if probe.await.is_none() {
+        std::future::pending::<()>().await;
     }
 }

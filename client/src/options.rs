@@ -27,6 +27,10 @@ pub struct ClientOptions {
     pub default_deadline: Option<Duration>,
     /// Connection attempts before giving up (100 ms doubling to 5 s between them).
     pub connect_attempts: u32,
+    /// Whether an attempt that finds nothing listening at `addr` (the port is closed) is
+    /// retried. Yes by default, so a long-lived client finds a daemon that is restarting; a
+    /// one-shot command turns it off and reports a dead daemon at once.
+    pub retry_refused: bool,
     /// Transport limits (must fit the daemon's; the defaults do).
     pub rpc: RpcConfig,
 }
@@ -72,6 +76,7 @@ impl ClientOptions {
             encoding: Encoding::Rkyv,
             default_deadline: None,
             connect_attempts: rpc.reconnect_attempts.max(1),
+            retry_refused: true,
             rpc,
         })
     }

@@ -220,6 +220,8 @@ pub fn resolve_state_dir(explicit: Option<PathBuf>) -> PathBuf {
 async fn try_connect(dir: &Path, attempts: u32) -> Result<Client, Error> {
     let mut options = ClientOptions::discover(Some(dir.to_path_buf()), None)?;
     options.connect_attempts = attempts;
+    // A closed port behind an endpoint file is a daemon that died: start one rather than wait.
+    options.retry_refused = false;
     Client::connect(options).await
 }
 
