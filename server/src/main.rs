@@ -51,6 +51,32 @@ fn main() {
 /// Socket buffer size asked for (the kernel caps it at net.core.rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
+/// How long a start waits for its address to be released before it gives up: a daemon that
+/// was just killed holds its port until the kernel has torn its io_uring down (measured: ~9 ms
+/// after SIGKILL), so an immediate restart would otherwise fail with "address in use".
+const BIND_WAIT: Duration = Duration::from_secs(1);
+
+/// Binds `socket` to `listen`, retrying "address in use" for up to [`BIND_WAIT`].
+fn bind_when_free(socket: &socket2::Socket, listen: SocketAddr) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match socket.bind(&listen.into()) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_WAIT =>
+            {
+                if !logged {
+                    tracing::info!(%listen, "address in use; waiting up to 1 s in case a daemon that just stopped is still releasing it");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Binds the UDP socket with large buffers: a burst of requests then waits in the kernel
 /// instead of being dropped while the loop answers the datagrams it already read (it reads a
 /// few per pass; `docs/design.md`, "Receive path").
@@ -68,7 +94,7 @@ fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
             tracing::warn!(%error, "cannot enlarge the UDP {what} buffer; bursts may drop datagrams");
         }
     }
-    socket.bind(&listen.into())?;
+    bind_when_free(&socket, listen)?;
     let granted = socket.recv_buffer_size().unwrap_or(0);
     if granted < SOCKET_BUFFER {
         // Measured at 256 calls in flight with the usual 208 KiB cap: ~360 datagrams dropped

@@ -66,6 +66,12 @@ pub struct DaemonConfig {
     /// Seconds to let in-flight calls finish after SIGINT/SIGTERM.
     #[serde(deserialize_with = "range::within::<_, _, 0, 3_600>")]
     pub shutdown_grace: u64,
+    /// Microseconds the event loop keeps polling for the next datagram after it last had work,
+    /// before it sleeps; 0 sleeps at once. Answers a client on another CPU without the cost of
+    /// waking the daemon up (sequential calls across two CPUs: 66 → 40 µs at p50), and yields
+    /// to any other thread that wants the CPU meanwhile.
+    #[serde(deserialize_with = "range::within::<_, _, 0, 10_000>")]
+    pub busy_poll_us: u64,
 }
 
 impl Default for DaemonConfig {
@@ -78,6 +84,7 @@ impl Default for DaemonConfig {
             log_file: None,
             state_dir: None,
             shutdown_grace: 5,
+            busy_poll_us: 50,
         }
     }
 }

@@ -1,21 +1,24 @@
 //! The event loop: one thread, one io_uring, one UDP socket, driving the core state machine.
 //!
-//! Each pass drains every datagram waiting on the socket ([`Receiver`]: `recvmmsg` with GRO, in
-//! arrival order), serves the calls that became ready (inline, before anything is sent, so ACKs
-//! ride on responses), then sends every datagram core wants out as one batch of io_uring
-//! submissions, and re-arms the timer only when core's next deadline changes. No locks: the loop
-//! owns the state machine and the services; provider work answers through one channel.
+//! Each pass handles what the ring completed, in order: sends done (their slots freed), a
+//! wake-up (signals, then work the provider runtime finished), and up to
+//! `MAX_DATAGRAMS_PER_PASS` datagrams from the multishot receive. Then it serves the calls that
+//! became ready (inline, before anything is sent, so ACKs ride on responses), queues a send for
+//! every datagram core wants out, and makes one `io_uring_enter` that submits them and sleeps
+//! until the next completion or core's next deadline. No locks: the loop owns the state machine
+//! and the services; provider work answers through one channel and a wake-up.
 
-use std::pin::pin;
-use std::rc::Rc;
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
+use io_uring::{opcode, types};
 use reaper_core::rpc::{RpcServer, ServerEvent};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_uring::net::UdpSocket;
 
 use super::receive::Receiver;
+use super::ring::{Op, Ring};
 use super::send::Sender;
+use super::signals::{self, Signal};
+use super::wake::WakeReader;
 use crate::services::{Services, TransportInfo};
 
 /// Datagrams handled in one pass before the responses go out. Small, so the client can work on
@@ -36,6 +39,10 @@ const MAX_DATAGRAMS_PER_PASS: usize = 8;
 /// 113,000–128,000 → 159,000–161,000). 2 measured like 4; 8 kept only half the gain at 16.
 /// One call at a time is unaffected.
 const EARLY_ANSWERS: usize = 4;
+
+/// How long shutdown waits for sends in flight to complete before leaving their memory to the
+/// kernel (it is then never freed).
+const SEND_DRAIN: Duration = Duration::from_secs(1);
 
 /// How the loop ended.
 #[derive(Debug)]
@@ -58,114 +65,196 @@ pub fn run(
     grace: Duration,
     ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Shutdown> {
-    tokio_uring::start(async move {
-        // Work that leaves the loop (provider calls) comes back on this channel.
-        let (mut services, mut finished) = Services::start(&config, Instant::now(), journals)?;
-        let mut receiver = Receiver::new(&socket)?;
-        let mut sender = Sender::new(
-            Rc::new(UdpSocket::from_std(socket)),
-            receiver.gso_segments(),
-        );
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        // Signals whose default action would end the daemon at once, with no log line and the
-        // endpoint file left behind (issue 13, finding 9): SIGQUIT drains like SIGTERM; SIGHUP
-        // (a closed terminal, or a habit of asking daemons to reload) and SIGUSR1/SIGUSR2 are
-        // logged and otherwise ignored.
-        let mut quit = signal(SignalKind::quit())?;
-        let mut hangup = signal(SignalKind::hangup())?;
-        let mut user1 = signal(SignalKind::user_defined1())?;
-        let mut user2 = signal(SignalKind::user_defined2())?;
-        ready()?;
-        let mut timer = pin!(tokio::time::sleep_until(far_future()));
-        let mut armed_deadline: Option<Instant> = None;
-        let mut drain_deadline: Option<Instant> = None;
-        let mut refusals = Refusals::default();
+    use std::os::fd::AsRawFd;
+    let mut ring = Ring::new()?;
+    let mut wake = WakeReader::new()?;
+    // Work that leaves the loop (provider calls) comes back on this channel, with a wake-up.
+    let (mut services, mut finished) =
+        Services::start(&config, Instant::now(), journals, wake.waker())?;
+    let signals = signals::forward(wake.waker())?;
+    let mut receiver = Receiver::new(&socket, &mut ring)?;
+    let mut sender = Sender::new(socket.as_raw_fd(), receiver.gso_segments());
+    arm_wake(&mut ring, &wake);
+    let busy_poll = Duration::from_micros(config.daemon.busy_poll_us);
+    let mut last_work = Instant::now();
+    ready()?;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut refusals = Refusals::default();
 
-        loop {
-            // Signals and the timer come first: a steady stream of datagrams must not be able
-            // to postpone loss recovery, idle timeouts or shutdown.
-            tokio::select! {
-                biased;
-                _ = interrupt.recv(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(begin_drain(&mut server, "SIGINT", grace));
+    loop {
+        // One syscall: submit what the last pass queued, then sleep until a completion that
+        // is not a send (sends complete within the call on loopback: they are counted in what
+        // the call waits for), or until the next deadline. Completed sends alone are no reason
+        // for a pass.
+        let next = [
+            server.poll_timeout(),
+            services.next_deadline(),
+            drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
+        let quiet =
+            ring.handle_if_all_quiet(|c| matches!(c.op, Op::Send(_)), |c| sender.complete(c));
+        if quiet && last_work.elapsed() < busy_poll {
+            // Busy polling (`[daemon] busy_poll_us`): a thread on this CPU that wants it (a
+            // client pinned here) gets it first, then the kernel gets to finish receives.
+            std::thread::yield_now();
+            ring.poll();
+        } else if quiet && timeout != Some(Duration::ZERO) {
+            ring.submit_and_wait(sender.in_flight() + 1, timeout);
+        } else {
+            ring.submit();
+        }
+
+        let mut datagrams = 0;
+        let mut woken = false;
+        while datagrams < MAX_DATAGRAMS_PER_PASS {
+            let Some(completion) = ring.next_completion() else {
+                break;
+            };
+            match completion.op {
+                Op::Send(_) => sender.complete(completion),
+                Op::Receive => {
+                    datagrams +=
+                        receiver.complete(completion, &mut ring, &mut server, Instant::now())?;
                 }
-                _ = terminate.recv(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(begin_drain(&mut server, "SIGTERM", grace));
-                }
-                _ = quit.recv(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(begin_drain(&mut server, "SIGQUIT", grace));
-                }
-                _ = hangup.recv() => {
-                    tracing::info!("SIGHUP ignored: the configuration is read at start only; restart reaperd to apply a changed reaper.toml");
-                }
-                _ = user1.recv() => status_line(&server, &services, "SIGUSR1"),
-                _ = user2.recv() => status_line(&server, &services, "SIGUSR2"),
-                () = &mut timer, if armed_deadline.is_some() => {
-                    armed_deadline = None;
-                    server.handle_timeout(Instant::now());
-                }
-                Some(done) = finished.recv() => {
-                    let now = Instant::now();
-                    services.on_finished(&mut server, done, now);
-                    while let Ok(done) = finished.try_recv() {
-                        services.on_finished(&mut server, done, now);
+                Op::Wake => {
+                    woken = true;
+                    if !completion.more() {
+                        arm_wake(&mut ring, &wake);
                     }
-                    // Streamed pieces that came in together go out together.
-                    services.flush_streams(&mut server, now);
                 }
-                Ok(()) = receiver.readable() => {
-                    receiver.drain(&mut server, Instant::now(), MAX_DATAGRAMS_PER_PASS);
+                Op::Provide if completion.result >= 0 => {}
+                Op::Provide => {
+                    let error = std::io::Error::from_raw_os_error(-completion.result);
+                    tracing::error!(%error, "a receive buffer could not be handed back");
                 }
-            }
-
-            let now = Instant::now();
-            if serve(
-                &mut server,
-                &mut services,
-                &mut refusals,
-                now,
-                EARLY_ANSWERS,
-            ) {
-                sender.send_all(&mut server, now).await;
-                serve(&mut server, &mut services, &mut refusals, now, usize::MAX);
-            }
-            services.expire(&mut server, now);
-            refusals.flush(now);
-            sender.send_all(&mut server, now).await;
-            if let Some(deadline) = drain_deadline {
-                let settled = server.in_flight() == 0
-                    && server.unacknowledged() == 0
-                    && services.in_flight() == 0;
-                if settled || now >= deadline {
-                    let abandoned_calls = server.in_flight();
-                    server.close_all(now);
-                    sender.send_all(&mut server, now).await;
-                    services.stop_mcp_servers().await;
-                    return Ok(Shutdown { abandoned_calls });
-                }
-            }
-
-            let next = [
-                server.poll_timeout(),
-                services.next_deadline(),
-                drain_deadline,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            if next != armed_deadline {
-                if let Some(deadline) = next {
-                    timer.as_mut().reset(deadline.into());
-                }
-                armed_deadline = next;
             }
         }
-    })
+
+        if datagrams > 0 || woken {
+            last_work = Instant::now();
+        }
+        let now = Instant::now();
+        // Signals and deadlines come before serving: a steady stream of datagrams must not be
+        // able to postpone loss recovery, idle timeouts or shutdown.
+        if woken {
+            wake.clear();
+            loop {
+                match signals.try_recv() {
+                    Ok(signal) => {
+                        on_signal(signal, &mut server, &services, &mut drain_deadline, grace)
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        anyhow::bail!("the signal thread ended")
+                    }
+                }
+            }
+            let mut any = false;
+            while let Ok(done) = finished.try_recv() {
+                services.on_finished(&mut server, done, now);
+                any = true;
+            }
+            if any {
+                // Streamed pieces that came in together go out together.
+                services.flush_streams(&mut server, now);
+            }
+        }
+        if server.poll_timeout().is_some_and(|at| at <= now) {
+            server.handle_timeout(now);
+        }
+
+        if serve(
+            &mut server,
+            &mut services,
+            &mut refusals,
+            now,
+            EARLY_ANSWERS,
+        ) {
+            if sender.send_all(&mut ring, &mut server, now) > 0 {
+                // The first answers leave now, while the rest of the pass is served.
+                ring.submit();
+            }
+            serve(&mut server, &mut services, &mut refusals, now, usize::MAX);
+        }
+        services.expire(&mut server, now);
+        refusals.flush(now);
+        sender.send_all(&mut ring, &mut server, now);
+        if let Some(deadline) = drain_deadline {
+            let settled = server.in_flight() == 0
+                && server.unacknowledged() == 0
+                && services.in_flight() == 0;
+            if settled || now >= deadline {
+                let abandoned_calls = server.in_flight();
+                server.close_all(now);
+                finish_sends(&mut ring, &mut sender, &mut server, now);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?;
+                runtime.block_on(services.stop_mcp_servers());
+                return Ok(Shutdown { abandoned_calls });
+            }
+        }
+    }
 }
 
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+/// Sends what core still has (the closes) and waits, briefly, for every send to complete, so
+/// that the sender's memory can be freed; what does not complete in time keeps its memory for
+/// the life of the process (`Sender`'s `Drop`).
+fn finish_sends(ring: &mut Ring, sender: &mut Sender, server: &mut RpcServer, now: Instant) {
+    let until = Instant::now() + SEND_DRAIN;
+    loop {
+        sender.send_all(ring, server, now);
+        if sender.in_flight() == 0 {
+            return;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Dropping the sender then leaves their memory alone.
+            tracing::warn!(sends = sender.in_flight(), "sends still in flight at exit");
+            return;
+        }
+        ring.submit_and_wait(1, Some(left));
+        while let Some(completion) = ring.next_completion() {
+            if let Op::Send(_) = completion.op {
+                sender.complete(completion);
+            }
+        }
+    }
+}
+
+/// Polls the wake-up socket for the rest of the loop's life (multishot: one submission serves
+/// every wake-up, re-armed only if the kernel ends it).
+fn arm_wake(ring: &mut Ring, wake: &WakeReader) {
+    let entry = opcode::PollAdd::new(types::Fd(wake.fd()), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(Op::Wake.user_data());
+    // SAFETY: a poll points at no memory; the socket lives as long as the loop.
+    unsafe { ring.push(&entry) };
+}
+
+fn on_signal(
+    signal: Signal,
+    server: &mut RpcServer,
+    services: &Services,
+    drain_deadline: &mut Option<Instant>,
+    grace: Duration,
+) {
+    match signal {
+        Signal::Interrupt | Signal::Terminate | Signal::Quit => {
+            if drain_deadline.is_none() {
+                *drain_deadline = Some(begin_drain(server, signal.name(), grace));
+            }
+        }
+        Signal::Hangup => {
+            tracing::info!("SIGHUP ignored: the configuration is read at start only; restart reaperd to apply a changed reaper.toml");
+        }
+        Signal::User1 | Signal::User2 => status_line(server, services, signal.name()),
+    }
 }
 
 /// How often a refused handshake is logged at most.

@@ -1,100 +1,183 @@
-//! The send half of the datagram path: every transmit core has queued goes to io_uring in one
-//! batch of submissions, several datagrams to the same peer as one GSO `sendmsg` where the kernel
-//! supports it (quinn-proto lays them out as equal segments; `UDP_SEGMENT` tells the kernel the
-//! size).
+//! The send half of the datagram path: each transmit core has queued becomes a `sendmsg` on
+//! the ring, several datagrams to the same peer as one GSO send where the kernel supports it
+//! (quinn-proto lays them out as equal segments; `UDP_SEGMENT` tells the kernel the size).
+//!
+//! A send's buffer, address and `msghdr` live in a slot until its completion arrives; slots
+//! are allocated once and reused, so a steady state allocates nothing here. With every slot
+//! in flight, core keeps the rest queued until completions free one.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::os::fd::RawFd;
 use std::time::Instant;
 
+use io_uring::{opcode, types};
 use reaper_core::rpc::RpcServer;
-use tokio_uring::net::UdpSocket;
 
-/// `SOL_UDP` and `UDP_SEGMENT` from `<linux/udp.h>`.
-const SOL_UDP: i32 = 17;
-const UDP_SEGMENT: i32 = 103;
-/// How a device or kernel refuses a GSO send (`<asm-generic/errno-base.h>`).
-const EIO: i32 = 5;
-const EINVAL: i32 = 22;
+use super::ring::{Completion, Op, Ring};
 
-/// Sends what core wants sent. Buffers come from and go back to a pool, so a steady state
-/// allocates nothing here.
-pub struct Sender {
-    socket: Rc<UdpSocket>,
-    pool: Vec<Vec<u8>>,
-    /// Datagrams per send: the kernel's GSO limit, 1 without GSO.
-    segments: usize,
-}
-
-impl Sender {
-    /// Sends on `socket`, batching up to `segments` datagrams per send.
-    pub fn new(socket: Rc<UdpSocket>, segments: usize) -> Sender {
-        Sender {
-            socket,
-            pool: Vec::new(),
-            segments: segments.clamp(1, MAX_SEGMENTS),
-        }
-    }
-
-    /// Submits every queued transmit together and waits for them all.
-    pub async fn send_all(&mut self, server: &mut RpcServer, now: Instant) {
-        let mut sends = Vec::new();
-        loop {
-            let mut buf = self.pool.pop().unwrap_or_default();
-            let Some(transmit) = server.poll_transmit(now, self.segments, &mut buf) else {
-                self.pool.push(buf);
-                break;
-            };
-            buf.truncate(transmit.size);
-            let segment = transmit.segment_size.filter(|&s| s < transmit.size);
-            sends.push(send(
-                self.socket.clone(),
-                buf,
-                transmit.destination,
-                segment,
-            ));
-        }
-        if sends.is_empty() {
-            return;
-        }
-        for (result, buf, batched) in futures::future::join_all(sends).await {
-            if let Err(error) = result {
-                // Some devices refuse GSO (EIO, as quinn-udp also handles): the batch is lost
-                // (QUIC resends it) and every later send is a single datagram.
-                let refused = matches!(error.raw_os_error(), Some(EIO | EINVAL));
-                if batched && refused && self.segments > 1 {
-                    tracing::warn!(%error, "GSO send failed; sending one datagram at a time from now on");
-                    self.segments = 1;
-                } else {
-                    tracing::debug!(%error, "send failed");
-                }
-            }
-            self.pool.push(buf);
-        }
-    }
-}
+/// Sends in flight at most. A loopback send completes within the `io_uring_enter` that
+/// submits it; this bounds what a pass can queue and what memory sends can hold.
+const SLOTS: usize = 64;
 
 /// quinn-proto batches at most this many datagrams; a GSO send must also stay within one
 /// 65,507-byte UDP datagram, which the loopback MTU bound guarantees for 10.
 const MAX_SEGMENTS: usize = 10;
 
-async fn send(
-    socket: Rc<UdpSocket>,
+/// `CMSG_SPACE(sizeof(u16))` on a 64-bit target, in words so that it is aligned as a
+/// `cmsghdr` must be.
+const CONTROL_WORDS: usize = 3;
+
+/// One send's memory, at a fixed address while the kernel may read it.
+struct Slot {
     buf: Vec<u8>,
-    to: SocketAddr,
-    segment: Option<usize>,
-) -> (std::io::Result<usize>, Vec<u8>, bool) {
-    match segment {
-        None => {
-            let (result, buf) = socket.send_to(buf, to).await;
-            (result, buf, false)
-        }
-        Some(size) => {
-            let control = udp_segment(size as u16);
-            let (result, mut bufs, _) = socket.sendmsg(vec![buf], Some(to), Some(control)).await;
-            (result, bufs.pop().unwrap_or_default(), true)
+    iov: libc::iovec,
+    to: socket2::SockAddr,
+    control: [u64; CONTROL_WORDS],
+    msghdr: libc::msghdr,
+    batched: bool,
+}
+
+/// Sends what core wants sent.
+pub struct Sender {
+    fd: RawFd,
+    /// Never resized, so a slot never moves while the kernel may read it.
+    slots: Box<[Slot]>,
+    free: Vec<usize>,
+    /// Datagrams per send: the kernel's GSO limit, 1 without GSO (or once it failed).
+    segments: usize,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("in_flight", &self.in_flight())
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// Sends on `fd`, batching up to `segments` datagrams per send.
+    pub fn new(fd: RawFd, segments: usize) -> Sender {
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                buf: Vec::new(),
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                to: socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 0))),
+                control: [0; CONTROL_WORDS],
+                msghdr: empty_msghdr(),
+                batched: false,
+            })
+            .collect();
+        Sender {
+            fd,
+            slots,
+            free: (0..SLOTS).rev().collect(),
+            segments: segments.clamp(1, MAX_SEGMENTS),
         }
     }
+
+    /// Sends submitted whose completion has not arrived.
+    pub fn in_flight(&self) -> usize {
+        SLOTS - self.free.len()
+    }
+
+    /// Queues a send on `ring` for each transmit core has, while slots last. Returns how many
+    /// it queued.
+    pub fn send_all(&mut self, ring: &mut Ring, server: &mut RpcServer, now: Instant) -> usize {
+        let mut queued = 0;
+        while let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index];
+            slot.buf.clear();
+            let Some(transmit) = server.poll_transmit(now, self.segments, &mut slot.buf) else {
+                self.free.push(index);
+                break;
+            };
+            slot.buf.truncate(transmit.size);
+            let segment = transmit.segment_size.filter(|&s| s < transmit.size);
+            slot.prepare(transmit.destination, segment);
+            let entry = opcode::SendMsg::new(types::Fd(self.fd), &slot.msghdr)
+                .build()
+                .user_data(Op::Send(index).user_data());
+            // SAFETY: the slot does not move (`slots` is never resized) and is neither reused nor
+            // dropped until this send's completion puts it back on the free list (`complete`;
+            // `Sender` is only dropped once no send is in flight, see `event_loop`).
+            unsafe { ring.push(&entry) };
+            queued += 1;
+        }
+        queued
+    }
+
+    /// A send completed: its slot is free again.
+    pub fn complete(&mut self, completion: Completion) {
+        let Op::Send(index) = completion.op else {
+            return;
+        };
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        if completion.result < 0 {
+            let error = std::io::Error::from_raw_os_error(-completion.result);
+            // Some devices refuse GSO (EIO, as quinn-udp also handles): the batch is lost
+            // (QUIC resends it) and every later send is a single datagram.
+            let refused = matches!(-completion.result, libc::EIO | libc::EINVAL);
+            if slot.batched && refused && self.segments > 1 {
+                tracing::warn!(%error, "GSO send failed; sending one datagram at a time from now on");
+                self.segments = 1;
+            } else {
+                tracing::debug!(%error, "send failed");
+            }
+        }
+        if !self.free.contains(&index) {
+            self.free.push(index);
+        }
+    }
+}
+
+impl Drop for Sender {
+    /// A send still in flight may yet be read by the kernel: its memory is never freed.
+    fn drop(&mut self) {
+        if self.in_flight() > 0 {
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+impl Slot {
+    /// Points the slot's `msghdr` at its own buffer, address and, for a GSO batch, a
+    /// `UDP_SEGMENT` control message.
+    fn prepare(&mut self, to: SocketAddr, segment: Option<usize>) {
+        self.to = socket2::SockAddr::from(to);
+        self.iov = libc::iovec {
+            iov_base: self.buf.as_mut_ptr().cast(),
+            iov_len: self.buf.len(),
+        };
+        self.msghdr = empty_msghdr();
+        self.msghdr.msg_name = self.to.as_ptr() as *mut libc::c_void;
+        self.msghdr.msg_namelen = self.to.len();
+        self.msghdr.msg_iov = &mut self.iov;
+        self.msghdr.msg_iovlen = 1;
+        self.batched = segment.is_some();
+        if let Some(size) = segment {
+            let bytes = udp_segment(size as u16);
+            for (word, chunk) in self.control.iter_mut().zip(bytes.chunks(8)) {
+                let mut eight = [0u8; 8];
+                eight[..chunk.len()].copy_from_slice(chunk);
+                *word = u64::from_ne_bytes(eight);
+            }
+            self.msghdr.msg_control = self.control.as_mut_ptr().cast();
+            self.msghdr.msg_controllen = bytes.len() as _;
+        }
+    }
+}
+
+fn empty_msghdr() -> libc::msghdr {
+    // SAFETY: `msghdr` is plain data; all zeroes is a valid (empty) value, and on some
+    // targets it has private padding fields a literal cannot name.
+    unsafe { std::mem::zeroed() }
 }
 
 /// A control message asking the kernel to cut the payload into `size`-byte datagrams: a
@@ -107,8 +190,8 @@ fn udp_segment(size: u16) -> Vec<u8> {
     let space = len.div_ceil(word) * word;
     let mut control = Vec::with_capacity(space);
     control.extend_from_slice(&len.to_ne_bytes());
-    control.extend_from_slice(&SOL_UDP.to_ne_bytes());
-    control.extend_from_slice(&UDP_SEGMENT.to_ne_bytes());
+    control.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    control.extend_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
     control.extend_from_slice(&size.to_ne_bytes());
     control.resize(space, 0);
     control
@@ -122,6 +205,7 @@ mod tests {
     fn the_segment_control_message_has_the_kernels_layout() {
         let control = udp_segment(4096);
         assert_eq!(control.len(), 24, "CMSG_SPACE(2) on a 64-bit target");
+        assert_eq!(control.len(), CONTROL_WORDS * 8);
         assert_eq!(&control[..8], &18usize.to_ne_bytes(), "CMSG_LEN(2)");
         assert_eq!(&control[8..12], &17i32.to_ne_bytes());
         assert_eq!(&control[12..16], &103i32.to_ne_bytes());

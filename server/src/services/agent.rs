@@ -30,13 +30,13 @@ use reaper_core::schema::{AgentAction, AgentControl, AgentTask, StepStatus, Step
 use reaper_core::{Code, Encoding, Status, WireMessage};
 use reaper_mcp::McpServers;
 use reaper_providers::Pool;
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::services::errors::agent_status;
-use crate::services::Finished;
+use crate::services::{Done, Finished};
 
 /// Updates of one task on their way to the client, at most; past it the task waits.
 pub const CREDIT: usize = 16;
@@ -95,7 +95,7 @@ pub struct Ended {
 pub struct AgentService {
     pool: Arc<Pool>,
     runtime: tokio::runtime::Handle,
-    done: UnboundedSender<Finished>,
+    done: Done,
     config: Arc<AgentConfig>,
     mcp: Arc<McpServers>,
     journals: PathBuf,
@@ -118,7 +118,7 @@ impl AgentService {
     pub fn new(
         pool: Arc<Pool>,
         runtime: tokio::runtime::Handle,
-        done: UnboundedSender<Finished>,
+        done: Done,
         config: &reaper_core::Config,
         mcp: Arc<McpServers>,
         journals: PathBuf,
@@ -436,7 +436,7 @@ async fn execute(
     cancel: watch::Receiver<bool>,
     id: CallId,
     seq: u64,
-    done: &UnboundedSender<Finished>,
+    done: &Done,
 ) -> Status {
     let spec = match prepare(&setup, &task).await {
         Ok(spec) => spec,

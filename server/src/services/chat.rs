@@ -29,12 +29,11 @@ use reaper_core::rpc::{CallId, IncomingCall, RpcServer, Sent};
 use reaper_core::schema::{ChatChunk, ChatRequest, ChatUsage, Role};
 use reaper_core::{Code, Encoding, Status, WireMessage};
 use reaper_providers::{ChatAsk, ChatPiece, Pool, DEFAULT_CHAT_MAX_TOKENS, MAX_CHAT_TOKENS};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::services::errors::chat_status;
-use crate::services::Finished;
+use crate::services::{Done, Finished};
 
 /// Pieces of one answer on their way between the task and the client, at most: read from the
 /// provider but not yet taken by the state machine. Past it the task stops reading.
@@ -99,7 +98,7 @@ pub struct Ended {
 pub struct ChatService {
     pool: Arc<Pool>,
     runtime: tokio::runtime::Handle,
-    done: UnboundedSender<Finished>,
+    done: Done,
     calls: HashMap<CallId, Streaming>,
     /// Calls with text waiting for [`ChatService::flush`].
     to_flush: Vec<CallId>,
@@ -122,7 +121,7 @@ impl ChatService {
     pub fn new(
         pool: Arc<Pool>,
         runtime: tokio::runtime::Handle,
-        done: UnboundedSender<Finished>,
+        done: Done,
         timeout: Duration,
         max_message_size: usize,
     ) -> ChatService {
@@ -466,13 +465,7 @@ fn decode(call: &IncomingCall) -> Result<ChatRequest, Status> {
 
 /// Reads the answer from the pool and sends each step back to the loop, holding one unit of
 /// the call's credit per text in flight.
-async fn answer(
-    pool: &Pool,
-    request: &ChatRequest,
-    id: CallId,
-    seq: u64,
-    done: &UnboundedSender<Finished>,
-) {
+async fn answer(pool: &Pool, request: &ChatRequest, id: CallId, seq: u64, done: &Done) {
     let send = |step: Step| {
         // The loop is gone only at shutdown, when nobody waits for this answer.
         done.send(Finished::Chat(ChatEvent { id, seq, step }))

@@ -34,6 +34,7 @@ use self::chat::{ChatEvent, ChatService};
 use self::completion::{CompletionService, Feedback, JobDone, Outcome};
 use self::health::{HealthService, Snapshot};
 use self::provider::ProviderService;
+use crate::io::wake::{Waker, WakingSender};
 use crate::metrics::Metrics;
 
 /// What the services need to know about the transport when answering.
@@ -44,6 +45,9 @@ pub struct TransportInfo {
     /// Whether shutdown has begun.
     pub draining: bool,
 }
+
+/// The services' channel back to the loop: each message wakes it.
+pub type Done = WakingSender<Finished>;
 
 /// Work that left the loop, finished: the one kind of message on the services' channel.
 #[derive(Debug)]
@@ -109,6 +113,7 @@ impl Services {
         config: &Config,
         started: Instant,
         journals: std::path::PathBuf,
+        waker: Waker,
     ) -> Result<(Services, UnboundedReceiver<Finished>), StartError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.rpc.worker_threads.get() as usize)
@@ -132,6 +137,7 @@ impl Services {
         }
         runtime.spawn(pool.clone().watch());
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let done_tx = Done::new(done_tx, waker);
         let completion = CompletionService::new(
             config,
             pool.clone(),

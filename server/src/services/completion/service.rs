@@ -26,7 +26,6 @@ use reaper_core::rpc::{CallId, ConnId, IncomingCall, RpcServer};
 use reaper_core::schema::{CompletionRequest, CompletionResponse};
 use reaper_core::{Code, Encoding, Status, WireMessage};
 use reaper_providers::{Answer, Pool};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
 use super::cache::{
@@ -34,7 +33,7 @@ use super::cache::{
     TypingThrough,
 };
 use crate::services::errors::pool_status;
-use crate::services::Finished;
+use crate::services::{Done, Finished};
 
 /// A miss's answer, back on the loop.
 #[derive(Debug)]
@@ -96,7 +95,7 @@ pub struct CompletionService {
     side_endings: Vec<Ended>,
     pool: Arc<Pool>,
     runtime: tokio::runtime::Handle,
-    done: UnboundedSender<Finished>,
+    done: Done,
     next_seq: u64,
     key_prefix: usize,
     key_suffix: usize,
@@ -119,7 +118,7 @@ impl CompletionService {
         config: &Config,
         pool: Arc<Pool>,
         runtime: tokio::runtime::Handle,
-        done: UnboundedSender<Finished>,
+        done: Done,
     ) -> CompletionService {
         let cache = config.cache.enabled.then(|| {
             CompletionCache::new(
