@@ -1,5 +1,5 @@
 //! The reaper stack: a reaperd started (or found) for the run, and its scenarios: connection
-//! set-up, `Health.check`, a completion cache hit with a 2 KiB prefix (`unary_2k`, the scenario
+//! set-up, `reaper health` as a whole process, `Health.check`, a completion cache hit with a 2 KiB prefix (`unary_2k`, the scenario
 //! compared with the peers), an offline-provider miss, and the cache hit with many calls in
 //! flight over one or more connections.
 
@@ -172,6 +172,8 @@ async fn scenarios(
         &h,
         measured.as_secs_f64(),
     )));
+
+    rows.push(progress.done(cli_health(share, pin_name, &state_dir, progress)?));
 
     let client = Arc::new(Client::connect(options.clone()).await?);
     if args.completion_workspace.as_deref() == Some("none") {
@@ -355,4 +357,53 @@ async fn completion_scenarios(
         }
     }
     Ok(rows)
+}
+
+/// `reaper health` as an editor that shells out would run it: the whole process, from spawn to
+/// exit (runtime start, state files, handshake, call, close), timed over repeated runs. The
+/// `reaper` binary is the one beside this one.
+fn cli_health(
+    share: Share,
+    pin: &'static str,
+    state_dir: &std::path::Path,
+    progress: &Progress,
+) -> anyhow::Result<Row> {
+    let cli = std::env::current_exe()?.with_file_name("reaper");
+    let runs = (share.calls / 200).clamp(10, 50);
+    let mut h = histogram();
+    let mut measured = Duration::ZERO;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let output = Command::new(&cli)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("health")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {} (build reaper-cli too)", cli.display()))?;
+        let took = t.elapsed();
+        if !output.status.success() {
+            bail!(
+                "{} health failed: {}",
+                cli.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        measured += took;
+        h.saturating_record(took.as_micros() as u64);
+    }
+    progress.note(&format!(
+        "reaper health as a process ({pin}): min {} / median {} / max {} µs over {runs} runs",
+        h.min(),
+        h.value_at_quantile(0.5),
+        h.max()
+    ));
+    Ok(Row::new(
+        "reaper",
+        "cli_health",
+        1,
+        pin,
+        &h,
+        measured.as_secs_f64(),
+    ))
 }
