@@ -234,10 +234,11 @@ fn planned_steps(args: &Args) -> u64 {
         .iter()
         .map(|stack| match stack {
             Stack::Udp | Stack::Http1 => 1,
-            Stack::Quinn | Stack::Tonic => 1 + throughput,
+            Stack::Quinn => 2 + throughput,
+            Stack::Tonic => 1 + throughput,
             Stack::Reaper => {
                 let completion = args.completion_workspace.as_deref() != Some("none");
-                2 + usize::from(completion) * (2 + throughput * args.connections.len())
+                3 + usize::from(completion) * (2 + throughput * args.connections.len())
             }
         })
         .sum();
@@ -272,6 +273,9 @@ fn measure_placement(args: &Args, pin: Pin, progress: &Progress) -> anyhow::Resu
                 Stack::Udp => rows.push(progress.done(peers::udp(pin, share.calls)?)),
                 Stack::Http1 => rows.push(progress.done(peers::http1(pin, share.calls)?)),
                 Stack::Quinn | Stack::Tonic => {
+                    if stack == Stack::Quinn {
+                        rows.push(progress.done(peers::quinn_connect(pin, share.calls)?));
+                    }
                     let peer = match stack {
                         Stack::Quinn => peers::quinn,
                         _ => peers::tonic,

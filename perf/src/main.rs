@@ -478,6 +478,17 @@ fn goals(rows: &[Value]) -> Vec<String> {
                 mark(ratio <= limit)
             ));
         }
+        if let (Some(ours), Some(quinn)) = (
+            find(rows, "reaper", "connect_first_call", 1, pin),
+            find(rows, "quinn", "connect_first_call", 1, pin),
+        ) {
+            let (ours, quinn) = (number(ours, "p50_us"), number(quinn, "p50_us"));
+            let ratio = ours as f64 / quinn.max(1) as f64;
+            lines.push(format!(
+                "pin {pin}: new connection + first call within 1.2x quinn's: {} ({ours} µs against {quinn} µs, {ratio:.2}x)",
+                mark(ratio <= 1.2)
+            ));
+        }
         if let Some(cli) = find(rows, "reaper", "cli_health", 1, pin) {
             let (p50, max) = (number(cli, "p50_us"), number(cli, "max_us"));
             lines.push(format!(

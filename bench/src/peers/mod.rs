@@ -11,7 +11,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -24,7 +24,7 @@ mod grpc;
 pub use grpc::{spawn_chat_proxy, tonic, ChatProxyClient};
 
 use crate::pin::{pin_current, Pin};
-use crate::report::{time_in_flight, time_sequential, time_sequential_async, Row};
+use crate::report::{histogram, time_in_flight, time_sequential, time_sequential_async, Row};
 
 /// Request payload size.
 pub const REQUEST_BYTES: usize = 2048;
@@ -115,9 +115,11 @@ pub fn udp(pin: Pin, calls: u64) -> anyhow::Result<Row> {
     Ok(Row::new("udp", "unary_2k", 1, pin.name(), &h, seconds))
 }
 
-/// Plain quinn: a server thread answering every bidirectional stream, and a client making
-/// `concurrency` calls at a time.
-pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::Result<Row> {
+/// A plain quinn server on a thread of its own, answering every bidirectional stream with
+/// `RESPONSE_BYTES`; returns its address and certificate.
+fn quinn_server(
+    pin: Pin,
+) -> anyhow::Result<(SocketAddr, rustls::pki_types::CertificateDer<'static>)> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let cert_der = cert.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
@@ -150,7 +152,52 @@ pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::
             }
         });
     })?;
+    Ok((addr, cert_der))
+}
 
+/// Plain quinn's new connection and first call, timed as reaper's `connect_first_call` is: a
+/// new client endpoint and socket each time, the 1-RTT handshake, one call.
+pub fn quinn_connect(pin: Pin, calls: u64) -> anyhow::Result<Row> {
+    let (addr, cert_der) = quinn_server(pin)?;
+    pin_current(pin.client_cpu());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der)?;
+        let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+        let request = Bytes::from(request_payload());
+        let mut h = histogram();
+        let mut measured = Duration::ZERO;
+        for _ in 0..(calls / 100).clamp(5, 100) {
+            let t = Instant::now();
+            let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            let conn = endpoint
+                .connect_with(client_config.clone(), addr, "localhost")?
+                .await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&request).await?;
+            send.finish()?;
+            let reply = recv.read_to_end(1 << 20).await?;
+            anyhow::ensure!(reply.len() == RESPONSE_BYTES, "short reply");
+            measured += t.elapsed();
+            h.saturating_record(t.elapsed().as_micros() as u64);
+            conn.close(0u32.into(), b"done");
+        }
+        Ok(Row::new(
+            "quinn",
+            "connect_first_call",
+            1,
+            pin.name(),
+            &h,
+            measured.as_secs_f64(),
+        ))
+    })
+}
+
+/// Plain quinn: a server thread answering every bidirectional stream, and a client making
+/// `concurrency` calls at a time.
+pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::Result<Row> {
+    let (addr, cert_der) = quinn_server(pin)?;
     pin_current(pin.client_cpu());
     let rt = runtime()?;
     rt.block_on(async move {
