@@ -1195,3 +1195,39 @@ fn a_second_message_on_a_server_streaming_call_is_refused() {
         .any(|e| matches!(e, ServerEvent::Cancelled { .. })));
     assert_eq!(pair.server.in_flight(), 0);
 }
+
+/// Packets that each earn an answer from no connection (here: version negotiation for a
+/// version nobody speaks) cannot grow the server's queue of such answers without bound while
+/// the loop has not sent them: at most 256 wait, the rest are dropped (the peer's next packet
+/// earns its answer again).
+#[test]
+fn a_flood_of_stateless_answers_is_bounded() {
+    let pair = Pair::new(Link::perfect(), RpcConfig::default());
+    let mut server = pair.server;
+    let now = pair.now;
+    // A long header with version 0x0a0a0a0a (reserved for forcing version negotiation),
+    // 8-byte connection ids, padded to 1200 bytes as an Initial must be.
+    let mut packet = vec![0xc0, 0x0a, 0x0a, 0x0a, 0x0a, 8];
+    packet.extend_from_slice(&[1; 8]);
+    packet.push(8);
+    packet.extend_from_slice(&[2; 8]);
+    packet.resize(1200, 0);
+    for i in 0..2_000 {
+        server.handle_datagram(
+            now,
+            client_addr(i % 50),
+            None,
+            None,
+            BytesMut::from(&packet[..]),
+        );
+    }
+    let mut answers = 0;
+    let mut out = Vec::new();
+    while server.poll_transmit(now, 1, &mut out).is_some() {
+        answers += 1;
+        out.clear();
+        assert!(answers <= 2_000, "poll_transmit never ends");
+    }
+    assert!(answers > 0, "version negotiation was answered");
+    assert_eq!(answers, 256, "answers queued");
+}

@@ -103,6 +103,10 @@ impl Drop for Held {
     }
 }
 
+/// Answers that belong to no connection waiting to be sent, at most (see
+/// `RpcServer::queue_stateless`).
+const MAX_STATELESS: usize = 256;
+
 /// Handshakes in progress from one address (IP and port) at most: one UDP socket sending
 /// Initials and never finishing them gets this many slots, not all of them.
 pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
@@ -441,10 +445,22 @@ impl RpcServer {
             }
             Some(DatagramEvent::NewConnection(incoming)) => self.accept(now, incoming),
             Some(DatagramEvent::Response(transmit)) => {
-                self.stateless.push_back((transmit, Bytes::from(buf)));
+                self.queue_stateless(transmit, buf);
             }
             None => {}
         }
+    }
+
+    /// Queues an answer that belongs to no connection (version negotiation, Retry, a refusal,
+    /// a stateless reset), unless [`MAX_STATELESS`] are already waiting: a flood of packets
+    /// that each earn one must not grow the queue faster than the loop sends it. A dropped
+    /// answer is one the peer's next packet earns again.
+    fn queue_stateless(&mut self, transmit: Transmit, buf: Vec<u8>) {
+        if self.stateless.len() >= MAX_STATELESS {
+            tracing::debug!("stateless answer dropped: {MAX_STATELESS} already waiting");
+            return;
+        }
+        self.stateless.push_back((transmit, Bytes::from(buf)));
     }
 
     /// Lets timers that have come due fire.
@@ -733,18 +749,18 @@ impl RpcServer {
             // Handshakes are piling up: make the peer prove its address first, statelessly.
             tracing::debug!(%remote, handshakes, "handshakes piling up: Retry sent");
             match self.endpoint.retry(incoming, &mut buf) {
-                Ok(transmit) => self.stateless.push_back((transmit, Bytes::from(buf))),
+                Ok(transmit) => self.queue_stateless(transmit, buf),
                 Err(error) => {
                     let incoming = error.into_incoming();
                     let transmit = self.endpoint.refuse(incoming, &mut buf);
-                    self.stateless.push_back((transmit, Bytes::from(buf)));
+                    self.queue_stateless(transmit, buf);
                 }
             }
             return;
         }
         if let Some(reason) = refusal {
             let transmit = self.endpoint.refuse(incoming, &mut buf);
-            self.stateless.push_back((transmit, Bytes::from(buf)));
+            self.queue_stateless(transmit, buf);
             self.events
                 .push_back(ServerEvent::Refused { remote, reason });
             return;
@@ -770,7 +786,7 @@ impl RpcServer {
             }
             Err(error) => {
                 if let Some(transmit) = error.response {
-                    self.stateless.push_back((transmit, Bytes::from(buf)));
+                    self.queue_stateless(transmit, buf);
                 }
                 self.events.push_back(ServerEvent::Refused {
                     remote,

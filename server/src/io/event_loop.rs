@@ -97,13 +97,20 @@ pub fn run(
         let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
         let quiet =
             ring.handle_if_all_quiet(|c| matches!(c.op, Op::Send(_)), |c| sender.complete(c));
-        if quiet && last_work.elapsed() < busy_poll {
+        if quiet && sender.blocked() {
+            // Core had more to send than there were slots: the freed ones go first.
+            sender.send_all(&mut ring, &mut server, Instant::now());
+        }
+        if quiet && sender.blocked() {
+            // Still more: wait for slots (sends complete quickly), not for the next request.
+            ring.wait_one(timeout);
+        } else if quiet && last_work.elapsed() < busy_poll {
             // Busy polling (`[daemon] busy_poll_us`): a thread on this CPU that wants it (a
             // client pinned here) gets it first, then the kernel gets to finish receives.
             std::thread::yield_now();
             ring.poll();
         } else if quiet && timeout != Some(Duration::ZERO) {
-            ring.submit_and_wait(sender.in_flight() + 1, timeout);
+            ring.submit_and_wait(timeout);
         } else {
             ring.submit();
         }
@@ -126,12 +133,14 @@ pub fn run(
                         arm_wake(&mut ring, &wake);
                     }
                 }
-                Op::Provide if completion.result >= 0 => {}
-                Op::Provide => {
-                    let error = std::io::Error::from_raw_os_error(-completion.result);
-                    tracing::error!(%error, "a receive buffer could not be handed back");
-                }
+                Op::Provide(_) if completion.result >= 0 => {}
+                Op::Provide(id) => receiver.provide_failed(id, -completion.result, &mut ring)?,
             }
+        }
+        if datagrams >= MAX_DATAGRAMS_PER_PASS {
+            // The rest wait for the next pass, but not the sends among them: their slots are
+            // needed for this pass's answers.
+            ring.handle_sends(|c| sender.complete(c));
         }
 
         if datagrams > 0 || woken {
@@ -217,7 +226,7 @@ fn finish_sends(ring: &mut Ring, sender: &mut Sender, server: &mut RpcServer, no
             tracing::warn!(sends = sender.in_flight(), "sends still in flight at exit");
             return;
         }
-        ring.submit_and_wait(1, Some(left));
+        ring.wait_one(Some(left));
         while let Some(completion) = ring.next_completion() {
             if let Op::Send(_) = completion.op {
                 sender.complete(completion);

@@ -50,6 +50,9 @@ pub struct Receiver {
     /// The template of the multishot `recvmsg`: only the name and control lengths are used.
     msghdr: &'static libc::msghdr,
     armed: bool,
+    /// Buffers the kernel holds (provided, or queued to be): the receive is armed only when
+    /// there is one, so it cannot fail with `ENOBUFS` in a loop.
+    in_kernel: u16,
     failures: u32,
 }
 
@@ -76,12 +79,14 @@ impl Receiver {
             pool: NonNull::from(pool).cast(),
             msghdr,
             armed: false,
+            in_kernel: BUFFERS,
             failures: 0,
         };
         let entry =
             opcode::ProvideBuffers::new(receiver.pool.as_ptr(), BUF_LEN as i32, BUFFERS, GROUP, 0)
                 .build()
-                .user_data(Op::Provide.user_data());
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(Op::Provide(0).user_data());
         // SAFETY: the pool is leaked, so it outlives the ring.
         unsafe { ring.push(&entry) };
         receiver.arm(ring);
@@ -104,8 +109,9 @@ impl Receiver {
         now: Instant,
     ) -> std::io::Result<usize> {
         let mut handled = 0;
-        if let Some(id) = completion.buffer() {
-            if completion.result > 0 && id < BUFFERS {
+        if let Some(id) = completion.buffer().filter(|&id| id < BUFFERS) {
+            self.in_kernel = self.in_kernel.saturating_sub(1);
+            if completion.result > 0 {
                 handled = self.deliver(id, server, now);
             }
             self.provide(ring, id);
@@ -167,6 +173,21 @@ impl Receiver {
         handled
     }
 
+    /// Handing buffer `id` back failed (the completion of a `provide`): tries again, and
+    /// counts it with the receive's failures so that a kernel that keeps refusing ends the
+    /// loop instead of spinning.
+    pub fn provide_failed(&mut self, id: u16, errno: i32, ring: &mut Ring) -> std::io::Result<()> {
+        let error = std::io::Error::from_raw_os_error(errno);
+        tracing::warn!(%error, buffer = id, "a receive buffer could not be handed back; retrying");
+        self.in_kernel = self.in_kernel.saturating_sub(1);
+        self.failures += 1;
+        if self.failures >= MAX_FAILURES {
+            return Err(error);
+        }
+        self.provide(ring, id);
+        Ok(())
+    }
+
     fn provide(&mut self, ring: &mut Ring, id: u16) {
         if id >= BUFFERS {
             return;
@@ -176,13 +197,16 @@ impl Receiver {
         let entry = opcode::ProvideBuffers::new(at, BUF_LEN as i32, 1, GROUP, id)
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(Op::Provide.user_data());
+            .user_data(Op::Provide(id).user_data());
         // SAFETY: as above.
         unsafe { ring.push(&entry) };
+        self.in_kernel += 1;
+        // Queued after the buffer, so the receive finds it.
+        self.arm(ring);
     }
 
     fn arm(&mut self, ring: &mut Ring) {
-        if self.armed {
+        if self.armed || self.in_kernel == 0 {
             return;
         }
         let entry = opcode::RecvMsgMulti::new(types::Fd(self.fd), self.msghdr, GROUP)
@@ -246,7 +270,7 @@ impl Control {
             let Some(len) = read_ne::<WORD>(data, at).map(usize::from_ne_bytes) else {
                 break;
             };
-            if len < HEADER || at + len > data.len() {
+            if len < HEADER || at.checked_add(len).is_none_or(|end| end > data.len()) {
                 break;
             }
             let level = read_ne::<4>(data, at + WORD).map(i32::from_ne_bytes);

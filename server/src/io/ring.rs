@@ -24,8 +24,9 @@ pub enum Op {
     Send(usize),
     /// The wake-up socket became readable.
     Wake,
-    /// A receive buffer handed back (only failures complete: success is skipped).
-    Provide,
+    /// A receive buffer handed back, with its id (only failures complete: success is
+    /// skipped).
+    Provide(u16),
 }
 
 impl Op {
@@ -37,7 +38,7 @@ impl Op {
             Op::Receive => (1, 0),
             Op::Send(slot) => (2, slot as u64),
             Op::Wake => (3, 0),
-            Op::Provide => (4, 0),
+            Op::Provide(id) => (4, u64::from(id)),
         };
         (tag << Self::SHIFT) | index
     }
@@ -48,7 +49,7 @@ impl Op {
             1 => Some(Op::Receive),
             2 => Some(Op::Send(index as usize)),
             3 => Some(Op::Wake),
-            4 => Some(Op::Provide),
+            4 => u16::try_from(index).ok().map(Op::Provide),
             _ => None,
         }
     }
@@ -79,6 +80,9 @@ impl Completion {
 pub struct Ring {
     uring: IoUring,
     backlog: VecDeque<Completion>,
+    /// Sends queued since the last submission: the next `io_uring_enter` submits them, and
+    /// on loopback they complete within it.
+    unsubmitted_sends: usize,
 }
 
 impl std::fmt::Debug for Ring {
@@ -103,10 +107,13 @@ impl Ring {
             // of this machine's two CPUs (p99 3.5–5 ms on one CPU, half the calls/s).
             .setup_single_issuer()
             .setup_coop_taskrun()
+            // An entry that fails to start must not hold back the ones queued after it.
+            .setup_submit_all()
             .build(ENTRIES)?;
         Ok(Ring {
             uring,
             backlog: VecDeque::with_capacity(BACKLOG),
+            unsubmitted_sends: 0,
         })
     }
 
@@ -123,10 +130,18 @@ impl Ring {
                 return;
             }
             // Full: hand what is queued to the kernel now and make room.
-            if let Err(error) = self.uring.submit() {
-                tracing::error!(%error, "io_uring submit failed");
-            }
+            self.enter(0, None);
         }
+    }
+
+    /// Queues a send, like [`Ring::push`], counting it for [`Ring::submit_and_wait`].
+    ///
+    /// # Safety
+    /// As for [`Ring::push`].
+    pub unsafe fn push_send(&mut self, entry: &squeue::Entry) {
+        // SAFETY: this function's contract is `push`'s.
+        unsafe { self.push(entry) };
+        self.unsubmitted_sends += 1;
     }
 
     /// Submits what is queued without waiting (answers sent early in a pass).
@@ -134,14 +149,24 @@ impl Ring {
         if self.uring.submission().is_empty() {
             return;
         }
-        if let Err(error) = self.uring.submit() {
-            tracing::error!(%error, "io_uring submit failed");
-        }
+        self.enter(0, None);
     }
 
-    /// Submits what is queued and sleeps until `want` completions are waiting (counting any
-    /// not yet taken off the ring) or `timeout` has passed: one `io_uring_enter`.
-    pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) {
+    /// Submits what is queued and sleeps until a completion other than those of the sends
+    /// it submits (they complete within the call on loopback, so a finished send is never a
+    /// reason to wake), or until `timeout` has passed: one `io_uring_enter`. Completions
+    /// waiting already must have been taken off the ring (they would count towards the wait).
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) {
+        self.enter(self.unsubmitted_sends + 1, timeout);
+    }
+
+    /// Submits and waits for one completion of any kind, or `timeout`.
+    pub fn wait_one(&mut self, timeout: Option<Duration>) {
+        self.enter(1, timeout);
+    }
+
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) {
+        self.unsubmitted_sends = 0;
         let result = match timeout {
             Some(timeout) if want > 0 => {
                 let ts = types::Timespec::new()
@@ -165,9 +190,21 @@ impl Ring {
     /// Enters the kernel without waiting: submits what is queued and lets the kernel finish
     /// work that produces completions (a receive's task work).
     pub fn poll(&mut self) {
-        if let Err(error) = self.uring.submit() {
-            tracing::error!(%error, "io_uring submit failed");
-        }
+        self.enter(0, None);
+    }
+
+    /// Hands every send completion waiting to `handle`, leaving the others in order: a pass
+    /// whose datagram budget is spent still frees its send slots.
+    pub fn handle_sends(&mut self, mut handle: impl FnMut(Completion)) {
+        self.reap();
+        self.backlog.retain(|c| {
+            if matches!(c.op, Op::Send(_)) {
+                handle(*c);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// The next completion, oldest first.
@@ -224,7 +261,7 @@ mod tests {
             Op::Send(0),
             Op::Send(63),
             Op::Wake,
-            Op::Provide,
+            Op::Provide(31),
         ] {
             assert_eq!(Op::from_user_data(op.user_data()), Some(op));
         }

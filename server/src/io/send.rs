@@ -4,7 +4,8 @@
 //!
 //! A send's buffer, address and `msghdr` live in a slot until its completion arrives; slots
 //! are allocated once and reused, so a steady state allocates nothing here. With every slot
-//! in flight, core keeps the rest queued until completions free one.
+//! in flight, core keeps the rest queued; the loop then waits for completions and sends more
+//! before anything else (`Sender::blocked`).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -45,6 +46,8 @@ pub struct Sender {
     free: Vec<usize>,
     /// Datagrams per send: the kernel's GSO limit, 1 without GSO (or once it failed).
     segments: usize,
+    /// The last `send_all` ran out of slots: core may have more to send once they free.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -77,6 +80,7 @@ impl Sender {
             slots,
             free: (0..SLOTS).rev().collect(),
             segments: segments.clamp(1, MAX_SEGMENTS),
+            blocked: false,
         }
     }
 
@@ -85,15 +89,23 @@ impl Sender {
         SLOTS - self.free.len()
     }
 
+    /// Whether core may have more to send than there were slots for (see `send_all`).
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
     /// Queues a send on `ring` for each transmit core has, while slots last. Returns how many
-    /// it queued.
+    /// it queued; if it ran out of slots first, [`Sender::blocked`] says so until a call finds
+    /// core's queue empty.
     pub fn send_all(&mut self, ring: &mut Ring, server: &mut RpcServer, now: Instant) -> usize {
         let mut queued = 0;
+        self.blocked = true;
         while let Some(index) = self.free.pop() {
             let slot = &mut self.slots[index];
             slot.buf.clear();
             let Some(transmit) = server.poll_transmit(now, self.segments, &mut slot.buf) else {
                 self.free.push(index);
+                self.blocked = false;
                 break;
             };
             slot.buf.truncate(transmit.size);
@@ -105,7 +117,7 @@ impl Sender {
             // SAFETY: the slot does not move (`slots` is never resized) and is neither reused nor
             // dropped until this send's completion puts it back on the free list (`complete`;
             // `Sender` is only dropped once no send is in flight, see `event_loop`).
-            unsafe { ring.push(&entry) };
+            unsafe { ring.push_send(&entry) };
             queued += 1;
         }
         queued

@@ -39,9 +39,12 @@ impl Waker {
         if self.0.pending.swap(true, Ordering::SeqCst) {
             return;
         }
-        // A full socket buffer means bytes are waiting already, and they wake the loop.
+        // A full socket buffer means bytes are waiting already, and they wake the loop. Any
+        // other failure sent nothing: the flag must not stay set, or no later wake-up would
+        // be written either.
         if let Err(error) = (&self.0.writer).write(&[1]) {
             if error.kind() != ErrorKind::WouldBlock {
+                self.0.pending.store(false, Ordering::SeqCst);
                 tracing::error!(%error, "cannot wake the event loop");
             }
         }
@@ -81,7 +84,9 @@ impl WakeReader {
     /// Takes the wake-up: clears the flag, then empties the socket. After this, the caller
     /// looks at everything that may have been sent (see [`Waker::wake`]).
     pub fn clear(&mut self) {
-        self.waker.0.pending.store(false, Ordering::SeqCst);
+        // A swap, not a store: it synchronises with the senders' swap, so what they sent
+        // before setting the flag is visible to the looks that follow.
+        self.waker.0.pending.swap(false, Ordering::SeqCst);
         let mut bytes = [0u8; 64];
         // Bounded: at most a few bytes can be waiting, one per wake-up since the last clear.
         for _ in 0..16 {
