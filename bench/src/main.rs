@@ -18,6 +18,7 @@ use reaper_client::Encoding;
 mod chat;
 mod eval;
 mod keystrokes;
+mod lean;
 mod lsp;
 mod peers;
 mod pin;
@@ -115,6 +116,10 @@ enum BenchCommand {
     /// Completion call made directly, alternately, on one daemon (cache hits: transport and
     /// bridge only).
     Lsp(lsp::LspArgs),
+    /// What a client of reaper's own could cost: core's sans-IO client state machine on a
+    /// blocking socket, no async runtime, against reaper-client (quinn on tokio), Health one
+    /// call at a time and many in flight, alternately on one daemon.
+    Lean(lean::LeanArgs),
 }
 
 /// A stack measured by this tool.
@@ -157,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         Some(BenchCommand::EvalOffline(eval_args)) => return eval::run(eval_args),
         Some(BenchCommand::Keystrokes(keystrokes_args)) => return keystrokes::run(keystrokes_args),
         Some(BenchCommand::Lsp(lsp_args)) => return lsp::run(lsp_args),
+        Some(BenchCommand::Lean(lean_args)) => return lean::run(lean_args),
         None => {}
     }
     if args.quick {
