@@ -155,6 +155,27 @@ fn quinn_server(
     Ok((addr, cert_der))
 }
 
+/// A quinn client that trusts the peer server's certificate.
+fn quinn_client_config(
+    cert: rustls::pki_types::CertificateDer<'static>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    Ok(quinn::ClientConfig::with_root_certificates(Arc::new(
+        roots,
+    ))?)
+}
+
+/// One plain quinn call: a stream, the request, FIN, the whole answer.
+async fn quinn_call(conn: quinn::Connection, request: Bytes) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&request).await?;
+    send.finish()?;
+    let reply = recv.read_to_end(1 << 20).await?;
+    anyhow::ensure!(reply.len() == RESPONSE_BYTES, "short reply");
+    Ok(())
+}
+
 /// Plain quinn's new connection and first call, timed as reaper's `connect_first_call` is: a
 /// new client endpoint and socket each time, the 1-RTT handshake, one call.
 pub fn quinn_connect(pin: Pin, calls: u64) -> anyhow::Result<Row> {
@@ -162,9 +183,7 @@ pub fn quinn_connect(pin: Pin, calls: u64) -> anyhow::Result<Row> {
     pin_current(pin.client_cpu());
     let rt = runtime()?;
     rt.block_on(async move {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert_der)?;
-        let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+        let client_config = quinn_client_config(cert_der)?;
         let request = Bytes::from(request_payload());
         let mut h = histogram();
         let mut measured = Duration::ZERO;
@@ -174,11 +193,7 @@ pub fn quinn_connect(pin: Pin, calls: u64) -> anyhow::Result<Row> {
             let conn = endpoint
                 .connect_with(client_config.clone(), addr, "localhost")?
                 .await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(&request).await?;
-            send.finish()?;
-            let reply = recv.read_to_end(1 << 20).await?;
-            anyhow::ensure!(reply.len() == RESPONSE_BYTES, "short reply");
+            quinn_call(conn.clone(), request.clone()).await?;
             measured += t.elapsed();
             h.saturating_record(t.elapsed().as_micros() as u64);
             conn.close(0u32.into(), b"done");
@@ -201,21 +216,11 @@ pub fn quinn(pin: Pin, calls: u64, concurrency: usize, seconds: f64) -> anyhow::
     pin_current(pin.client_cpu());
     let rt = runtime()?;
     rt.block_on(async move {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert_der)?;
-        let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(client_config);
+        endpoint.set_default_client_config(quinn_client_config(cert_der)?);
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let request = Bytes::from(request_payload());
-        let call = |conn: quinn::Connection, request: Bytes| async move {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(&request).await?;
-            send.finish()?;
-            let reply = recv.read_to_end(1 << 20).await?;
-            anyhow::ensure!(reply.len() == RESPONSE_BYTES, "short reply");
-            Ok::<_, anyhow::Error>(())
-        };
+        let call = quinn_call;
         let row = if concurrency <= 1 {
             let (h, seconds) =
                 time_sequential_async(calls, async || call(conn.clone(), request.clone()).await)
