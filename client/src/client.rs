@@ -531,14 +531,19 @@ impl AttemptFailed {
     }
 }
 
+/// How often [`nothing_listens`] asks again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Resolves if the kernel says nothing listens at `addr`; otherwise never.
 ///
 /// QUIC's own socket is unconnected, so the ICMP "port unreachable" a closed port answers with
 /// never reaches it, and a handshake to a dead daemon waits out its whole timeout. An empty
 /// datagram on a connected socket gets that answer back as `ECONNREFUSED` within microseconds
-/// on loopback. A live daemon ignores empty datagrams (they carry no QUIC packet), and then
-/// this waits until the handshake's own timeout drops it. Any failure to set up the probe also
-/// waits: the probe only makes a dead daemon quicker to report.
+/// on loopback. A live daemon ignores empty datagrams (they carry no QUIC packet). The probe
+/// asks again every [`PROBE_INTERVAL`]: a daemon killed a moment ago keeps its port for a few
+/// milliseconds while the kernel tears its io_uring down, and the first probe can land then.
+/// Any failure to set up the probe waits: the probe only makes a dead daemon quicker to
+/// report, and the handshake's own timeout ends the attempt.
 async fn nothing_listens(addr: std::net::SocketAddr) {
     let bind: std::net::SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -548,16 +553,17 @@ async fn nothing_listens(addr: std::net::SocketAddr) {
     let probe = async {
         let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
         socket.connect(addr).await.ok()?;
-        socket.send(&[]).await.ok()?;
         let mut byte = [0u8; 1];
-        // Something that answers an empty datagram is not what we asked about; a bounded
-        // number of such answers, then give up on the probe.
-        for _ in 0..8 {
-            if let Err(error) = socket.recv(&mut byte).await {
-                if error.kind() == std::io::ErrorKind::ConnectionRefused {
+        // Bounded (64 × 50 ms outlasts an attempt); something that answers an empty datagram
+        // is not what we asked about and is ignored.
+        for _ in 0..64 {
+            socket.send(&[]).await.ok()?;
+            match tokio::time::timeout(PROBE_INTERVAL, socket.recv(&mut byte)).await {
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
                     return Some(());
                 }
-                return None;
+                Ok(Err(_)) => return None,
+                Ok(Ok(_)) | Err(_) => {}
             }
         }
         None
