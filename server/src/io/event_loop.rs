@@ -11,6 +11,7 @@
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use io_uring::{opcode, types};
 use reaper_core::rpc::{RpcServer, ServerEvent};
 
@@ -66,7 +67,10 @@ pub fn run(
     ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Shutdown> {
     use std::os::fd::AsRawFd;
-    let mut ring = Ring::new()?;
+    let mut ring = Ring::new().context(
+        "cannot set up an io_uring (kernel 6.0 or later is needed; `sysctl kernel.io_uring_disabled` \
+         must be 0, or 1 with reaperd's group allowed)",
+    )?;
     let mut wake = WakeReader::new()?;
     // Work that leaves the loop (provider calls) comes back on this channel, with a wake-up.
     let (mut services, mut finished) =
