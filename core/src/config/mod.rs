@@ -69,7 +69,8 @@ pub struct DaemonConfig {
     /// Microseconds the event loop keeps polling for the next datagram after it last had work,
     /// before it sleeps; 0 sleeps at once. Answers a client on another CPU without the cost of
     /// waking the daemon up (sequential calls across two CPUs: 66 → 40 µs at p50), and yields
-    /// to any other thread that wants the CPU meanwhile.
+    /// to any other thread that wants the CPU meanwhile. Where client and daemon share one
+    /// core, 0 is better (8 connections on one CPU: ~10% more calls/s).
     #[serde(deserialize_with = "range::within::<_, _, 0, 10_000>")]
     pub busy_poll_us: u64,
 }
