@@ -599,38 +599,64 @@ impl<'a> ChatAnswer<'a> {
     /// Cancel-safe: dropped while it waits (for a slot, or for the provider), it starts that
     /// provider again when called again.
     async fn start_next(&mut self) -> Result<(), ChatError> {
-        while let Some(&entry) = self.order.get(self.next) {
-            // A chat slot first, then the slot it stands for: at most `max_in_flight` minus
-            // the reserve of chats hold provider slots, whatever the completions do.
-            let chat_slot = entry.chat_slots.acquire().await;
-            let slot = entry.slots.acquire().await;
-            let started = entry.provider.chat(self.input).await;
-            self.next += 1;
-            let (Ok(chat_slot), Ok(slot)) = (chat_slot, slot) else {
-                continue; // closed semaphores: never, the pool never closes them
-            };
-            match started {
-                Ok(stream) => {
-                    self.answered_by = Some(entry);
-                    // Only an answer that may yield keeps what it says.
-                    let yields = entry.placement.chat_yields && entry.provider.continues_answers();
-                    self.said = yields.then(String::new);
-                    self.phase = Phase::Streaming {
-                        entry,
-                        stream,
-                        slots: (chat_slot, slot),
-                        _counted: Counted::new(entry),
-                    };
-                    return Ok(());
-                }
-                Err(error) => passed_over(entry, error, &mut self.failures, "chat"),
-            }
-        }
-        Err(ChatError::Failed(PoolError {
-            failures: std::mem::take(&mut self.failures),
-            skipped: std::mem::take(&mut self.skipped),
-        }))
+        let input = self.input;
+        let (entry, stream, slots) = start_in_order(
+            &self.order,
+            &mut self.next,
+            &mut self.failures,
+            &mut self.skipped,
+            "chat",
+            |entry| entry.provider.chat(input),
+        )
+        .await?;
+        self.answered_by = Some(entry);
+        // Only an answer that may yield keeps what it says.
+        let yields = entry.placement.chat_yields && entry.provider.continues_answers();
+        self.said = yields.then(String::new);
+        self.phase = Phase::Streaming {
+            entry,
+            stream,
+            slots,
+            _counted: Counted::new(entry),
+        };
+        Ok(())
     }
+}
+
+/// Asks the providers of `order` in turn from `*next` on, each with a chat slot and then the
+/// provider slot it stands for (so at most `max_in_flight` minus the reserve of chats hold
+/// provider slots, whatever the completions do), until one starts answering; those that fail
+/// first are passed over (`what` names the work in the log). The error of all of them when
+/// none is left. Cancel-safe: `*next` moves only once a provider has answered, so a caller
+/// dropped while it waits asks that provider again. Shared by chats and agent steps.
+pub(crate) async fn start_in_order<'a, F>(
+    order: &[&'a Entry],
+    next: &mut usize,
+    failures: &mut Vec<(String, ProviderError)>,
+    skipped: &mut Vec<crate::pool::Skipped>,
+    what: &str,
+    mut start: F,
+) -> Result<(&'a Entry, ChatStream, Slots<'a>), ChatError>
+where
+    F: FnMut(&'a Entry) -> futures::future::BoxFuture<'a, Result<ChatStream, ProviderError>>,
+{
+    while let Some(&entry) = order.get(*next) {
+        let chat_slot = entry.chat_slots.acquire().await;
+        let slot = entry.slots.acquire().await;
+        let started = start(entry).await;
+        *next += 1;
+        let (Ok(chat_slot), Ok(slot)) = (chat_slot, slot) else {
+            continue; // closed semaphores: never, the pool never closes them
+        };
+        match started {
+            Ok(stream) => return Ok((entry, stream, (chat_slot, slot))),
+            Err(error) => passed_over(entry, error, failures, what),
+        }
+    }
+    Err(ChatError::Failed(PoolError {
+        failures: std::mem::take(failures),
+        skipped: std::mem::take(skipped),
+    }))
 }
 
 /// A provider that failed before its first piece: counted against it (unless the request

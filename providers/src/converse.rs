@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use crate::chat::{blames_provider, passed_over, ChatError, Counted, Need, Slots};
-use crate::pool::{Entry, Pool, PoolError, Skipped};
+use crate::chat::{blames_provider, passed_over, start_in_order, ChatError, Counted, Need, Slots};
+use crate::pool::{Entry, Pool, Skipped};
 use crate::provider::{ChatPiece, ChatStream};
 use crate::tools::{ConverseInput, ToolSpec, Turn};
 
@@ -149,31 +149,23 @@ impl StepAnswer<'_> {
 
     /// Asks the next provider in order; the error of all of them when none is left.
     async fn start_next(&mut self) -> Result<(), ChatError> {
-        while let Some(&entry) = self.order.get(self.next) {
-            let chat_slot = entry.chat_slots.acquire().await;
-            let slot = entry.slots.acquire().await;
-            let started = entry.provider.converse(self.input).await;
-            self.next += 1;
-            let (Ok(chat_slot), Ok(slot)) = (chat_slot, slot) else {
-                continue; // closed semaphores: never, the pool never closes them
-            };
-            match started {
-                Ok(stream) => {
-                    self.answered_by = Some(entry);
-                    self.streaming = Some(Streaming {
-                        entry,
-                        stream,
-                        _slots: (chat_slot, slot),
-                        _counted: Counted::new(entry),
-                    });
-                    return Ok(());
-                }
-                Err(error) => passed_over(entry, error, &mut self.failures, "an agent step"),
-            }
-        }
-        Err(ChatError::Failed(PoolError {
-            failures: std::mem::take(&mut self.failures),
-            skipped: std::mem::take(&mut self.skipped),
-        }))
+        let input = self.input;
+        let (entry, stream, slots) = start_in_order(
+            &self.order,
+            &mut self.next,
+            &mut self.failures,
+            &mut self.skipped,
+            "an agent step",
+            |entry| entry.provider.converse(input),
+        )
+        .await?;
+        self.answered_by = Some(entry);
+        self.streaming = Some(Streaming {
+            entry,
+            stream,
+            _slots: slots,
+            _counted: Counted::new(entry),
+        });
+        Ok(())
     }
 }
