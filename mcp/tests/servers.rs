@@ -187,16 +187,7 @@ async fn the_filesystem_server_reads_inside_its_directory_and_refuses_outside() 
 async fn the_git_and_time_servers_from_pypi_answer() {
     let repo = tempfile::tempdir().unwrap();
     let git = |args: &[&str]| {
-        let status = std::process::Command::new("git")
-            .args(args)
-            .current_dir(repo.path())
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "git {args:?}");
+        reaper_testkit::workspace::git(repo.path(), args);
     };
     git(&["init", "-q", "-b", "main"]);
     std::fs::write(repo.path().join("a.txt"), "a\n").unwrap();

@@ -41,23 +41,7 @@ impl Repo {
         .unwrap();
         std::fs::write(root.join("README.md"), "# retry\n\nBacks off.\n").unwrap();
         std::fs::write(root.join(".env"), "API_KEY=sk-live-do-not-leak\n").unwrap();
-        let git = |args: &[&str]| {
-            let out = Command::new("git")
-                .args(args)
-                .current_dir(root)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@example.com")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@example.com")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let git = |args: &[&str]| reaper_testkit::workspace::git(root, args);
         git(&["init", "-q"]);
         git(&["add", "src", "README.md"]);
         git(&["commit", "-qm", "start"]);
