@@ -174,14 +174,9 @@ impl Slot {
         self.msghdr.msg_iovlen = 1;
         self.batched = segment.is_some();
         if let Some(size) = segment {
-            let bytes = udp_segment(size as u16);
-            for (word, chunk) in self.control.iter_mut().zip(bytes.chunks(8)) {
-                let mut eight = [0u8; 8];
-                eight[..chunk.len()].copy_from_slice(chunk);
-                *word = u64::from_ne_bytes(eight);
-            }
+            self.control = udp_segment(size as u16);
             self.msghdr.msg_control = self.control.as_mut_ptr().cast();
-            self.msghdr.msg_controllen = bytes.len() as _;
+            self.msghdr.msg_controllen = std::mem::size_of_val(&self.control) as _;
         }
     }
 }
@@ -192,21 +187,21 @@ fn empty_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
+// The control message below is laid out for a 64-bit `size_t`.
+const _: () = assert!(std::mem::size_of::<usize>() == 8);
+
 /// A control message asking the kernel to cut the payload into `size`-byte datagrams: a
 /// `cmsghdr` (`cmsg_len` is a `size_t`, then level and type as `int`s) and the `u16` size,
-/// padded to `CMSG_SPACE`.
-fn udp_segment(size: u16) -> Vec<u8> {
-    let word = std::mem::size_of::<usize>();
-    let header = word + 8;
-    let len = header + 2;
-    let space = len.div_ceil(word) * word;
-    let mut control = Vec::with_capacity(space);
-    control.extend_from_slice(&len.to_ne_bytes());
-    control.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
-    control.extend_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
-    control.extend_from_slice(&size.to_ne_bytes());
-    control.resize(space, 0);
-    control
+/// padded to `CMSG_SPACE`, in words so that it is aligned as a `cmsghdr` must be. Built in
+/// place for every GSO send: no allocation.
+fn udp_segment(size: u16) -> [u64; CONTROL_WORDS] {
+    const CMSG_LEN: u64 = 8 + 4 + 4 + 2;
+    let mut kind = [0u8; 8];
+    kind[..4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    kind[4..].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
+    let mut data = [0u8; 8];
+    data[..2].copy_from_slice(&size.to_ne_bytes());
+    [CMSG_LEN, u64::from_ne_bytes(kind), u64::from_ne_bytes(data)]
 }
 
 #[cfg(test)]
@@ -215,9 +210,11 @@ mod tests {
 
     #[test]
     fn the_segment_control_message_has_the_kernels_layout() {
-        let control = udp_segment(4096);
+        let control: Vec<u8> = udp_segment(4096)
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
         assert_eq!(control.len(), 24, "CMSG_SPACE(2) on a 64-bit target");
-        assert_eq!(control.len(), CONTROL_WORDS * 8);
         assert_eq!(&control[..8], &18usize.to_ne_bytes(), "CMSG_LEN(2)");
         assert_eq!(&control[8..12], &17i32.to_ne_bytes());
         assert_eq!(&control[12..16], &103i32.to_ne_bytes());
