@@ -5,6 +5,7 @@
 //! not pooling connections or batching requests.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use reaper_core::wire::{self, Frame, FrameDecoder, RequestHead, Side};
 use reaper_core::{transport, Encoding, Method, Status, WireMessage};
 use tokio::sync::Mutex;
 
+use crate::early::{self, Handshake};
 use crate::{ClientOptions, Error};
 
 /// First wait between connection attempts; doubles up to [`BACKOFF_MAX`].
@@ -48,15 +50,37 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     options: ClientOptions,
-    connection: Mutex<Option<quinn::Connection>>,
+    connection: Mutex<Option<Live>>,
+    /// Whether the next connection may go ahead with 0-RTT data: off after a resumed
+    /// connection's handshake failed, on again after any handshake completes.
+    early_ok: Arc<AtomicBool>,
+}
+
+/// The connection calls go on.
+#[derive(Clone)]
+struct Live {
+    conn: quinn::Connection,
+    /// For a connection that went ahead with 0-RTT data, until its handshake is known to have
+    /// completed: how it ends (see [`early`]).
+    handshake: Option<Handshake>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("remote", &self.conn.remote_address())
+            .field("handshaking", &self.handshake.is_some())
+            .finish()
+    }
 }
 
 impl Client {
     /// Connects to the daemon, retrying with exponential backoff.
     pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
         let loopback = options.addr.ip().is_loopback();
-        let client_config = transport::client_config(options.cert.clone(), &options.rpc, loopback)
+        let crypto = early::crypto(&options.cert, options.resume_sessions)
             .map_err(|e| Error::Transport(e.to_string()))?;
+        let client_config = transport::client_config_with(crypto, &options.rpc, loopback);
         let bind: std::net::SocketAddr = if options.addr.is_ipv6() {
             "[::]:0".parse().expect("constant address")
         } else {
@@ -79,6 +103,7 @@ impl Client {
             client_config,
             options,
             connection: Mutex::new(None),
+            early_ok: Arc::new(AtomicBool::new(true)),
         };
         client.connection().await?;
         Ok(client)
@@ -90,7 +115,7 @@ impl Client {
     /// matters to a peer that did not hear the close: a command-line client that waited for
     /// it spent most of its life there.
     pub async fn close(&self) {
-        let Some(conn) = self.connection.lock().await.take() else {
+        let Some(Live { conn, .. }) = self.connection.lock().await.take() else {
             return;
         };
         let before = conn.stats().udp_tx.datagrams;
@@ -109,7 +134,11 @@ impl Client {
     /// Transport statistics of the current connection (packets, losses, RTT, congestion
     /// window), if one is open: what to look at when calls are slower than they should be.
     pub async fn connection_stats(&self) -> Option<quinn::ConnectionStats> {
-        self.connection.lock().await.as_ref().map(|c| c.stats())
+        self.connection
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.conn.stats())
     }
 
     /// The options this client was made with.
@@ -161,7 +190,7 @@ impl Client {
         request: &ChatRequest,
         call: CallOptions,
     ) -> Result<ResponseStream<ChatChunk>, Error> {
-        let (send, recv) = self.open(Method::ChatSend, request, call, true).await?;
+        let (send, recv, _) = self.open(Method::ChatSend, request, call, true).await?;
         Ok(self.response_stream(send, recv, call))
     }
 
@@ -172,7 +201,7 @@ impl Client {
         task: &AgentTask,
         call: CallOptions,
     ) -> Result<(ResponseStream<StepUpdate>, AgentControlHandle), Error> {
-        let (send, recv) = self.open(Method::AgentExecute, task, call, false).await?;
+        let (send, recv, _) = self.open(Method::AgentExecute, task, call, false).await?;
         let control = AgentControlHandle {
             send: Arc::new(Mutex::new(send)),
             encoding: self.options.encoding,
@@ -189,44 +218,76 @@ impl Client {
         call: CallOptions,
     ) -> Result<Resp, Error> {
         let deadline = call.deadline.or(self.options.default_deadline);
-        let encoding = self.options.encoding;
         let work = async {
-            let (_, recv) = self.open(method, request, call, true).await?;
-            let mut recv = CancelOnDrop(Some(recv));
-            let mut reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
-            let read = async {
-                let message = reader.next_message(recv.stream()).await?;
-                Ok::<_, Error>((message, reader.next_message(recv.stream()).await?))
-            }
-            .await;
-            // A trailer, OK or not, ends the call: nothing is left to cancel.
-            if reader.done {
-                recv.disarm();
-            }
-            let (message, trailer) = read?;
-            match (message, trailer) {
-                (Some(bytes), None) => {
-                    Resp::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()))
+            // A call sent as 0-RTT data that the daemon did not take is sent again: on the
+            // same connection, now past its handshake, or on a new one if the handshake failed.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.unary_once(method, request, call).await {
+                    Err(Error::EarlyDataRejected) if tries < 3 => {
+                        tracing::debug!(%method, "0-RTT data not taken; sending the call again");
+                    }
+                    result => return result,
                 }
-                (Some(_), Some(_)) => Err(Error::Protocol(format!(
-                    "{method} is unary but the daemon sent more than one message"
-                ))),
-                (None, _) => Err(Error::Protocol(format!(
-                    "{method} ended OK without a response message"
-                ))),
             }
         };
         with_deadline(deadline, work).await
     }
 
-    /// Opens a stream and sends the head and first message (and FIN if `finish`).
+    async fn unary_once<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        method: Method,
+        request: &Req,
+        call: CallOptions,
+    ) -> Result<Resp, Error> {
+        let encoding = self.options.encoding;
+        let (_, recv, live) = self.open(method, request, call, true).await?;
+        let mut recv = CancelOnDrop(Some(recv));
+        let mut reader = ResponseReader::new(self.options.rpc.max_message_size.get() as usize);
+        let read = async {
+            let message = reader.next_message(recv.stream()).await?;
+            Ok::<_, Error>((message, reader.next_message(recv.stream()).await?))
+        };
+        let read = match live.handshake {
+            None => read.await,
+            // Sent before the handshake: if the handshake fails, no answer will come.
+            Some(handshake) => tokio::select! {
+                biased;
+                read = read => read,
+                Err(failure) = handshake => {
+                    tracing::debug!(reason = %failure.reason, "resumed connection failed its handshake");
+                    Err(Error::EarlyDataRejected)
+                }
+            },
+        };
+        // A trailer, OK or not, ends the call: nothing is left to cancel.
+        if reader.done {
+            recv.disarm();
+        }
+        let (message, trailer) = read?;
+        match (message, trailer) {
+            (Some(bytes), None) => {
+                Resp::decode(encoding, &bytes).map_err(|e| Error::Protocol(e.to_string()))
+            }
+            (Some(_), Some(_)) => Err(Error::Protocol(format!(
+                "{method} is unary but the daemon sent more than one message"
+            ))),
+            (None, _) => Err(Error::Protocol(format!(
+                "{method} ended OK without a response message"
+            ))),
+        }
+    }
+
+    /// Opens a stream and sends the head and first message (and FIN if `finish`); also returns
+    /// the connection it went on.
     async fn open<Req: WireMessage>(
         &self,
         method: Method,
         request: &Req,
         call: CallOptions,
         finish: bool,
-    ) -> Result<(Option<SendStream>, RecvStream), Error> {
+    ) -> Result<(Option<SendStream>, RecvStream, Live), Error> {
         let deadline = call.deadline.or(self.options.default_deadline);
         let head = RequestHead {
             method: Bytes::from_static(method.path().as_bytes()),
@@ -243,42 +304,71 @@ impl Client {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         wire::patch_message_len(&mut out, at);
 
-        let (mut send, recv) = self.open_stream().await?;
-        send.write_all(&out)
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+        let (live, mut send, recv) = self.open_stream(method).await?;
+        send.write_all(&out).await.map_err(|e| match e {
+            quinn::WriteError::ZeroRttRejected => Error::EarlyDataRejected,
+            e => Error::Transport(e.to_string()),
+        })?;
         if finish {
             let _ = send.finish();
-            Ok((None, recv))
+            Ok((None, recv, live))
         } else {
-            Ok((Some(send), recv))
+            Ok((Some(send), recv, live))
         }
     }
 
-    /// Opens a stream, reconnecting once if the connection has gone away meanwhile.
-    async fn open_stream(&self) -> Result<(SendStream, RecvStream), Error> {
-        let connection = self.connection().await?;
-        match connection.open_bi().await {
-            Ok(pair) => Ok(pair),
+    /// Opens a stream for a call of `method`, reconnecting once if the connection has gone
+    /// away meanwhile.
+    async fn open_stream(&self, method: Method) -> Result<(Live, SendStream, RecvStream), Error> {
+        let live = self.connection_for(method).await?;
+        match live.conn.open_bi().await {
+            Ok((send, recv)) => Ok((live, send, recv)),
             Err(_) => {
                 // Nothing was sent on a stream that did not open: retrying is safe.
-                let connection = self.connection().await?;
-                connection
+                let live = self.connection_for(method).await?;
+                let (send, recv) = live
+                    .conn
                     .open_bi()
                     .await
-                    .map_err(|e| Error::Transport(e.to_string()))
+                    .map_err(|e| Error::Transport(e.to_string()))?;
+                Ok((live, send, recv))
             }
+        }
+    }
+
+    /// The connection a call of `method` goes on. On a resumed connection whose handshake
+    /// is still running, only replay-safe calls go at once; any other waits for the handshake,
+    /// and if it fails, for a connection made the usual way.
+    async fn connection_for(&self, method: Method) -> Result<Live, Error> {
+        let live = self.connection().await?;
+        match live.handshake.clone() {
+            Some(handshake) if !method.replay_safe() => match handshake.await {
+                Ok(()) => Ok(Live {
+                    conn: live.conn,
+                    handshake: None,
+                }),
+                Err(_) => self.connection().await,
+            },
+            _ => Ok(live),
         }
     }
 
     /// A live connection: the current one, or a new one made with backoff.
-    async fn connection(&self) -> Result<quinn::Connection, Error> {
+    async fn connection(&self) -> Result<Live, Error> {
         let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        if let Some(live) = slot.as_mut() {
+            if live
+                .handshake
+                .as_ref()
+                .is_some_and(|h| matches!(h.peek(), Some(Ok(()))))
+            {
+                // Past its handshake: calls on it need not watch the handshake any more.
+                live.handshake = None;
             }
-            tracing::info!(reason = ?conn.close_reason(), "connection to reaperd lost; reconnecting");
+            if live.conn.close_reason().is_none() {
+                return Ok(live.clone());
+            }
+            tracing::info!(reason = ?live.conn.close_reason(), "connection to reaperd lost; reconnecting");
         }
         let attempts = self.options.connect_attempts.max(1);
         let mut backoff = BACKOFF_START;
@@ -287,9 +377,9 @@ impl Client {
         for attempt in 1..=attempts {
             made = attempt;
             match self.try_connect().await {
-                Ok(conn) => {
-                    *slot = Some(conn.clone());
-                    return Ok(conn);
+                Ok(live) => {
+                    *slot = Some(live.clone());
+                    return Ok(live);
                 }
                 Err(failure) => {
                     tracing::debug!(attempt, reason = %failure.reason, "connection attempt failed");
@@ -311,7 +401,7 @@ impl Client {
         })
     }
 
-    async fn try_connect(&self) -> Result<quinn::Connection, AttemptFailed> {
+    async fn try_connect(&self) -> Result<Live, AttemptFailed> {
         let connecting = self
             .endpoint
             .connect_with(
@@ -320,12 +410,36 @@ impl Client {
                 transport::SERVER_NAME,
             )
             .map_err(|e| AttemptFailed::other(e.to_string()))?;
+        // With a session to resume, the connection is usable at once for replay-safe calls;
+        // its handshake is watched by the calls that go before it completes.
+        let connecting = if self.early_ok.load(Ordering::Relaxed) {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    let handshake = early::watch(
+                        conn.clone(),
+                        accepted,
+                        CONNECT_TIMEOUT,
+                        self.early_ok.clone(),
+                    );
+                    return Ok(Live {
+                        conn,
+                        handshake: Some(handshake),
+                    });
+                }
+                Err(connecting) => connecting,
+            }
+        } else {
+            connecting
+        };
         // A daemon that is not there never answers QUIC: bound each attempt, and learn sooner
         // from the kernel when nothing is listening at all.
         tokio::select! {
             biased;
             answer = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match answer {
-                Ok(Ok(conn)) => Ok(conn),
+                Ok(Ok(conn)) => {
+                    self.early_ok.store(true, Ordering::Relaxed);
+                    Ok(Live { conn, handshake: None })
+                }
                 Ok(Err(e)) => Err(AttemptFailed::other(e.to_string())),
                 Err(_) => Err(AttemptFailed::other(format!(
                     "no answer within {} s",
@@ -334,8 +448,7 @@ impl Client {
             },
             () = nothing_listens(self.options.addr) => Err(AttemptFailed {
                 refused: true,
-                reason: "nothing is listening there (is reaperd running? `reaperd` starts it)"
-                    .to_owned(),
+                reason: NOTHING_LISTENS.to_owned(),
             }),
         }
     }
@@ -489,6 +602,7 @@ impl ResponseReader {
                         "the call ended without a status trailer".into(),
                     ))
                 }
+                Err(quinn::ReadError::ZeroRttRejected) => return Err(Error::EarlyDataRejected),
                 Err(quinn::ReadError::Reset(code)) => {
                     return Err(Error::Status(Status::new(
                         reaper_core::Code::Cancelled,
@@ -515,15 +629,20 @@ async fn with_deadline<T>(
     }
 }
 
+/// What a connection attempt that found nothing listening reports.
+pub(crate) const NOTHING_LISTENS: &str =
+    "nothing is listening there (is reaperd running? `reaperd` starts it)";
+
 /// Why one connection attempt failed.
-struct AttemptFailed {
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptFailed {
     /// The port is closed: nothing listens there now.
-    refused: bool,
-    reason: String,
+    pub(crate) refused: bool,
+    pub(crate) reason: String,
 }
 
 impl AttemptFailed {
-    fn other(reason: String) -> AttemptFailed {
+    pub(crate) fn other(reason: String) -> AttemptFailed {
         AttemptFailed {
             refused: false,
             reason,
@@ -544,7 +663,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// milliseconds while the kernel tears its io_uring down, and the first probe can land then.
 /// Any failure to set up the probe waits: the probe only makes a dead daemon quicker to
 /// report, and the handshake's own timeout ends the attempt.
-async fn nothing_listens(addr: std::net::SocketAddr) {
+pub(crate) async fn nothing_listens(addr: std::net::SocketAddr) {
     let bind: std::net::SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {

@@ -42,6 +42,12 @@ pub enum Error {
     /// The daemon sent something this client cannot read.
     #[error("malformed response from reaperd: {0}")]
     Protocol(String),
+    /// A call sent as 0-RTT data on a resumed connection was not taken: the daemon did not
+    /// accept the session (it restarted, or had let the session go), or the handshake did not
+    /// complete. [`crate::Client`] sends such a call again itself, once the connection is
+    /// past its handshake, so its methods return this only if that happened three times.
+    #[error("the daemon did not take a call sent as 0-RTT data; send it again")]
+    EarlyDataRejected,
 }
 
 impl Error {
@@ -50,9 +56,10 @@ impl Error {
         match self {
             Error::Status(status) => status.clone(),
             Error::Config(_) => Status::new(Code::FailedPrecondition, self.to_string()),
-            Error::StateFile { .. } | Error::Connect { .. } | Error::Transport(_) => {
-                Status::new(Code::Unavailable, self.to_string())
-            }
+            Error::StateFile { .. }
+            | Error::Connect { .. }
+            | Error::Transport(_)
+            | Error::EarlyDataRejected => Status::new(Code::Unavailable, self.to_string()),
             Error::DeadlineExceeded(_) => Status::new(Code::DeadlineExceeded, self.to_string()),
             Error::Protocol(_) => Status::new(Code::Internal, self.to_string()),
         }

@@ -14,6 +14,7 @@
 //! connection, reconnecting with exponential backoff when the connection is lost.
 
 mod client;
+mod early;
 mod error;
 mod options;
 

@@ -31,6 +31,12 @@ pub struct ClientOptions {
     /// retried. Yes by default, so a long-lived client finds a daemon that is restarting; a
     /// one-shot command turns it off and reports a dead daemon at once.
     pub retry_refused: bool,
+    /// Whether connections resume TLS sessions the daemon gave earlier connections to it from
+    /// this process (yes by default). A resumed connection shows no certificate and sends its
+    /// first replay-safe calls (Health, Provider.list, Completion) with its first packet, as
+    /// 0-RTT data: a reconnect answers in one round trip instead of two. Calls of other
+    /// methods wait for the handshake either way (`docs/protocol.md`, "0-RTT").
+    pub resume_sessions: bool,
     /// Transport limits (must fit the daemon's; the defaults do).
     pub rpc: RpcConfig,
 }
@@ -77,6 +83,7 @@ impl ClientOptions {
             default_deadline: None,
             connect_attempts: rpc.reconnect_attempts.max(1),
             retry_refused: true,
+            resume_sessions: true,
             rpc,
         })
     }

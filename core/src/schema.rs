@@ -81,6 +81,21 @@ impl Method {
     pub fn client_streams(self) -> bool {
         matches!(self, Method::AgentExecute)
     }
+
+    /// Whether a call may be served from 0-RTT data, before the client has finished its
+    /// handshake. 0-RTT data can be replayed by anyone who captured it, so only calls that are
+    /// harmless twice qualify: they read state and change none that matters (Health,
+    /// Provider.list; a Completion at worst warms the cache and spends a model's time on an
+    /// answer that only the original client can read). Never Agent (its steps write files and
+    /// run commands), Chat (a model's time, streamed) or Completion.feedback (it counts what
+    /// the editor did). The daemon holds any other call that arrives early until the handshake
+    /// completes, which a replay never does (`docs/protocol.md`, "0-RTT").
+    pub fn replay_safe(self) -> bool {
+        matches!(
+            self,
+            Method::HealthCheck | Method::ProviderList | Method::CompletionComplete
+        )
+    }
 }
 
 impl std::fmt::Display for Method {

@@ -12,6 +12,7 @@ use quinn_proto::{
     AckFrequencyConfig, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+pub use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -35,6 +36,11 @@ pub const LOOPBACK_MTU: u16 = 4096;
 /// With the bound at 16 KiB, 64 calls in flight lost ~150 packets a run that way, each loss
 /// a congestion event and some a ~100 ms stall.
 pub const LOOPBACK_MTU_MAX: u16 = 6_500;
+
+/// Sessions the daemon remembers for resumption, at most (each a few hundred bytes; the oldest
+/// goes first). Each connection is given two (rustls' default), so this covers the last 128
+/// connections, more than `[rpc] max_connections` allows at once by default.
+pub const SESSIONS_KEPT: usize = 256;
 
 /// Why TLS or QUIC could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +127,14 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT: a client resuming a session may send its first calls with its first packet.
+    // Sessions are kept in the daemon's memory (not in encrypted tickets), and rustls takes a
+    // session out of the store when a client resumes it, so each one can carry early data
+    // once: a captured first flight replayed to this daemon finds its session gone and gets
+    // a full handshake without its early data. Which calls may be served early at all is
+    // decided per method (`Method::replay_safe`); see docs/protocol.md, "0-RTT".
+    tls.max_early_data_size = u32::MAX; // QUIC allows only 0 or this
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT);
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
@@ -131,12 +145,26 @@ pub fn server_config(
 }
 
 /// Client side: trusts exactly `pinned` (the daemon's certificate from its state directory) and
-/// nothing else: there is no "accept any certificate" mode.
+/// nothing else: there is no "accept any certificate" mode. Sessions the daemon hands out are
+/// kept in memory with this configuration and resumed, with 0-RTT data, by its later
+/// connections.
 pub fn client_config(
     pinned: CertificateDer<'static>,
     rpc: &RpcConfig,
     loopback: bool,
 ) -> Result<quinn_proto::ClientConfig, TransportError> {
+    let crypto = client_crypto(pinned, Resumption::default())?;
+    Ok(client_config_with(crypto, rpc, loopback))
+}
+
+/// The TLS half of [`client_config`], keeping sessions as `resumption` says
+/// ([`Resumption::disabled`]: every connection a full handshake). Configurations made from one
+/// of these resume each other's sessions; rustls resumes a session only with the certificate
+/// verifier that established it, so configurations made separately never do.
+pub fn client_crypto(
+    pinned: CertificateDer<'static>,
+    resumption: Resumption,
+) -> Result<Arc<QuicClientConfig>, TransportError> {
     let provider = provider();
     let verifier = PinnedCertVerifier {
         pinned,
@@ -148,9 +176,23 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // A resumed session was established with the pinned certificate, so resuming it (which
+    // shows no certificate) trusts no one new.
+    tls.resumption = resumption;
+    tls.enable_early_data = true;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
-    let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
+    Ok(Arc::new(crypto))
+}
+
+/// A client configuration with `crypto` (from [`client_crypto`]) and the transport `[rpc]`
+/// asks for.
+pub fn client_config_with(
+    crypto: Arc<QuicClientConfig>,
+    rpc: &RpcConfig,
+    loopback: bool,
+) -> quinn_proto::ClientConfig {
+    let mut config = quinn_proto::ClientConfig::new(crypto);
     let mut transport = transport_config(rpc, loopback);
     // A daemon that dies sends no close: without these, a client would wait out the whole
     // idle timeout (minutes) before it noticed. Pings every 2 s keep a live connection open;
@@ -161,7 +203,7 @@ pub fn client_config(
             IdleTimeout::try_from(CLIENT_DEAD_AFTER).unwrap_or(VarInt::MAX.into()),
         ));
     config.transport_config(Arc::new(transport));
-    Ok(config)
+    config
 }
 
 /// Accepts the server's certificate only if it is byte for byte the pinned one, and still checks

@@ -1231,3 +1231,233 @@ fn a_flood_of_stateless_answers_is_bounded() {
     assert!(answers > 0, "version negotiation was answered");
     assert_eq!(answers, 256, "answers queued");
 }
+
+// ---- 0-RTT ----
+
+/// Answers every call with OK and no message, whatever its method.
+fn answer_everything(server: &mut RpcServer, event: &ServerEvent) {
+    if let ServerEvent::Call(call) = event {
+        server.finish(call.id, &Status::ok());
+    }
+}
+
+fn feedback_request() -> Vec<u8> {
+    let mut out = Vec::new();
+    CompletionFeedback {
+        event: FeedbackEvent::Accepted,
+        provider: "offline".into(),
+        accepted_chars: 3,
+    }
+    .encode(Encoding::Json, &mut out)
+    .unwrap();
+    out
+}
+
+/// A client that has made one call on a configuration shared with the client it returns the
+/// configuration for: the daemon's sessions are in it, so the next client resumes with 0-RTT.
+fn resumable_config(pair: &mut Pair) -> quinn_proto::ClientConfig {
+    let config = transport::client_config(pair.cert.clone(), &pair.rpc, true).unwrap();
+    let first = pair.add_client_with(config.clone());
+    pair.connect();
+    assert!(pair.health_check(first, &mut answer_everything).is_ok());
+    config
+}
+
+/// Where each server event about `client`'s connection came, in order: "connected",
+/// or the method of a call.
+fn timeline(pair: &Pair, client: usize) -> Vec<String> {
+    let mut conn = None;
+    let mut seen = Vec::new();
+    // Calls can come before Connected, so the connection is learnt from either.
+    for event in &pair.server_log {
+        match event {
+            ServerEvent::Connected {
+                conn: c,
+                remote,
+                early_data,
+            } if *remote == client_addr(client) => {
+                conn = Some(*c);
+                seen.push(format!("connected early_data={early_data}"));
+            }
+            ServerEvent::Call(call) if conn.is_none_or(|c| c == call.id.connection()) => {
+                seen.push(call.method.path().to_owned());
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Issue 14: a client that resumes a session sends its first calls with its first packet.
+/// A replay-safe call is served before the handshake completes; one that is not (feedback
+/// counts what the editor did) is held until it has.
+#[test]
+fn a_resumed_client_is_served_from_0rtt_before_its_handshake_completes() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    let config = resumable_config(&mut pair);
+    let log_from = pair.server_log.len();
+    let second = pair.add_client_with(config);
+    // Nothing has been sent yet: these calls can only go as 0-RTT data.
+    let feedback = pair.clients[second]
+        .start_call(
+            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
+            &feedback_request(),
+            true,
+        )
+        .expect("a resumed session allows calls before the handshake");
+    let health = pair.clients[second]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.finished(second, health).is_some() && p.finished(second, feedback).is_some()
+    });
+    assert!(pair.finished(second, health).unwrap().is_ok());
+    assert!(pair.finished(second, feedback).unwrap().is_ok());
+    pair.server_log.drain(..log_from);
+    assert_eq!(
+        timeline(&pair, second),
+        [
+            "reaper.Health/check",
+            "connected early_data=true",
+            "reaper.Completion/feedback"
+        ]
+    );
+}
+
+/// A client that sent its first flight and died (or a first flight replayed by someone who
+/// cannot finish the handshake): the replay-safe call is served, the other never reaches a
+/// service, and the driver hears the connection end.
+#[test]
+fn a_call_that_is_not_replay_safe_waits_for_a_handshake_that_never_completes() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    let config = resumable_config(&mut pair);
+    let log_from = pair.server_log.len();
+    let second = pair.add_client_with(config);
+    pair.clients[second]
+        .start_call(
+            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
+            &feedback_request(),
+            true,
+        )
+        .unwrap();
+    pair.clients[second]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.flush(&mut no_service);
+    // The first flight is on its way; nothing more from this client arrives.
+    pair.dead.push(second);
+    let start = pair.now;
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.server.handshake_count() == 0 && p.now > start + Duration::from_secs(1)
+    });
+    pair.flush(&mut answer_everything);
+    let log = &pair.server_log[log_from..];
+    let early = log
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::Call(call) => Some(call),
+            _ => None,
+        })
+        .expect("the Health call was served from 0-RTT data");
+    assert_eq!(early.method, Method::HealthCheck);
+    let conn = early.id.connection();
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ServerEvent::Call(c) if c.method == Method::CompletionFeedback)),
+        "a call that is not replay-safe was served without a handshake"
+    );
+    assert!(!log
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Connected { conn: c, .. } if *c == conn)));
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, ServerEvent::Disconnected { conn: c, .. } if *c == conn)),
+        "the driver was not told that the connection it served a call on ended: {log:?}"
+    );
+}
+
+/// The daemon lets a session carry early data once: a client's first flight, captured and
+/// sent again after the client is gone, gets a handshake without its 0-RTT data, so no call
+/// in it runs a second time.
+#[test]
+fn a_replayed_first_flight_is_served_nothing() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    let config = resumable_config(&mut pair);
+    let second = pair.add_client_with(config);
+    let health = pair.clients[second]
+        .start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        )
+        .unwrap();
+    pair.flush(&mut no_service);
+    let from = client_addr(second);
+    let first_flight: Vec<Vec<u8>> = pair
+        .in_flight
+        .iter()
+        .filter(|(_, to, sender, _)| to.is_none() && *sender == from)
+        .map(|(_, _, _, bytes)| bytes.clone())
+        .collect();
+    assert!(!first_flight.is_empty());
+    let connected = |p: &Pair| {
+        p.server_log.iter().find_map(|e| match e {
+            ServerEvent::Connected { conn, remote, .. } if *remote == from => Some(*conn),
+            _ => None,
+        })
+    };
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.finished(second, health).is_some() && connected(p).is_some()
+    });
+    let served = |pair: &Pair| {
+        pair.server_log
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Call(c) if c.method == Method::HealthCheck))
+            .count()
+    };
+    let before = served(&pair);
+    let conn = connected(&pair).unwrap();
+    // The client goes away; once the daemon has forgotten its connection, the capture is sent
+    // again from the same address.
+    pair.dead.push(second);
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.server_log
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Disconnected { conn: c, .. } if *c == conn))
+    });
+    let lost_at = pair.now;
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.now > lost_at + Duration::from_secs(2)
+    });
+    let log_from = pair.server_log.len();
+    let now = pair.now;
+    for bytes in first_flight {
+        pair.server
+            .handle_datagram(now, from, None, None, BytesMut::from(&bytes[..]));
+    }
+    assert_eq!(
+        pair.server.handshake_count(),
+        1,
+        "the replay did not reach the daemon as a new handshake"
+    );
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.now > now + Duration::from_secs(12)
+    });
+    assert_eq!(served(&pair), before, "a replayed 0-RTT call was served");
+    assert!(
+        !pair.server_log[log_from..]
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Call(_) | ServerEvent::Connected { .. })),
+        "the replay was served: {:?}",
+        &pair.server_log[log_from..]
+    );
+    assert_eq!(pair.server.handshake_count(), 0);
+}

@@ -1043,3 +1043,130 @@ async fn a_sequential_call_on_a_warm_connection_is_one_datagram_each_way() {
         "{received} datagrams in"
     );
 }
+
+/// The daemon's log from the first line containing `from` on.
+fn log_from(daemon: &Daemon, from: &str) -> String {
+    let log = daemon.log();
+    let at = log
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in: {log}"));
+    log[at..].to_owned()
+}
+
+/// Issue 14: a client that resumes a session an earlier client in its process was given sends
+/// its first call with its first packet, and the daemon serves it before the handshake
+/// completes. A call that is not replay-safe (feedback) waits for the handshake and is served
+/// once.
+#[tokio::test]
+async fn a_second_client_resumes_and_sends_its_first_call_as_0rtt() {
+    let daemon = Daemon::start();
+    let first = client(&daemon, Encoding::Rkyv).await;
+    first.health().await.unwrap();
+    first.close().await;
+    // The daemon has seen the first connection close before the second begins.
+    let started = std::time::Instant::now();
+    while !daemon.log().contains("connection closed") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = client(&daemon, Encoding::Json).await;
+    second.health().await.unwrap();
+    let feedback = CompletionFeedback {
+        event: FeedbackEvent::Shown,
+        provider: "offline".into(),
+        accepted_chars: 0,
+    };
+    second
+        .feedback(&feedback, CallOptions::default())
+        .await
+        .unwrap();
+    let health = second.health().await.unwrap();
+    assert_eq!(served(&health, Method::CompletionFeedback), (1, 0));
+
+    let second_connection = log_from(&daemon, "connection closed");
+    let call = second_connection
+        .find("method=\"reaper.Health/check\"")
+        .unwrap_or_else(|| panic!("the second client's Health call: {second_connection}"));
+    let open = second_connection
+        .find("connection open")
+        .expect("the second connection");
+    assert!(
+        second_connection[open..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains("early_data=true"),
+        "{second_connection}"
+    );
+    assert!(
+        call < open,
+        "the first call was not served before the handshake completed:\n{second_connection}"
+    );
+    let feedback_at = second_connection
+        .find("method=\"reaper.Completion/feedback\"")
+        .unwrap();
+    assert!(feedback_at > open, "{second_connection}");
+}
+
+/// A daemon that restarted does not know the session a client resumes: it takes none of the
+/// 0-RTT data, the handshake is a full one, and the client sends the call again on it.
+#[tokio::test]
+async fn a_restarted_daemon_refuses_the_old_session_and_the_call_goes_again() {
+    let mut daemon = Daemon::start();
+    let first = client(&daemon, Encoding::Rkyv).await;
+    first.health().await.unwrap();
+    first.close().await;
+    let before_restart = daemon.log().len();
+    let daemon = tokio::task::spawn_blocking(move || {
+        daemon.crash_and_restart(Duration::ZERO);
+        daemon
+    })
+    .await
+    .unwrap();
+    let second = client(&daemon, Encoding::Rkyv).await;
+    let health = second.health().await.unwrap();
+    assert!(health.uptime_s < 30);
+    let log = daemon.log();
+    let after_restart = &log[before_restart..];
+    let open = after_restart
+        .lines()
+        .filter(|l| l.contains("connection open"))
+        .collect::<Vec<_>>();
+    assert_eq!(open.len(), 1, "{after_restart}");
+    assert!(open[0].contains("early_data=false"), "{after_restart}");
+}
+
+/// A client with a session for a daemon that has since died goes ahead without waiting for a
+/// handshake; its first call still reports the dead daemon in milliseconds (the same probe as
+/// a plain connection attempt), not after a timeout.
+#[tokio::test]
+async fn a_resumed_connection_to_a_dead_daemon_reports_it_at_once() {
+    let mut daemon = Daemon::start();
+    let first = client(&daemon, Encoding::Rkyv).await;
+    first.health().await.unwrap();
+    first.close().await;
+    daemon.signal("KILL");
+    let started = std::time::Instant::now();
+    while daemon.try_status().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut options = daemon.options();
+    options.retry_refused = false;
+    let started = std::time::Instant::now();
+    let second = Client::connect(options)
+        .await
+        .expect("a resumed connection goes ahead");
+    let error = second.health().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&error, Error::Connect { reason, .. } if reason.contains("nothing is listening there")),
+        "{error}"
+    );
+    println!("dead daemon reported after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}

@@ -203,14 +203,18 @@ pub struct IncomingCall {
 #[derive(Debug)]
 #[must_use = "calls must be answered and connection changes logged"]
 pub enum ServerEvent {
-    /// A client finished its handshake.
+    /// A client finished its handshake. On a connection that resumed with 0-RTT data, calls
+    /// that may be served early ([`Method::replay_safe`]) can come before this event.
     Connected {
         /// The connection.
         conn: ConnId,
         /// Who it is.
         remote: SocketAddr,
+        /// Whether the client resumed an earlier session and the daemon took its 0-RTT data.
+        early_data: bool,
     },
-    /// A connection ended (closed, timed out or lost).
+    /// A connection ended (closed, timed out or lost): one that was `Connected`, or one that
+    /// had calls served from 0-RTT data before its handshake failed.
     Disconnected {
         /// The connection.
         conn: ConnId,
@@ -277,6 +281,14 @@ enum Phase {
         encoding: Encoding,
         deadline: Option<Instant>,
     },
+    /// Head accepted from 0-RTT data for a method that may not be served early
+    /// ([`Method::replay_safe`]): what follows waits, unread, in the decoder until the
+    /// handshake completes (a replay never completes one), then the call goes on as `Message`.
+    Early {
+        method: Method,
+        encoding: Encoding,
+        deadline: Option<Instant>,
+    },
     /// Handed to the driver; further messages are passed on.
     Started { method: Method, encoding: Encoding },
     /// Answered; only leftover bytes may still be flushing.
@@ -292,6 +304,9 @@ struct CallState {
     outbox: Outbox,
     received_at: Instant,
     recv_done: bool,
+    /// The client's FIN has been read (kept for a call held in [`Phase::Early`], whose
+    /// `HalfClosed` waits for its start).
+    fin: bool,
     /// A producer was told [`Sent::WouldBlock`] and waits for [`ServerEvent::Writable`].
     blocked: bool,
 }
@@ -309,6 +324,9 @@ struct Conn {
     authenticated: bool,
     /// When a datagram last arrived for it.
     last_heard: Instant,
+    /// A call was handed to the driver before the handshake completed (0-RTT data): the driver
+    /// hears `Disconnected` even if the handshake then fails.
+    served_early: bool,
 }
 
 impl Conn {
@@ -380,11 +398,12 @@ impl RpcServer {
 
     // ---- getters ----
 
-    /// Connections that finished their handshake and are still open.
+    /// Connections that finished their handshake, or had calls served from 0-RTT data before
+    /// it, and are still open.
     pub fn connection_count(&self) -> usize {
         self.conns
             .values()
-            .filter(|c| c.connected && !c.closing)
+            .filter(|c| (c.connected || c.served_early) && !c.closing)
             .count()
     }
 
@@ -780,6 +799,7 @@ impl RpcServer {
                         closing: false,
                         authenticated: false,
                         last_heard: now,
+                        served_early: false,
                     },
                 );
                 self.process(now, handle);
@@ -829,29 +849,49 @@ impl RpcServer {
                     self.events.push_back(ServerEvent::Connected {
                         conn: ConnId(handle),
                         remote: conn.quic.remote_address(),
+                        early_data: conn.quic.has_0rtt(),
                     });
-                }
-                Event::ConnectionLost { reason } => {
-                    for (stream, call) in conn.calls.drain() {
-                        if matches!(call.phase, Phase::Started { .. }) {
-                            self.in_flight -= 1;
-                            let id = CallId {
-                                conn: handle,
-                                stream,
-                            };
-                            self.events.push_back(ServerEvent::Cancelled { id });
+                    // The handshake is complete, so no call held from 0-RTT data is a replay:
+                    // they go on now.
+                    let held: Vec<StreamId> = conn
+                        .calls
+                        .iter()
+                        .filter(|(_, call)| matches!(call.phase, Phase::Early { .. }))
+                        .map(|(stream, _)| *stream)
+                        .collect();
+                    for stream in held {
+                        if let Some(call) = conn.calls.get_mut(&stream) {
+                            if let Phase::Early {
+                                method,
+                                encoding,
+                                deadline,
+                            } = call.phase
+                            {
+                                call.phase = Phase::Message {
+                                    method,
+                                    encoding,
+                                    deadline,
+                                };
+                            }
                         }
+                        Self::read_call(
+                            conn,
+                            handle,
+                            stream,
+                            &self.settings,
+                            self.draining,
+                            &mut self.events,
+                            &mut self.in_flight,
+                        );
                     }
-                    if conn.connected {
-                        self.events.push_back(ServerEvent::Disconnected {
-                            conn: ConnId(handle),
-                            reason: reason.to_string(),
-                            stats: Box::new(conn.quic.stats()),
-                        });
-                    }
-                    conn.connected = false;
-                    conn.closing = true;
                 }
+                Event::ConnectionLost { reason } => Self::conn_ended(
+                    conn,
+                    handle,
+                    reason.to_string(),
+                    &mut self.events,
+                    &mut self.in_flight,
+                ),
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                     while let Some(stream) = conn.quic.streams().accept(Dir::Bi) {
                         conn.calls.insert(
@@ -869,6 +909,7 @@ impl RpcServer {
                                 outbox: Outbox::default(),
                                 received_at: now,
                                 recv_done: false,
+                                fin: false,
                                 blocked: false,
                             },
                         );
@@ -1015,12 +1056,50 @@ impl RpcServer {
         }
     }
 
+    /// What the driver must hear of a connection that is over (lost, or closed by the server,
+    /// which quinn-proto reports no `ConnectionLost` for): the calls it was serving are
+    /// cancelled, and it is `Disconnected` if the driver knew of it.
+    fn conn_ended(
+        conn: &mut Conn,
+        handle: ConnectionHandle,
+        reason: String,
+        events: &mut VecDeque<ServerEvent>,
+        in_flight: &mut usize,
+    ) {
+        for (stream, call) in conn.calls.drain() {
+            if matches!(call.phase, Phase::Started { .. }) {
+                *in_flight -= 1;
+                let id = CallId {
+                    conn: handle,
+                    stream,
+                };
+                events.push_back(ServerEvent::Cancelled { id });
+            }
+        }
+        if conn.connected || conn.served_early {
+            events.push_back(ServerEvent::Disconnected {
+                conn: ConnId(handle),
+                reason,
+                stats: Box::new(conn.quic.stats()),
+            });
+        }
+        conn.connected = false;
+        conn.served_early = false;
+        conn.closing = true;
+    }
+
     /// Closes a connection the server gives up on, telling the driver why.
     fn close_refused(&mut self, now: Instant, handle: ConnectionHandle, reason: &'static str) {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
-        conn.closing = true;
+        Self::conn_ended(
+            conn,
+            handle,
+            format!("closed by the daemon: {reason}"),
+            &mut self.events,
+            &mut self.in_flight,
+        );
         conn.quic.close(
             now,
             VarInt::from_u32(0),
@@ -1094,8 +1173,13 @@ impl RpcServer {
             conn.calls.remove(&stream);
             return;
         }
+        call.fin |= recv == RecvState::Finished;
         let mut rejection = None;
         loop {
+            if matches!(call.phase, Phase::Early { .. }) {
+                // Held until the handshake completes: the rest stays in the decoder.
+                break;
+            }
             match call.decoder.next_frame() {
                 Ok(Some(Frame::Head(head))) => {
                     // The token first: a caller without it learns nothing, not even which
@@ -1136,10 +1220,18 @@ impl RpcServer {
                     }
                     let deadline = (head.deadline_ms > 0)
                         .then(|| call.received_at + Duration::from_millis(head.deadline_ms as u64));
-                    call.phase = Phase::Message {
-                        method,
-                        encoding: head.encoding,
-                        deadline,
+                    call.phase = if conn.connected || method.replay_safe() {
+                        Phase::Message {
+                            method,
+                            encoding: head.encoding,
+                            deadline,
+                        }
+                    } else {
+                        Phase::Early {
+                            method,
+                            encoding: head.encoding,
+                            deadline,
+                        }
                     };
                 }
                 Ok(Some(Frame::Message(message))) => {
@@ -1151,6 +1243,7 @@ impl RpcServer {
                         } => {
                             call.phase = Phase::Started { method, encoding };
                             *in_flight += 1;
+                            conn.served_early |= !conn.connected;
                             events.push_back(ServerEvent::Call(IncomingCall {
                                 id,
                                 method,
@@ -1173,16 +1266,16 @@ impl RpcServer {
                         ));
                             break;
                         }
-                        Phase::Head | Phase::Answered => {}
+                        Phase::Head | Phase::Early { .. } | Phase::Answered => {}
                     }
                 }
                 Ok(Some(Frame::Trailer(_))) => {}
                 Ok(None) => break,
                 Err(error) => {
                     let method = match call.phase {
-                        Phase::Message { method, .. } | Phase::Started { method, .. } => {
-                            Some(method)
-                        }
+                        Phase::Message { method, .. }
+                        | Phase::Early { method, .. }
+                        | Phase::Started { method, .. } => Some(method),
                         _ => None,
                     };
                     rejection = Some((method, error.status()));
@@ -1207,12 +1300,16 @@ impl RpcServer {
         }
         // Bytes of a frame not yet whole count against the budget, on a call that has
         // started (a control message arriving) as on one that has not.
-        let incomplete = matches!(call.phase, Phase::Head | Phase::Message { .. })
-            || call.decoder.buffered() > 0;
+        let incomplete = matches!(
+            call.phase,
+            Phase::Head | Phase::Message { .. } | Phase::Early { .. }
+        ) || call.decoder.buffered() > 0;
         let total = call.held.total.load(Ordering::Relaxed);
         if rejection.is_none() && incomplete && total > settings.max_buffered_requests {
             let method = match call.phase {
-                Phase::Message { method, .. } | Phase::Started { method, .. } => Some(method),
+                Phase::Message { method, .. }
+                | Phase::Early { method, .. }
+                | Phase::Started { method, .. } => Some(method),
                 _ => None,
             };
             rejection = Some((
@@ -1226,11 +1323,12 @@ impl RpcServer {
                 ),
             ));
         }
-        if rejection.is_none() && recv == RecvState::Finished && !call.recv_done {
+        let held_early = matches!(call.phase, Phase::Early { .. });
+        if rejection.is_none() && call.fin && !call.recv_done && !held_early {
             call.recv_done = true;
             match call.phase {
                 Phase::Started { .. } => events.push_back(ServerEvent::HalfClosed { id }),
-                Phase::Answered => {}
+                Phase::Early { .. } | Phase::Answered => {}
                 Phase::Head | Phase::Message { .. } => {
                     let method = match call.phase {
                         Phase::Message { method, .. } => Some(method),
@@ -1311,7 +1409,9 @@ impl RpcServer {
                 .filter(|(_, c)| now >= c.received_at + limit)
                 .filter_map(|(stream, c)| match c.phase {
                     Phase::Head => Some((*stream, None)),
-                    Phase::Message { method, .. } => Some((*stream, Some(method))),
+                    Phase::Message { method, .. } | Phase::Early { method, .. } => {
+                        Some((*stream, Some(method)))
+                    }
                     Phase::Started { .. } | Phase::Answered => None,
                 })
                 .collect();

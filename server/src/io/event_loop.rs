@@ -369,8 +369,12 @@ fn serve(
                 received_at,
                 started,
             } => services.on_rejected(started, method, &status, received_at, now),
-            ServerEvent::Connected { conn, remote } => {
-                tracing::info!(%conn, %remote, "connection open")
+            ServerEvent::Connected {
+                conn,
+                remote,
+                early_data,
+            } => {
+                tracing::info!(%conn, %remote, early_data, "connection open")
             }
             ServerEvent::Disconnected {
                 conn,
