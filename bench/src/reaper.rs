@@ -152,26 +152,7 @@ async fn scenarios(
     options.encoding = args.encoding;
     let mut rows = Vec::new();
 
-    // Time to the first response on a new connection (1-RTT handshake, then a call).
-    // calls/s counts the measured time only, not the closes in between.
-    let mut h = histogram();
-    let mut measured = Duration::ZERO;
-    for _ in 0..(share.calls / 100).clamp(5, 100) {
-        let t = Instant::now();
-        let client = Client::connect(options.clone()).await?;
-        client.health().await?;
-        measured += t.elapsed();
-        h.saturating_record(t.elapsed().as_micros() as u64);
-        client.close().await;
-    }
-    rows.push(progress.done(Row::new(
-        "reaper",
-        "connect_first_call",
-        1,
-        pin_name,
-        &h,
-        measured.as_secs_f64(),
-    )));
+    rows.extend(connect_scenarios(share, pin_name, &options, progress).await?);
 
     rows.push(progress.done(cli_health(share, pin_name, &state_dir, progress)?));
 
@@ -199,6 +180,70 @@ async fn scenarios(
         ));
     }
     client.close().await;
+    Ok(rows)
+}
+
+/// Time to the first response on a new connection, calls/s counting the measured time only:
+/// - `connect_first_call`: a new client, as a process's first one makes it (a new endpoint, a
+///   full handshake, then the call);
+/// - `reconnect_0rtt`: a client that had a connection and makes a new one (as after the daemon
+///   dropped it): the session it was given is resumed and the call goes in the first packet.
+async fn connect_scenarios(
+    share: Share,
+    pin: &'static str,
+    options: &ClientOptions,
+    progress: &Progress,
+) -> anyhow::Result<Vec<Row>> {
+    let samples = (share.calls / 100).clamp(5, 100);
+    let mut rows = Vec::new();
+
+    let mut fresh = options.clone();
+    fresh.resume_sessions = false;
+    let mut h = histogram();
+    let mut measured = Duration::ZERO;
+    for _ in 0..samples {
+        let t = Instant::now();
+        let client = Client::connect(fresh.clone()).await?;
+        client.health().await?;
+        measured += t.elapsed();
+        h.saturating_record(t.elapsed().as_micros() as u64);
+        client.close().await;
+    }
+    rows.push(progress.done(Row::new(
+        "reaper",
+        "connect_first_call",
+        1,
+        pin,
+        &h,
+        measured.as_secs_f64(),
+    )));
+
+    let mut resuming = options.clone();
+    resuming.resume_sessions = true;
+    let client = Client::connect(resuming).await?;
+    client.health().await?;
+    let mut h = histogram();
+    let mut measured = Duration::ZERO;
+    for _ in 0..samples {
+        // The daemon gives a connection its sessions once the handshake has completed, half a
+        // round trip after the first answer on a resumed connection: a client that makes one
+        // more call has them, one that closes at once leaves none for its next connection.
+        client.health().await?;
+        client.close().await;
+        let t = Instant::now();
+        client.health().await?;
+        measured += t.elapsed();
+        h.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    client.close().await;
+    rows.push(progress.done(Row::new(
+        "reaper",
+        "reconnect_0rtt",
+        1,
+        pin,
+        &h,
+        measured.as_secs_f64(),
+    )));
     Ok(rows)
 }
 

@@ -1,9 +1,10 @@
 //! QUIC and TLS configuration for both ends: ALPN, TLS 1.3 only, the pinned certificate, and the
 //! `[rpc]` limits mapped onto QUIC's transport parameters.
 //!
-//! On loopback the datagram size is raised to 4096 bytes from QUIC's conservative 1200: a 2 KiB
-//! request then travels in one datagram instead of two, which measured ~33 → ~18 µs p50 per call
-//! on these machines (`../shared/ARCHITECTURE.md`). Path MTU discovery stays on either way.
+//! On loopback the datagram size is raised to [`LOOPBACK_MTU`] from QUIC's conservative 1200: a
+//! 2 KiB request then travels in one datagram instead of two, which measured ~33 → ~18 µs p50
+//! per call on these machines (`../shared/ARCHITECTURE.md`). Path MTU discovery stays on either
+//! way, so a path that drops datagrams that large falls back to 1200.
 
 use std::sync::Arc;
 
@@ -27,15 +28,20 @@ pub const SERVER_NAME: &str = "localhost";
 pub const CLIENT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a client waits without hearing from the daemon before it calls the connection dead.
 pub const CLIENT_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
-/// Datagram size used from the first packet on loopback.
-pub const LOOPBACK_MTU: u16 = 4096;
-/// The largest datagram path MTU discovery may reach on loopback. A GSO send is one UDP
-/// datagram of at most 65,507 bytes cut into segments, and quinn batches up to 10 segments
-/// (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11; recheck when upgrading):
-/// above 6,550 bytes a full batch fails with EMSGSIZE and quinn counts all of it as lost.
-/// With the bound at 16 KiB, 64 calls in flight lost ~150 packets a run that way, each loss
-/// a congestion event and some a ~100 ms stall.
-pub const LOOPBACK_MTU_MAX: u16 = 6_500;
+/// Datagram size on loopback, from the first packet on, and the most path MTU discovery may
+/// reach there.
+///
+/// Not more: a GSO send is one UDP datagram of at most 65,507 bytes cut into segments, and
+/// quinn batches up to 10 segments (`MAX_TRANSMIT_SEGMENTS` in quinn 0.11; recheck when
+/// upgrading): above 6,550 bytes a full batch fails with EMSGSIZE and quinn counts all of it as
+/// lost. With the bound at 16 KiB, 64 calls in flight lost ~150 packets a run that way, each
+/// loss a congestion event and some a ~100 ms stall.
+///
+/// From the first packet: starting lower (4096 until issue 14) had every new connection probe
+/// its way up, a few probes of up to 6,500 bytes of padding that quinn-proto parses one byte at
+/// a time, ~50 µs of a 0-RTT reconnect's ~400 and ~110 µs of a full handshake's ~700
+/// (`reaper-bench`'s `reconnect_0rtt` and `connect_first_call`).
+pub const LOOPBACK_MTU: u16 = 6_500;
 
 /// Sessions the daemon remembers for resumption, at most (each a few hundred bytes; the oldest
 /// goes first). Each connection is given two (rustls' default), so this covers the last 128
@@ -55,7 +61,18 @@ pub enum TransportError {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // AES-128-GCM with SHA-256 first (ring's default puts AES-256 with SHA-384 first): the
+    // handshake's key schedule is a few dozen HMACs, and SHA-256 runs on the CPU's SHA
+    // extensions where SHA-384 cannot (`reconnect_0rtt` 388 → 348 µs p50 across CPUs). The
+    // server follows the client's order, and both are reaper's.
+    use rustls::crypto::ring::cipher_suite;
+    provider.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 /// Endpoint settings shared by both ends; `loopback` allows large datagrams.
@@ -107,7 +124,7 @@ pub fn transport_config(rpc: &RpcConfig, loopback: bool) -> TransportConfig {
     transport.ack_frequency_config(Some(AckFrequencyConfig::default()));
     if loopback {
         let mut mtu = MtuDiscoveryConfig::default();
-        mtu.upper_bound(LOOPBACK_MTU_MAX);
+        mtu.upper_bound(LOOPBACK_MTU);
         transport
             .initial_mtu(LOOPBACK_MTU)
             .mtu_discovery_config(Some(mtu));
@@ -194,6 +211,11 @@ pub fn client_config_with(
 ) -> quinn_proto::ClientConfig {
     let mut config = quinn_proto::ClientConfig::new(crypto);
     let mut transport = transport_config(rpc, loopback);
+    // The daemon opens no streams: with a limit of zero, quinn-proto sets up no state for them.
+    // It sets up every stream the peer may open as soon as the limit allows it, and at the
+    // daemon's 1,024 that was ~60 µs of every new connection (`reconnect_0rtt` 424 → 348 µs
+    // p50 across CPUs).
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
     // A daemon that dies sends no close: without these, a client would wait out the whole
     // idle timeout (minutes) before it noticed. Pings every 2 s keep a live connection open;
     // 6 s without an answer means the daemon is gone, and the next call reconnects.

@@ -36,6 +36,8 @@ const COMPLETION_P99_US: u64 = 100_000;
 const CLI_P50_US: u64 = 50_000;
 /// The goal for `reaper health` as a whole process (docs/perf.md), reported.
 const CLI_GOAL_US: u64 = 10_000;
+/// Issue 14's goal for a reconnect that resumes with 0-RTT data, first answer included.
+const RECONNECT_GOAL_US: u64 = 500;
 /// A cache hit may cost at most this multiple of a plain call, at p99.
 const HIT_OVER_HEALTH_P99: f64 = 1.5;
 /// The most the editor bridge may add to an inline completion, at p50 (a generous ceiling:
@@ -260,7 +262,7 @@ fn check(rows: &[Value]) -> Vec<String> {
     for row in &reaper {
         let scenario = field(row, "scenario");
         let (limit, what) = match scenario {
-            "connect_first_call" => continue,
+            "connect_first_call" | "reconnect_0rtt" => continue,
             "cli_health" => {
                 let p50 = number(row, "p50_us");
                 if p50 >= CLI_P50_US {
@@ -487,6 +489,17 @@ fn goals(rows: &[Value]) -> Vec<String> {
             lines.push(format!(
                 "pin {pin}: new connection + first call within 1.2x quinn's: {} ({ours} µs against {quinn} µs, {ratio:.2}x)",
                 mark(ratio <= 1.2)
+            ));
+        }
+        if let Some(reconnect) = find(rows, "reaper", "reconnect_0rtt", 1, pin) {
+            let p50 = number(reconnect, "p50_us");
+            let first = find(rows, "reaper", "connect_first_call", 1, pin)
+                .map_or(String::new(), |r| {
+                    format!(", a first connection {} µs", number(r, "p50_us"))
+                });
+            lines.push(format!(
+                "pin {pin}: 0-RTT reconnect + first call under {RECONNECT_GOAL_US} µs: {} ({p50} µs p50{first})",
+                mark(p50 < RECONNECT_GOAL_US)
             ));
         }
         if let Some(cli) = find(rows, "reaper", "cli_health", 1, pin) {
