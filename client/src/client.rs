@@ -75,7 +75,10 @@ impl std::fmt::Debug for Live {
 }
 
 impl Client {
-    /// Connects to the daemon, retrying with exponential backoff.
+    /// Connects to the daemon, retrying with exponential backoff. With a session to resume
+    /// (an earlier client in this process talked to this daemon, and
+    /// [`ClientOptions::resume_sessions`] is on) it returns at once: the first call goes with
+    /// the handshake as 0-RTT data, and a daemon that has gone away is reported by that call.
     pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
         let loopback = options.addr.ip().is_loopback();
         let crypto = early::crypto(&options.cert, options.resume_sessions)

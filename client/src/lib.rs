@@ -11,7 +11,10 @@
 //!
 //! The client reads the daemon's address, certificate and token from its state directory, pins
 //! the certificate (no other is accepted), and makes every call a QUIC stream of its own on one
-//! connection, reconnecting with exponential backoff when the connection is lost.
+//! connection, reconnecting with exponential backoff when the connection is lost. A reconnect
+//! (or a later client in the same process) resumes its TLS session and sends its first
+//! replay-safe calls (Health, Provider.list, Completion) as 0-RTT data: answered in one round
+//! trip. Other calls wait for the handshake (`docs/protocol.md`, "0-RTT").
 
 mod client;
 mod early;

@@ -476,7 +476,7 @@ wire_type! {
         pub version: String,
         /// Seconds since the daemon started.
         pub uptime_s: u64,
-        /// Open QUIC connections.
+        /// Open QUIC connections (one that resumed a session counts from its first call).
         pub connections: u32,
         /// All calls handled (the design note's request count).
         pub requests: u64,
