@@ -5,7 +5,7 @@
 //! not pooling connections or batching requests.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub struct Client {
     /// Whether the next connection may go ahead with 0-RTT data: off after a resumed
     /// connection's handshake failed, on again after any handshake completes.
     early_ok: Arc<AtomicBool>,
+    /// How many times [`Client::close`] was called: a call whose 0-RTT data was not taken
+    /// is not sent again on a new connection after the caller closed the client.
+    closes: AtomicU64,
 }
 
 /// The connection calls go on.
@@ -107,6 +110,7 @@ impl Client {
             options,
             connection: Mutex::new(None),
             early_ok: Arc::new(AtomicBool::new(true)),
+            closes: AtomicU64::new(0),
         };
         client.connection().await?;
         Ok(client)
@@ -118,6 +122,7 @@ impl Client {
     /// matters to a peer that did not hear the close: a command-line client that waited for
     /// it spent most of its life there.
     pub async fn close(&self) {
+        self.closes.fetch_add(1, Ordering::Relaxed);
         let Some(Live { conn, .. }) = self.connection.lock().await.take() else {
             return;
         };
@@ -221,15 +226,25 @@ impl Client {
         call: CallOptions,
     ) -> Result<Resp, Error> {
         let deadline = call.deadline.or(self.options.default_deadline);
+        let closes = self.closes.load(Ordering::Relaxed);
         let work = async {
             // A call sent as 0-RTT data that the daemon did not take is sent again: on the
-            // same connection, now past its handshake, or on a new one if the handshake failed.
+            // same connection, now past its handshake, or, if the handshake failed, on a new
+            // one made the usual way (the failed handshake turned 0-RTT off).
             let mut tries = 0;
             loop {
                 tries += 1;
                 match self.unary_once(method, request, call).await {
+                    Err(Error::EarlyDataRejected)
+                        if self.closes.load(Ordering::Relaxed) != closes =>
+                    {
+                        return Err(Error::Transport(
+                            "the client was closed while the call was on its way".into(),
+                        ));
+                    }
                     Err(Error::EarlyDataRejected) if tries < 3 => {
                         tracing::debug!(%method, "0-RTT data not taken; sending the call again");
+                        self.settle_handshake().await;
                     }
                     result => return result,
                 }
@@ -254,14 +269,16 @@ impl Client {
         };
         let read = match live.handshake {
             None => read.await,
-            // Sent before the handshake: if the handshake fails, no answer will come.
+            // Sent before the handshake: if the handshake fails, no answer will come. The
+            // handshake first: a refused connection fails its streams in the same turn, and
+            // its failure is what says to make the next connection the usual way.
             Some(handshake) => tokio::select! {
                 biased;
-                read = read => read,
                 Err(failure) = handshake => {
                     tracing::debug!(reason = %failure.reason, "resumed connection failed its handshake");
                     Err(Error::EarlyDataRejected)
                 }
+                read = read => read,
             },
         };
         // A trailer, OK or not, ends the call: nothing is left to cancel.
@@ -343,16 +360,46 @@ impl Client {
     /// is still running, only replay-safe calls go at once; any other waits for the handshake,
     /// and if it fails, for a connection made the usual way.
     async fn connection_for(&self, method: Method) -> Result<Live, Error> {
-        let live = self.connection().await?;
-        match live.handshake.clone() {
-            Some(handshake) if !method.replay_safe() => match handshake.await {
-                Ok(()) => Ok(Live {
-                    conn: live.conn,
-                    handshake: None,
-                }),
-                Err(_) => self.connection().await,
-            },
-            _ => Ok(live),
+        let mut live = self.connection().await?;
+        if method.replay_safe() {
+            return Ok(live);
+        }
+        // Bounded: a failed handshake turns 0-RTT off, so the next connection is a plain one
+        // unless another task's handshake turned it on again meanwhile.
+        let mut failed = None;
+        for _ in 0..3 {
+            let Some(handshake) = live.handshake.clone() else {
+                return Ok(live);
+            };
+            match handshake.await {
+                Ok(()) => {
+                    return Ok(Live {
+                        conn: live.conn,
+                        handshake: None,
+                    })
+                }
+                Err(failure) => failed = Some(failure),
+            }
+            live = self.connection().await?;
+        }
+        Err(Error::Connect {
+            addr: self.options.addr,
+            attempts: 3,
+            reason: failed.map_or_else(String::new, |f| f.reason),
+        })
+    }
+
+    /// Waits until the current connection's handshake is known to have ended, if it went ahead
+    /// with 0-RTT data (so that a failure has turned 0-RTT off before the next attempt).
+    async fn settle_handshake(&self) {
+        let handshake = self
+            .connection
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|live| live.handshake.clone());
+        if let Some(handshake) = handshake {
+            let _ = handshake.await;
         }
     }
 

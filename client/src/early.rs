@@ -22,8 +22,9 @@ use rustls::pki_types::CertificateDer;
 
 use crate::client::{nothing_listens, AttemptFailed, NOTHING_LISTENS};
 
-/// Daemons whose sessions a process keeps, at most.
-const DAEMONS_KEPT: usize = 8;
+/// Daemons whose sessions a process keeps, at most (the ones used last; a configuration and
+/// its few sessions are a few KiB).
+const DAEMONS_KEPT: usize = 64;
 
 /// One daemon's certificate, and the TLS configuration its clients share.
 type PerDaemon = (Vec<u8>, Arc<QuicClientConfig>);
@@ -45,8 +46,12 @@ pub(crate) fn crypto(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Keyed by the pinned certificate, not the name: every daemon calls itself `localhost`.
-    if let Some((_, crypto)) = shared.iter().find(|(der, _)| der == cert.as_ref()) {
-        return Ok(crypto.clone());
+    if let Some(at) = shared.iter().position(|(der, _)| der == cert.as_ref()) {
+        // The one used last goes to the back, so the one dropped is the least recently used.
+        let used = shared.remove(at);
+        let crypto = used.1.clone();
+        shared.push(used);
+        return Ok(crypto);
     }
     if shared.len() >= DAEMONS_KEPT {
         shared.remove(0);

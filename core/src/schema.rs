@@ -476,7 +476,8 @@ wire_type! {
         pub version: String,
         /// Seconds since the daemon started.
         pub uptime_s: u64,
-        /// Open QUIC connections (one that resumed a session counts from its first call).
+        /// Open QUIC connections (one that resumed a session counts from the first call it
+        /// had served from 0-RTT data, if that came before its handshake completed).
         pub connections: u32,
         /// All calls handled (the design note's request count).
         pub requests: u64,

@@ -1461,3 +1461,33 @@ fn a_replayed_first_flight_is_served_nothing() {
     );
     assert_eq!(pair.server.handshake_count(), 0);
 }
+
+/// A call held for the handshake is not started once a drain has begun meanwhile: it is
+/// refused as a new call would be.
+#[test]
+fn a_held_call_is_refused_if_the_daemon_drains_before_the_handshake_completes() {
+    let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
+    let config = resumable_config(&mut pair);
+    let second = pair.add_client_with(config);
+    let feedback = pair.clients[second]
+        .start_call(
+            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
+            &feedback_request(),
+            true,
+        )
+        .unwrap();
+    // Until the daemon holds the call (its first flight has arrived), then the drain begins.
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.server.handshake_count() == 1
+    });
+    pair.server.begin_drain();
+    pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
+        p.finished(second, feedback).is_some()
+    });
+    let status = pair.finished(second, feedback).unwrap();
+    assert_eq!(status.code, Code::Unavailable, "{status:?}");
+    assert!(!pair
+        .server_log
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Call(c) if c.method == Method::CompletionFeedback)));
+}

@@ -1038,6 +1038,33 @@ async fn a_sequential_call_on_a_warm_connection_is_one_datagram_each_way() {
     );
 }
 
+/// Log lines a test collects from the client, through a `tracing` subscriber of its own.
+#[derive(Clone, Default)]
+struct ClientLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl ClientLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for ClientLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ClientLog {
+    type Writer = ClientLog;
+    fn make_writer(&'a self) -> ClientLog {
+        self.clone()
+    }
+}
+
 /// The daemon's log from the first line containing `from` on.
 fn log_from(daemon: &Daemon, from: &str) -> String {
     let log = daemon.log();
@@ -1121,9 +1148,22 @@ async fn a_restarted_daemon_refuses_the_old_session_and_the_call_goes_again() {
     })
     .await
     .unwrap();
+    // What the client says of its calls, from this thread (the test's runtime runs here).
+    let said = ClientLog::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(said.clone())
+            .finish(),
+    );
     let second = client(&daemon, Encoding::Rkyv).await;
     let health = second.health().await.unwrap();
     assert!(health.uptime_s < 30);
+    let said = said.text();
+    assert!(
+        said.contains("0-RTT data not taken; sending the call again"),
+        "the call did not go as 0-RTT data and again: {said}"
+    );
     let log = daemon.log();
     let after_restart = &log[before_restart..];
     let open = after_restart
@@ -1163,4 +1203,27 @@ async fn a_resumed_connection_to_a_dead_daemon_reports_it_at_once() {
     );
     println!("dead daemon reported after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// A resumed connection the daemon refuses (here: at `[rpc] max_connections`) fails its
+/// handshake; the call is not sent again and again as 0-RTT data but goes the usual way, and
+/// the caller learns why the daemon refused.
+#[tokio::test]
+async fn a_refused_resumed_connection_reports_the_refusal() {
+    let daemon = Daemon::start_with("[rpc]\nmax_connections = 1\n", &[]);
+    let holder = client(&daemon, Encoding::Rkyv).await;
+    holder.health().await.unwrap();
+    holder.health().await.unwrap(); // the sessions have arrived
+    let mut options = daemon.options();
+    options.connect_attempts = 2;
+    let second = Client::connect(options)
+        .await
+        .expect("a resumed connection goes ahead");
+    let error = second.health().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Connect { attempts: 2, reason, .. } if reason.contains("refused to accept a new connection")),
+        "{error:?}"
+    );
+    // The one holding the only place is still served.
+    holder.health().await.unwrap();
 }

@@ -282,8 +282,9 @@ enum Phase {
         deadline: Option<Instant>,
     },
     /// Head accepted from 0-RTT data for a method that may not be served early
-    /// ([`Method::replay_safe`]): what follows waits, unread, in the decoder until the
-    /// handshake completes (a replay never completes one), then the call goes on as `Message`.
+    /// ([`Method::replay_safe`]): what follows is taken from QUIC into the decoder (counted
+    /// against the budget) but not decoded until the handshake completes (a replay never
+    /// completes one); then the call goes on as `Message`.
     Early {
         method: Method,
         encoding: Encoding,
@@ -860,20 +861,37 @@ impl RpcServer {
                         .map(|(stream, _)| *stream)
                         .collect();
                     for stream in held {
-                        if let Some(call) = conn.calls.get_mut(&stream) {
-                            if let Phase::Early {
-                                method,
-                                encoding,
-                                deadline,
-                            } = call.phase
-                            {
-                                call.phase = Phase::Message {
-                                    method,
-                                    encoding,
-                                    deadline,
-                                };
-                            }
+                        let Some(call) = conn.calls.get_mut(&stream) else {
+                            continue;
+                        };
+                        let Phase::Early {
+                            method,
+                            encoding,
+                            deadline,
+                        } = call.phase
+                        else {
+                            continue;
+                        };
+                        if self.draining {
+                            // A call not yet started is refused during a drain, as at its head.
+                            Self::reject(
+                                conn,
+                                CallId {
+                                    conn: handle,
+                                    stream,
+                                },
+                                Some(method),
+                                Status::new(Code::Unavailable, "daemon is shutting down"),
+                                &mut self.events,
+                                &mut self.in_flight,
+                            );
+                            continue;
                         }
+                        call.phase = Phase::Message {
+                            method,
+                            encoding,
+                            deadline,
+                        };
                         Self::read_call(
                             conn,
                             handle,
