@@ -111,6 +111,7 @@ fn bench_in_memory_call(c: &mut Criterion) {
             max_message_size: 1 << 20,
             max_buffered_requests: 64 << 20,
             connection_window: transport::connection_window(&rpc),
+            ..ServerSettings::from_config(Token::from_bytes([9; 32]), &rpc)
         },
     );
     let mut client = RpcClient::connect(

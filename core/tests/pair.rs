@@ -1491,3 +1491,56 @@ fn a_held_call_is_refused_if_the_daemon_drains_before_the_handshake_completes() 
         .iter()
         .any(|e| matches!(e, ServerEvent::Call(c) if c.method == Method::CompletionFeedback)));
 }
+
+/// A connection may have `UNAUTHENTICATED_STREAMS` calls open until it has completed its
+/// handshake and presented the token, then `[rpc] max_concurrent_calls`: the daemon sets up
+/// no state for 1,024 streams of a connection that never shows the token, nor before a
+/// resumed connection's first answer.
+#[test]
+fn a_connection_may_open_max_concurrent_calls_once_it_has_presented_the_token() {
+    let rpc = RpcConfig::default();
+    let limit = rpc.max_concurrent_calls.get() as usize;
+    let mut pair = Pair::new(Link::perfect(), rpc);
+    pair.connect();
+    let mut held = Vec::new();
+    while let Some(call) = pair.clients[0].start_raw_call(&[], false) {
+        held.push(call);
+        assert!(held.len() <= limit, "no limit at all");
+    }
+    assert_eq!(held.len(), transport::UNAUTHENTICATED_STREAMS as usize);
+    // One stream given back (the daemon learns of the streams below it and counts them open),
+    // then a call with the token on it.
+    pair.clients[0].cancel(held.pop().unwrap());
+    let mut health = None;
+    pair.drive_until(&mut no_service, &mut |p: &Pair| p.in_flight.is_empty());
+    for _ in 0..1_000 {
+        health = pair.clients[0].start_call(
+            &head("reaper.Health/check", Encoding::Json, TOKEN),
+            &health_request(Encoding::Json),
+            true,
+        );
+        if health.is_some() {
+            break;
+        }
+        assert!(pair.step(&mut no_service), "no stream came back");
+    }
+    let health = health.expect("a stream for the call with the token");
+    let mut service = health_service();
+    pair.drive_until(&mut service, &mut |p: &Pair| {
+        p.finished(0, health).is_some()
+    });
+    assert!(pair.finished(0, health).unwrap().is_ok());
+    let mut more = 0;
+    while pair.clients[0].start_raw_call(&[], false).is_some() {
+        more += 1;
+        assert!(more <= 2 * limit, "no limit after the token");
+    }
+    // QUIC's credit counts streams as they end, so the exact figure depends on which the
+    // daemon has seen end; at least the configured limit is open now, and not much more.
+    let open = held.len() + more;
+    let unauthenticated = transport::UNAUTHENTICATED_STREAMS as usize;
+    assert!(
+        (limit..=limit + unauthenticated).contains(&open),
+        "{open} streams open, limit {limit}"
+    );
+}

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             max_message_size: 1 << 16,
             max_buffered_requests: 1 << 20,
             connection_window: transport::connection_window(&rpc),
+            ..ServerSettings::from_config(Token::from_bytes([7; 32]), &rpc)
         },
     );
     let mut now = Instant::now();

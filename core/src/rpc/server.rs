@@ -60,6 +60,9 @@ pub struct ServerSettings {
     /// The QUIC receive window a connection gets once it presents the token (until then it
     /// has [`transport::UNAUTHENTICATED_WINDOW`], set by [`transport::server_config`]).
     pub connection_window: VarInt,
+    /// Calls a connection may have open at once once it has completed its handshake and
+    /// presented the token (until then [`transport::UNAUTHENTICATED_STREAMS`]).
+    pub max_concurrent_calls: VarInt,
 }
 
 impl ServerSettings {
@@ -74,6 +77,7 @@ impl ServerSettings {
             max_message_size: rpc.max_message_size.get() as usize,
             max_buffered_requests: rpc.max_buffered_requests.get() as usize,
             connection_window: transport::connection_window(rpc),
+            max_concurrent_calls: VarInt::from_u32(rpc.max_concurrent_calls.get()),
         }
     }
 }
@@ -334,6 +338,13 @@ impl Conn {
     fn handshaking(&self) -> bool {
         !self.connected && !self.closing
     }
+}
+
+/// Raises a connection's limit on open calls to `max_concurrent_calls`: once it has both
+/// completed its handshake and presented the token (see [`transport::UNAUTHENTICATED_STREAMS`]),
+/// as the second of the two happens.
+fn open_up_streams(quic: &mut quinn_proto::Connection, settings: &ServerSettings) {
+    quic.set_max_concurrent_streams(Dir::Bi, settings.max_concurrent_calls);
 }
 
 /// The server's RPC state machine (see the module docs for the call order).
@@ -847,6 +858,9 @@ impl RpcServer {
                 Event::Connected => {
                     conn.connected = true;
                     connected_now = true;
+                    if conn.authenticated {
+                        open_up_streams(&mut conn.quic, &self.settings);
+                    }
                     self.events.push_back(ServerEvent::Connected {
                         conn: ConnId(handle),
                         remote: conn.quic.remote_address(),
@@ -1207,6 +1221,9 @@ impl RpcServer {
                         // The window a connection without the token had is opened up now.
                         conn.authenticated = true;
                         conn.quic.set_receive_window(settings.connection_window);
+                        if conn.connected {
+                            open_up_streams(&mut conn.quic, settings);
+                        }
                     }
                     if !verified {
                         let status = Status::new(
