@@ -195,36 +195,22 @@ async fn connect_scenarios(
     progress: &Progress,
 ) -> anyhow::Result<Vec<Row>> {
     let samples = (share.calls / 100).clamp(5, 100);
-    let mut rows = Vec::new();
-
     let mut fresh = options.clone();
     fresh.resume_sessions = false;
-    let mut h = histogram();
-    let mut measured = Duration::ZERO;
-    for _ in 0..samples {
+    let (first, first_seconds) = report::time_samples(samples, async || {
         let t = Instant::now();
         let client = Client::connect(fresh.clone()).await?;
         client.health().await?;
-        measured += t.elapsed();
-        h.saturating_record(t.elapsed().as_micros() as u64);
+        let took = t.elapsed();
         client.close().await;
-    }
-    rows.push(progress.done(Row::new(
-        "reaper",
-        "connect_first_call",
-        1,
-        pin,
-        &h,
-        measured.as_secs_f64(),
-    )));
+        Ok(took)
+    })
+    .await?;
 
     let mut resuming = options.clone();
     resuming.resume_sessions = true;
     let client = Client::connect(resuming).await?;
-    client.health().await?;
-    let mut h = histogram();
-    let mut measured = Duration::ZERO;
-    for _ in 0..samples {
+    let (again, again_seconds) = report::time_samples(samples, async || {
         // The daemon gives a connection its sessions once the handshake has completed, half a
         // round trip after the first answer on a resumed connection: a client that makes one
         // more call has them, one that closes at once leaves none for its next connection.
@@ -232,19 +218,20 @@ async fn connect_scenarios(
         client.close().await;
         let t = Instant::now();
         client.health().await?;
-        measured += t.elapsed();
-        h.saturating_record(t.elapsed().as_micros() as u64);
-    }
+        Ok(t.elapsed())
+    })
+    .await?;
     client.close().await;
-    rows.push(progress.done(Row::new(
-        "reaper",
-        "reconnect_0rtt",
-        1,
-        pin,
-        &h,
-        measured.as_secs_f64(),
-    )));
-    Ok(rows)
+    let rows = [
+        ("connect_first_call", first, first_seconds),
+        ("reconnect_0rtt", again, again_seconds),
+    ];
+    Ok(rows
+        .into_iter()
+        .map(|(scenario, h, seconds)| {
+            progress.done(Row::new("reaper", scenario, 1, pin, &h, seconds))
+        })
+        .collect())
 }
 
 /// Completions against a real workspace with a 2 KiB prefix: a cache hit (the same request

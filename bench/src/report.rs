@@ -57,6 +57,23 @@ pub async fn time_sequential_async(
     Ok((h, started.elapsed().as_secs_f64()))
 }
 
+/// Runs `sample` `samples` times, each returning how long the part it times took (set-up and
+/// tear-down around it are its own, untimed): the histogram and the seconds the timed parts
+/// took in all.
+pub async fn time_samples(
+    samples: u64,
+    mut sample: impl AsyncFnMut() -> anyhow::Result<std::time::Duration>,
+) -> anyhow::Result<(Histogram<u64>, f64)> {
+    let mut h = histogram();
+    let mut seconds = 0.0;
+    for _ in 0..samples {
+        let took = sample().await?;
+        seconds += took.as_secs_f64();
+        h.saturating_record(took.as_micros() as u64);
+    }
+    Ok((h, seconds))
+}
+
 /// Times `calls` pairs of sequential calls, `a` then `b`, after [`warm_up`] unmeasured pairs: two scenarios whose figures are compared with each other see the same
 /// moments of a noisy machine, call for call, instead of one stretch each. Returns each one's
 /// histogram and the seconds its measured calls took.

@@ -1253,6 +1253,24 @@ fn feedback_request() -> Vec<u8> {
     out
 }
 
+/// Starts a JSON `Completion.feedback` call from `client` (not replay-safe).
+fn start_feedback(pair: &mut Pair, client: usize) -> Option<ClientCallId> {
+    pair.clients[client].start_call(
+        &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
+        &feedback_request(),
+        true,
+    )
+}
+
+/// Starts a JSON `Health.check` call from `client` (replay-safe).
+fn start_health(pair: &mut Pair, client: usize) -> Option<ClientCallId> {
+    pair.clients[client].start_call(
+        &head("reaper.Health/check", Encoding::Json, TOKEN),
+        &health_request(Encoding::Json),
+        true,
+    )
+}
+
 /// A client that has made one call on a configuration shared with the client it returns the
 /// configuration for: the daemon's sessions are in it, so the next client resumes with 0-RTT.
 fn resumable_config(pair: &mut Pair) -> quinn_proto::ClientConfig {
@@ -1298,20 +1316,9 @@ fn a_resumed_client_is_served_from_0rtt_before_its_handshake_completes() {
     let log_from = pair.server_log.len();
     let second = pair.add_client_with(config);
     // Nothing has been sent yet: these calls can only go as 0-RTT data.
-    let feedback = pair.clients[second]
-        .start_call(
-            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
-            &feedback_request(),
-            true,
-        )
+    let feedback = start_feedback(&mut pair, second)
         .expect("a resumed session allows calls before the handshake");
-    let health = pair.clients[second]
-        .start_call(
-            &head("reaper.Health/check", Encoding::Json, TOKEN),
-            &health_request(Encoding::Json),
-            true,
-        )
-        .unwrap();
+    let health = start_health(&mut pair, second).unwrap();
     pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
         p.finished(second, health).is_some() && p.finished(second, feedback).is_some()
     });
@@ -1337,20 +1344,8 @@ fn a_call_that_is_not_replay_safe_waits_for_a_handshake_that_never_completes() {
     let config = resumable_config(&mut pair);
     let log_from = pair.server_log.len();
     let second = pair.add_client_with(config);
-    pair.clients[second]
-        .start_call(
-            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
-            &feedback_request(),
-            true,
-        )
-        .unwrap();
-    pair.clients[second]
-        .start_call(
-            &head("reaper.Health/check", Encoding::Json, TOKEN),
-            &health_request(Encoding::Json),
-            true,
-        )
-        .unwrap();
+    start_feedback(&mut pair, second).unwrap();
+    start_health(&mut pair, second).unwrap();
     pair.flush(&mut no_service);
     // The first flight is on its way; nothing more from this client arrives.
     pair.dead.push(second);
@@ -1392,13 +1387,7 @@ fn a_replayed_first_flight_is_served_nothing() {
     let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
     let config = resumable_config(&mut pair);
     let second = pair.add_client_with(config);
-    let health = pair.clients[second]
-        .start_call(
-            &head("reaper.Health/check", Encoding::Json, TOKEN),
-            &health_request(Encoding::Json),
-            true,
-        )
-        .unwrap();
+    let health = start_health(&mut pair, second).unwrap();
     pair.flush(&mut no_service);
     let from = client_addr(second);
     let first_flight: Vec<Vec<u8>> = pair
@@ -1469,13 +1458,7 @@ fn a_held_call_is_refused_if_the_daemon_drains_before_the_handshake_completes() 
     let mut pair = Pair::new(Link::perfect(), RpcConfig::default());
     let config = resumable_config(&mut pair);
     let second = pair.add_client_with(config);
-    let feedback = pair.clients[second]
-        .start_call(
-            &head("reaper.Completion/feedback", Encoding::Json, TOKEN),
-            &feedback_request(),
-            true,
-        )
-        .unwrap();
+    let feedback = start_feedback(&mut pair, second).unwrap();
     // Until the daemon holds the call (its first flight has arrived), then the drain begins.
     pair.drive_until(&mut answer_everything, &mut |p: &Pair| {
         p.server.handshake_count() == 1
