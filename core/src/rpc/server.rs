@@ -300,6 +300,18 @@ enum Phase {
     Answered,
 }
 
+impl Phase {
+    /// The method, once the head has named one.
+    fn method(&self) -> Option<Method> {
+        match *self {
+            Phase::Message { method, .. }
+            | Phase::Early { method, .. }
+            | Phase::Started { method, .. } => Some(method),
+            Phase::Head | Phase::Answered => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct CallState {
     /// What its decoder holds, counted against `max_buffered_requests`.
@@ -866,56 +878,14 @@ impl RpcServer {
                         remote: conn.quic.remote_address(),
                         early_data: conn.quic.has_0rtt(),
                     });
-                    // The handshake is complete, so no call held from 0-RTT data is a replay:
-                    // they go on now.
-                    let held: Vec<StreamId> = conn
-                        .calls
-                        .iter()
-                        .filter(|(_, call)| matches!(call.phase, Phase::Early { .. }))
-                        .map(|(stream, _)| *stream)
-                        .collect();
-                    for stream in held {
-                        let Some(call) = conn.calls.get_mut(&stream) else {
-                            continue;
-                        };
-                        let Phase::Early {
-                            method,
-                            encoding,
-                            deadline,
-                        } = call.phase
-                        else {
-                            continue;
-                        };
-                        if self.draining {
-                            // A call not yet started is refused during a drain, as at its head.
-                            Self::reject(
-                                conn,
-                                CallId {
-                                    conn: handle,
-                                    stream,
-                                },
-                                Some(method),
-                                Status::new(Code::Unavailable, "daemon is shutting down"),
-                                &mut self.events,
-                                &mut self.in_flight,
-                            );
-                            continue;
-                        }
-                        call.phase = Phase::Message {
-                            method,
-                            encoding,
-                            deadline,
-                        };
-                        Self::read_call(
-                            conn,
-                            handle,
-                            stream,
-                            &self.settings,
-                            self.draining,
-                            &mut self.events,
-                            &mut self.in_flight,
-                        );
-                    }
+                    Self::release_early(
+                        conn,
+                        handle,
+                        &self.settings,
+                        self.draining,
+                        &mut self.events,
+                        &mut self.in_flight,
+                    );
                 }
                 Event::ConnectionLost { reason } => Self::conn_ended(
                     conn,
@@ -1085,6 +1055,52 @@ impl RpcServer {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Lets the calls held from 0-RTT data go on, now that the handshake has completed (so none
+    /// of them is a replay); during a drain they are refused, as a new call would be.
+    fn release_early(
+        conn: &mut Conn,
+        handle: ConnectionHandle,
+        settings: &ServerSettings,
+        draining: bool,
+        events: &mut VecDeque<ServerEvent>,
+        in_flight: &mut usize,
+    ) {
+        let held: Vec<StreamId> = conn
+            .calls
+            .iter()
+            .filter(|(_, call)| matches!(call.phase, Phase::Early { .. }))
+            .map(|(stream, _)| *stream)
+            .collect();
+        for stream in held {
+            let Some(call) = conn.calls.get_mut(&stream) else {
+                continue;
+            };
+            let Phase::Early {
+                method,
+                encoding,
+                deadline,
+            } = call.phase
+            else {
+                continue;
+            };
+            let id = CallId {
+                conn: handle,
+                stream,
+            };
+            if draining {
+                let status = Status::new(Code::Unavailable, "daemon is shutting down");
+                Self::reject(conn, id, Some(method), status, events, in_flight);
+                continue;
+            }
+            call.phase = Phase::Message {
+                method,
+                encoding,
+                deadline,
+            };
+            Self::read_call(conn, handle, stream, settings, draining, events, in_flight);
         }
     }
 
@@ -1307,13 +1323,7 @@ impl RpcServer {
                 Ok(Some(Frame::Trailer(_))) => {}
                 Ok(None) => break,
                 Err(error) => {
-                    let method = match call.phase {
-                        Phase::Message { method, .. }
-                        | Phase::Early { method, .. }
-                        | Phase::Started { method, .. } => Some(method),
-                        _ => None,
-                    };
-                    rejection = Some((method, error.status()));
+                    rejection = Some((call.phase.method(), error.status()));
                     break;
                 }
             }
@@ -1341,14 +1351,8 @@ impl RpcServer {
         ) || call.decoder.buffered() > 0;
         let total = call.held.total.load(Ordering::Relaxed);
         if rejection.is_none() && incomplete && total > settings.max_buffered_requests {
-            let method = match call.phase {
-                Phase::Message { method, .. }
-                | Phase::Early { method, .. }
-                | Phase::Started { method, .. } => Some(method),
-                _ => None,
-            };
             rejection = Some((
-                method,
+                call.phase.method(),
                 Status::new(
                     Code::ResourceExhausted,
                     format!(
@@ -1365,10 +1369,7 @@ impl RpcServer {
                 Phase::Started { .. } => events.push_back(ServerEvent::HalfClosed { id }),
                 Phase::Early { .. } | Phase::Answered => {}
                 Phase::Head | Phase::Message { .. } => {
-                    let method = match call.phase {
-                        Phase::Message { method, .. } => Some(method),
-                        _ => None,
-                    };
+                    let method = call.phase.method();
                     let status = match call.decoder.finish() {
                         Err(error) => error.status(),
                         Ok(()) => Status::new(
@@ -1442,13 +1443,9 @@ impl RpcServer {
                 .calls
                 .iter()
                 .filter(|(_, c)| now >= c.received_at + limit)
-                .filter_map(|(stream, c)| match c.phase {
-                    Phase::Head => Some((*stream, None)),
-                    Phase::Message { method, .. } | Phase::Early { method, .. } => {
-                        Some((*stream, Some(method)))
-                    }
-                    Phase::Started { .. } | Phase::Answered => None,
-                })
+                // Requests not yet whole: a call started or answered has arrived.
+                .filter(|(_, c)| !matches!(c.phase, Phase::Started { .. } | Phase::Answered))
+                .map(|(stream, c)| (*stream, c.phase.method()))
                 .collect();
             if late.is_empty() {
                 continue;
